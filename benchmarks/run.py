@@ -1,0 +1,162 @@
+"""lmscope benchmarks: prints one JSON object.
+
+    python benchmarks/run.py            # full: 5 repeats of each measurement
+    python benchmarks/run.py --quick    # 2 repeats, shorter runs (a smoke test)
+
+Figures (medians over repeats; the machine may be shared, so compare runs made side by side):
+- matmul_gflops: float32 square matmul throughput, the machine's practical peak.
+- train: tokens/s of the training step (forward, backward, clip, AdamW) of the shakespeare-char-cpu
+  model (0.80M parameters, batch 12 x block 64), and model FLOPs utilisation against that peak.
+- eval: tokens/s of whole-split evaluation (no grad, batched non-overlapping windows).
+- sample: tokens/s generating 500 tokens at batch size 1 from the baby GPT (6 layers, 384 wide,
+  block 256), with the KV cache and by recomputing the whole context for every token (nanoGPT's
+  way), their ratio, and batched sampling of 16 prompts with the cache.
+- peak_rss_mb: the process's peak resident memory after each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmscope.config import resolve_config
+from lmscope.evaluate import token_nll
+from lmscope.generate import SamplingConfig, generate_ids
+from lmscope.models.gpt import GPT, GPTConfig
+from lmscope.train.trainer import Trainer
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_gflops(repeats: int, n: int = 1024) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = median_time(lambda: [a @ b for _ in range(10)], repeats)
+    return 10 * 2 * n**3 / seconds / 1e9
+
+
+def flops_per_token(model: GPT) -> float:
+    """Training FLOPs per token: 6 per parameter (forward + backward) plus attention scores (PaLM appendix B)."""
+    c = model.config
+    return 6 * model.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+
+
+def bench_train(corpus: str, repeats: int, steps: int, peak: float) -> dict:
+    config = resolve_config(preset="shakespeare-char-cpu", data=corpus,
+                            overrides=["train.device=cpu"])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, Path(tmp) / "run", progress=False, log=lambda *a: None)
+        trainer.setup()
+        tokens_per_step = config.train.batch_size * config.model.block_size
+        seconds = median_time(lambda: [trainer.step(1e-3) for _ in range(steps)], repeats) / steps
+        tps = tokens_per_step / seconds
+        model = trainer.raw_model
+        eval_tokens = trainer.val_tokens.tokens
+        eval_seconds = median_time(
+            lambda: token_nll(model, eval_tokens, block_size=config.model.block_size,
+                              batch_size=64), max(1, repeats // 2))
+    return {
+        "model_params": model.num_params(),
+        "batch": [config.train.batch_size, config.model.block_size],
+        "step_ms": round(seconds * 1000, 2),
+        "tokens_per_s": round(tps),
+        "mfu": round(tps * flops_per_token(model) / (peak * 1e9), 3),
+        "eval_tokens_per_s": round(len(eval_tokens) / eval_seconds),
+        "eval_vs_train_ratio": round(len(eval_tokens) / eval_seconds / tps, 2),
+    }
+
+
+def nanogpt_style_generate(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Reference: recompute the whole (cropped) context for every new token, as nanoGPT does."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(n):
+        logits = model(idx[:, -model.config.block_size:])[:, -1] / 0.8
+        nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen)
+        idx = torch.cat([idx, nxt], dim=1)
+    return idx
+
+
+@torch.no_grad()
+def bench_sample(repeats: int, new_tokens: int) -> dict:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)).eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=0.8, seed=0)
+    cached = median_time(lambda: generate_ids(model, prompt, cfg), repeats)
+    recompute = median_time(lambda: nanogpt_style_generate(model, prompt, new_tokens),
+                            max(1, repeats // 2), warmup=0)
+    batch = 16
+    batched = median_time(lambda: generate_ids(model, prompt.repeat(batch, 1), cfg),
+                          max(1, repeats // 2))
+    return {
+        "model_params": model.num_params(),
+        "new_tokens": new_tokens,
+        "kv_cache_tokens_per_s": round(new_tokens / cached, 1),
+        "recompute_tokens_per_s": round(new_tokens / recompute, 1),
+        "kv_cache_speedup": round(recompute / cached, 2),
+        "batched_prompts": batch,
+        "batched_tokens_per_s": round(batch * new_tokens / batched, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter runs")
+    parser.add_argument("--corpus", default=None,
+                        help="training corpus (default: shakespeare where found, else a generated file)")
+    args = parser.parse_args()
+    repeats = 2 if args.quick else 5
+    corpus = args.corpus
+    tmp = None
+    if corpus is None:
+        data = os.environ.get("LMSCOPE_DATA")
+        if data and (Path(data) / "shakespeare" / "input.txt").is_file():
+            corpus = "shakespeare"
+        else:  # content does not change the speed; only the vocabulary size matters a little
+            tmp = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+            rng = np.random.default_rng(0)
+            letters = np.array(list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n.,;:!?'-&3$"))
+            tmp.write("".join(rng.choice(letters, 1_100_000)))
+            tmp.close()
+            corpus = tmp.name
+    peak = matmul_gflops(repeats)
+    result = {
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "cpu_count": os.cpu_count()},
+        "matmul_gflops": round(peak, 1),
+    }
+    result["train"] = bench_train(corpus, repeats, steps=10 if args.quick else 30, peak=peak)
+    result["peak_rss_mb_after_train"] = round(peak_rss_mb(), 1)
+    result["sample"] = bench_sample(repeats, new_tokens=100 if args.quick else 500)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if tmp is not None:
+        os.unlink(tmp.name)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

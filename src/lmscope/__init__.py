@@ -1,0 +1,14 @@
+"""lmscope: train small language models on corpora of different domains and look inside them."""
+
+from lmscope.api import generate, load, logits
+from lmscope.config import RunConfig, resolve_config
+from lmscope.errors import LmscopeError
+from lmscope.evaluate import EvalResult, evaluate
+from lmscope.train.checkpoint import Checkpoint
+from lmscope.train.trainer import TrainResult, train
+
+__all__ = [
+    "Checkpoint", "EvalResult", "LmscopeError", "RunConfig", "TrainResult",
+    "evaluate", "generate", "load", "logits", "resolve_config", "train",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,50 @@
+"""The public Python API, used by the command line and by notebooks alike.
+
+    import lmscope
+    run = lmscope.train(lmscope.resolve_config(preset="shakespeare-char-cpu"), "runs/demo")
+    ckpt = lmscope.load("runs/demo")                       # final checkpoint, else the latest
+    print(lmscope.generate(ckpt, "ROMEO:", max_new_tokens=200, seed=0))
+    print(lmscope.evaluate(ckpt, "shakespeare").loss)      # whole validation split
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lmscope.generate import SamplingConfig
+from lmscope.generate import generate as _generate
+from lmscope.train.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
+from lmscope.train.trainer import pick_device
+
+
+def load(path: str | Path, device: str = "auto") -> Checkpoint:
+    """Load a run folder (its final checkpoint, else its latest) or one checkpoint folder.
+
+    Returns a `Checkpoint`: `.model` (in eval mode on `device`), `.tokenizer`, `.meta`, `.path`.
+    """
+    return load_checkpoint(resolve_checkpoint(path), device=pick_device(device))
+
+
+def _as_checkpoint(model_or_path) -> Checkpoint:
+    return model_or_path if isinstance(model_or_path, Checkpoint) else load(model_or_path)
+
+
+def generate(model_or_path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+             seed: int | None = None, stream=None) -> str:
+    """Continue `prompt` with a loaded checkpoint (or a path to one); returns the new text."""
+    ckpt = _as_checkpoint(model_or_path)
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                         top_p=top_p, greedy=greedy, seed=seed)
+    return _generate(ckpt.model, ckpt.tokenizer, prompt, cfg, stream=stream)
+
+
+@torch.no_grad()
+def logits(model_or_path, text: str) -> torch.Tensor:
+    """Next-token logits (time, vocab) for every position of `text`."""
+    ckpt = _as_checkpoint(model_or_path)
+    ids = ckpt.tokenizer.encode(text, unknown="error")
+    device = next(ckpt.model.parameters()).device
+    return ckpt.model(torch.tensor([ids], device=device))[0]

@@ -1,0 +1,150 @@
+"""Sampling: greedy, temperature, top-k and nucleus (top-p), seeded, streamed, with the model's cache.
+
+The loop feeds the prompt once (prefill), then one token at a time through `model.decode`, so
+each new token costs one position's work. When the context fills the model's window
+(`context_length`), it keeps the last three quarters of the tokens and prefills them again: the
+model then sees at least 3/4 of a window of context, and the re-prefill happens once every
+quarter window rather than at every token, as it would if the window slid one token at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lmscope.errors import LmscopeError
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 200
+    temperature: float = 1.0
+    top_k: int | None = None  # keep the k most likely tokens
+    top_p: float | None = None  # keep the smallest set of tokens whose probability reaches p
+    greedy: bool = False  # always take the most likely token
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 0:
+            raise LmscopeError(f"--max-new-tokens must not be negative, got {self.max_new_tokens}")
+        if not self.greedy and self.temperature <= 0:
+            raise LmscopeError(f"--temperature must be positive, got {self.temperature} "
+                               "(use --greedy for the most likely token)")
+        if self.top_k is not None and self.top_k < 1:
+            raise LmscopeError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise LmscopeError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """Set to -inf the logits outside the top-k and outside the nucleus of mass top_p (last dim)."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        # A token stays if the tokens ranked above it hold less than p: the smallest set reaching p.
+        # The first token always stays (its mass_before is 0).
+        drop_sorted = mass_before >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None):
+    """Pick one token per row from logits (batch, vocab)."""
+    if cfg.greedy:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_ids(model, prompt: torch.Tensor, cfg: SamplingConfig,
+                 on_tokens: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Continue each row of `prompt` (batch, time) by `cfg.max_new_tokens` tokens; return only the new ones.
+
+    `on_tokens` is called with each new column (batch,) as soon as it is sampled (for streaming).
+    """
+    cfg.validate()
+    if prompt.dim() != 2 or prompt.size(1) == 0:
+        raise LmscopeError("the prompt is empty: give at least one token")
+    was_training = model.training
+    model.eval()
+    device = prompt.device
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    window = model.context_length
+    keep = max(1, window * 3 // 4)
+    context = prompt
+    cache = model.new_cache(prompt.size(0))
+    logits = model.decode(context[:, -window:], cache)[:, -1]
+    out = []
+    try:
+        for _ in range(cfg.max_new_tokens):
+            token = next_token(logits, cfg, generator)
+            out.append(token)
+            if on_tokens is not None:
+                on_tokens(token)
+            context = torch.cat([context, token[:, None]], dim=1)
+            if cache.length >= cache.capacity:  # window full: prefill the recent tokens afresh
+                cache = model.new_cache(prompt.size(0))
+                logits = model.decode(context[:, -keep:], cache)[:, -1]
+            else:
+                logits = model.decode(token[:, None], cache)[:, -1]
+    finally:
+        model.train(was_training)
+    if not out:
+        return prompt.new_zeros(prompt.size(0), 0)
+    return torch.stack(out, dim=1)
+
+
+def generate(model, tokenizer, prompt: str, cfg: SamplingConfig | None = None,
+             stream: Callable[[str], None] | None = None) -> str:
+    """Continue `prompt` (text) and return the generated text (without the prompt).
+
+    With `stream`, each piece of text is passed to it as soon as it can be decoded.
+    """
+    cfg = cfg or SamplingConfig()
+    ids = tokenizer.encode(prompt, unknown="error")
+    if not ids:
+        raise LmscopeError("the prompt is empty: give at least one character")
+    device = next(model.parameters()).device
+    prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    callback = None
+    if stream is not None:
+        streamer = _TextStreamer(tokenizer, stream)
+        callback = streamer.push
+    new = generate_ids(model, prompt_ids, cfg, callback)
+    text = tokenizer.decode(new[0].tolist())
+    if stream is not None:
+        streamer.flush(text)
+    return text
+
+
+class _TextStreamer:
+    """Decode tokens as they come; hold back text that may still change (a split multi-byte character)."""
+
+    def __init__(self, tokenizer, emit: Callable[[str], None]):
+        self.tokenizer, self.emit = tokenizer, emit
+        self.ids: list[int] = []
+        self.sent = 0
+
+    def push(self, token: torch.Tensor) -> None:
+        self.ids.append(int(token[0]))
+        text = self.tokenizer.decode(self.ids)
+        stable = text[:-1] if text.endswith("\ufffd") else text
+        if len(stable) > self.sent:
+            self.emit(stable[self.sent:])
+            self.sent = len(stable)
+
+    def flush(self, text: str) -> None:
+        if len(text) > self.sent:
+            self.emit(text[self.sent:])
+            self.sent = len(text)

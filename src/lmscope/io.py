@@ -1,0 +1,83 @@
+"""Crash-safe file writes: write to a temporary name beside the target, then rename.
+
+A process killed at any moment leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)` and move the result onto `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    os.chmod(tmp, _FILE_MODE)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Move a fully written folder `tmp_dir` to `final_dir`, replacing any old one.
+
+    Folders cannot be swapped atomically, so the old one is first renamed to
+    `<name>.old`; readers fall back to it (see `existing_dir`) in the instant
+    between the two renames.
+    """
+    old = final_dir.with_name(final_dir.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final_dir.exists():
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def existing_dir(path: Path) -> Path | None:
+    """`path` if it exists, else the `.old` copy `replace_dir` may have left, else None."""
+    if path.is_dir():
+        return path
+    old = path.with_name(path.name + ".old")
+    return old if old.is_dir() else None
+
+
+def cache_dir() -> Path:
+    """lmscope's cache folder: $LMSCOPE_CACHE, else $XDG_CACHE_HOME/lmscope, else ~/.cache/lmscope."""
+    if os.environ.get("LMSCOPE_CACHE"):
+        return Path(os.environ["LMSCOPE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "lmscope"

@@ -1,0 +1,28 @@
+"""Model registry: one file per architecture, each with a config dataclass and an nn.Module.
+
+Every model maps token ids (batch, time) to logits (batch, time, vocab) and offers the
+generation interface the sampler uses: `new_cache(batch_size)`, `decode(idx, cache)` and
+`context_length`.
+"""
+
+from __future__ import annotations
+
+from lmscope.errors import ConfigError
+from lmscope.models.gpt import GPT, GPTConfig
+
+# name -> (config dataclass, model class)
+MODELS = {
+    "gpt": (GPTConfig, GPT),
+}
+
+
+def model_config_class(name: str):
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; models are {', '.join(sorted(MODELS))}")
+    return MODELS[name][0]
+
+
+def build_model(name: str, config):
+    """Instantiate the architecture `name` from its config (vocab_size must be set)."""
+    model_config_class(name)
+    return MODELS[name][1](config)

@@ -1,0 +1,254 @@
+"""A GPT language model in one file, in the nanoGPT tradition.
+
+    tokens -> token embedding (+ learned positions) -> n_layer x Block -> norm -> linear head (tied) -> logits
+
+Each Block is causal self-attention followed by an MLP, each wrapped in a residual connection,
+with the normalisation either before the sublayer (pre-norm, GPT-2) or after the residual sum
+(post-norm, the original Transformer).
+
+Three ways to run it:
+- `model(idx)`: logits for every position, the training and evaluation path (fast, fused attention).
+- `model.decode(idx, cache)`: the generation path; keys and values of earlier tokens are kept in a
+  `KVCache`, so each new token costs one position's work instead of the whole context's.
+- `model.forward_with_attention(idx)`: logits plus the attention probabilities of every layer and
+  head, computed explicitly (slower); for analysis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmscope.errors import ConfigError
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 0  # set from the tokenizer when a run starts
+    block_size: int = 256  # longest context the model sees
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linear and LayerNorm layers
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_position: str = "pre"  # pre | post
+    pos_emb: str = "learned"  # learned | none
+    tie_weights: bool = True  # the output head shares the token embedding matrix
+
+    def validate(self) -> None:
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        choices = {"norm": ("layernorm", "rmsnorm"), "norm_position": ("pre", "post"),
+                   "pos_emb": ("learned", "none")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"model.{name} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(self, name)!r}")
+
+
+class RMSNorm(nn.Module):
+    """Scale each vector to unit root-mean-square, then by a learned gain (no centring, no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, one preallocated buffer per layer.
+
+    Shapes are (batch, n_head, block_size, head_dim); `length` positions are filled.
+    Allocating once up front means no tensor is re-allocated while generating.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
+        shape = (batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0
+        self.capacity = config.block_size
+
+    def append(self, layer: int, k, v):
+        """Store this step's keys/values for `layer`; return the keys/values of the whole context."""
+        start, end = self.length, self.length + k.size(2)
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, return_attention=False):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(layer, k, v)
+        attn = None
+        if return_attention:
+            attn = _causal_softmax(q, k, past)
+            y = attn @ v
+        elif past == 0 or T == 1:
+            # The whole context is new (causal mask), or one new token sees everything before it.
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=past == 0 and T > 1,
+                dropout_p=self.dropout if self.training else 0.0,
+            )
+        else:
+            # Several new tokens after a cached prefix: an explicit mask, offset by the prefix.
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y)), attn
+
+
+def _causal_softmax(q, k, past: int):
+    """Attention probabilities (B, n_head, T_query, T_key), each query seeing keys up to itself."""
+    T, S = q.size(2), k.size(2)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=past)
+    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.norm1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.norm2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0, return_attention=False):
+        if self.pre_norm:
+            a, attn = self.attn(self.norm1(x), cache, layer, return_attention)
+            x = x + a
+            x = x + self.mlp(self.norm2(x))
+        else:
+            a, attn = self.attn(x, cache, layer, return_attention)
+            x = self.norm1(x + a)
+            x = self.norm2(x + self.mlp(x))
+        return x, attn
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config.validate()
+        if config.vocab_size < 1:
+            raise ConfigError("model.vocab_size must be set (it comes from the tokenizer)")
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb = (nn.Embedding(config.block_size, config.n_embd)
+                        if config.pos_emb == "learned" else None)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        # Post-norm blocks already end in a norm; pre-norm needs one before the head.
+        self.norm_f = make_norm(config) if config.norm_position == "pre" else nn.Identity()
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections down by depth so the residual stream's variance stays put.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, exclude_embeddings: bool = True) -> int:
+        """Parameter count; by convention without the position embedding (nanoGPT does the same)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings and self.pos_emb is not None:
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def _run(self, idx, cache=None, return_attention=False):
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"context of {past + T} tokens exceeds block_size {self.config.block_size}")
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(past, past + T, device=idx.device))
+        x = self.drop(x)
+        attentions = []
+        for layer, block in enumerate(self.blocks):
+            x, attn = block(x, cache, layer, return_attention)
+            attentions.append(attn)
+        if cache is not None:
+            cache.length += T
+        return self.head(self.norm_f(x)), attentions
+
+    def forward(self, idx):
+        """Logits (batch, time, vocab) for token ids (batch, time)."""
+        return self._run(idx)[0]
+
+    def forward_with_attention(self, idx):
+        """Logits and a list, one per layer, of attention probabilities (batch, head, query, key)."""
+        return self._run(idx, return_attention=True)
+
+    # --- generation -------------------------------------------------------------------------
+    def new_cache(self, batch_size: int) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.config, batch_size, p.device, p.dtype)
+
+    def decode(self, idx, cache: KVCache):
+        """Logits for the new tokens `idx` (batch, time), given the context held in `cache`.
+
+        Appends the new tokens' keys and values to the cache. Logits equal those of a full
+        forward pass over the whole context (tested).
+        """
+        return self._run(idx, cache)[0]
+
+    @property
+    def context_length(self) -> int:
+        return self.config.block_size

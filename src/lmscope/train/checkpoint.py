@@ -1,0 +1,203 @@
+"""Checkpoints: a folder per checkpoint, self-describing, loaded without unpickling anything.
+
+    <checkpoint>/
+        model.safetensors        the weights (safetensors: plain tensors, no code)
+        meta.json                format version, model name and config, tokenizer, iteration, losses
+        sample.txt               text the model wrote at this point (when sampling is on)
+        train_state.safetensors  optimizer tensors and RNG states (only where training can resume)
+        train_state.json         optimizer hyperparameters, data sampler state
+
+A run folder keeps its checkpoints under `checkpoints/`: `iter_0000500/` at scheduled iterations,
+`best/` (lowest validation loss), `final/`, and `last/` (the newest state, for resuming).
+Every checkpoint folder is written whole under a temporary name and then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lmscope.data.tokenizers import Tokenizer, tokenizer_from_dict
+from lmscope.errors import CheckpointError, LmscopeError
+from lmscope.io import existing_dir, replace_dir
+from lmscope.models import MODELS, build_model
+
+FORMAT = "lmscope-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with everything needed to use it: tokenizer, config, where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    meta: dict
+    path: Path
+    model_name: str = "gpt"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def iteration(self) -> int:
+        return int(self.meta.get("iter", 0))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights to store: tied tensors once, contiguous, on the CPU."""
+    seen, out = set(), {}
+    for name, t in model.state_dict().items():
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        out[name] = t.detach().to("cpu").contiguous()
+    return out
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, *, model_name: str, model_config,
+                    tokenizer: Tokenizer, meta: dict, sample: str | None = None,
+                    train_state: tuple[dict, dict] | None = None) -> None:
+    """Write a checkpoint folder atomically (a temporary folder renamed into place)."""
+    import dataclasses
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_file(_state_dict(model), tmp / "model.safetensors", metadata={"format": FORMAT})
+        full_meta = {"format": FORMAT, "version": VERSION, "model": model_name,
+                     "model_config": dataclasses.asdict(model_config),
+                     "tokenizer": tokenizer.to_dict(), **meta}
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, ensure_ascii=False) + "\n")
+        if sample is not None:
+            (tmp / "sample.txt").write_text(sample, encoding="utf-8")
+        if train_state is not None:
+            tensors, info = train_state
+            save_file(tensors, tmp / "train_state.safetensors")
+            (tmp / "train_state.json").write_text(json.dumps(info, indent=1) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        replace_dir(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_meta(path: Path) -> dict:
+    """Read and check a checkpoint's meta.json."""
+    meta_file = Path(path) / "meta.json"
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path} is not a checkpoint: it has no meta.json")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint file {meta_file} is corrupt: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint file {meta_file} is not an lmscope checkpoint "
+                              f"(no \"format\": \"{FORMAT}\")")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint file {meta_file} has format version "
+                              f"{meta.get('version')!r}; this lmscope reads version {VERSION}")
+    for key in ("model", "model_config", "tokenizer"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint file {meta_file} is corrupt: it has no {key!r}")
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load one checkpoint folder into a model in eval mode on `device`."""
+    path = Path(path)
+    meta = read_meta(path)
+    name = meta["model"]
+    if name not in MODELS:
+        raise CheckpointError(f"checkpoint {path} uses model {name!r}, which this lmscope "
+                              f"does not know (models: {', '.join(sorted(MODELS))})")
+    config_cls = MODELS[name][0]
+    try:
+        config = config_cls(**meta["model_config"])
+        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+        model = build_model(name, config)
+    except (TypeError, LmscopeError) as e:
+        raise CheckpointError(f"checkpoint file {path / 'meta.json'} has an invalid config: {e}") from None
+    weights_file = path / "model.safetensors"
+    try:
+        weights = load_file(weights_file)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} has no model.safetensors") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint file {weights_file} is corrupt or truncated: {e}") from None
+    expected = model.state_dict()
+    for key, t in weights.items():
+        if key not in expected:
+            raise CheckpointError(f"checkpoint file {weights_file} has an unexpected tensor {key!r}")
+        if t.shape != expected[key].shape:
+            raise CheckpointError(f"checkpoint file {weights_file}: tensor {key!r} has shape "
+                                  f"{tuple(t.shape)}, the config says {tuple(expected[key].shape)}")
+    missing = model.load_state_dict(weights, strict=False).missing_keys
+    # Tied weights are stored once; anything else missing is damage.
+    tied = {n for n, t in expected.items() if any(
+        t.data_ptr() == expected[k].data_ptr() for k in weights if k != n)}
+    if set(missing) - tied:
+        raise CheckpointError(f"checkpoint file {weights_file} lacks tensors "
+                              f"{sorted(set(missing) - tied)[:3]}")
+    model.to(device).eval()
+    return Checkpoint(model=model, tokenizer=tokenizer, meta=meta, path=path, model_name=name)
+
+
+# --- finding checkpoints in a run folder ---------------------------------------------------------
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Every checkpoint folder of a run, oldest iteration first (iter_* then best/last/final)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = {}
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue
+        name = p.name[:-4] if p.name.endswith(".old") else p.name
+        real = existing_dir(root / name)
+        if real is not None and (real / "meta.json").is_file():
+            found[name] = real
+    def order(item):
+        name, p = item
+        try:
+            it = int(json.loads((p / "meta.json").read_text()).get("iter", 0))
+        except (OSError, ValueError, AttributeError):
+            it = -1
+        return (not name.startswith("iter_"), it, name)
+    return [p for _, p in sorted(found.items(), key=order)]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a checkpoint path or a run folder (its final, else its latest)."""
+    path = Path(path)
+    if not path.exists():
+        raise LmscopeError(f"{path} does not exist: give a run folder or a checkpoint folder")
+    if (path / "meta.json").is_file():
+        return path
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file; give a run folder or a checkpoint folder "
+                              "(one that holds meta.json and model.safetensors)")
+    final = existing_dir(path / "checkpoints" / "final")
+    if final is not None and (final / "meta.json").is_file():
+        return final
+    ckpts = list_checkpoints(path)
+    if not ckpts:
+        raise CheckpointError(f"{path} holds no checkpoints: it is neither a run folder with "
+                              "checkpoints/ nor a checkpoint folder with meta.json")
+    return max(ckpts, key=lambda p: int(read_meta(p).get("iter", 0)))

@@ -1,0 +1,457 @@
+"""The training loop: one trainer for every model in the registry.
+
+A run folder holds everything about one training run:
+
+    RUN/config.toml       the full resolved config (train it again with --config RUN/config.toml)
+    RUN/tokenizer.json    the tokenizer (also inside every checkpoint)
+    RUN/metrics.jsonl     one JSON object per line: {"kind": "train"|"eval", "iter", losses, "lr", ...}
+    RUN/samples.md        the sample written at each checkpoint, oldest first
+    RUN/summary.json      final figures, written when the run ends
+    RUN/checkpoints/      iter_NNNNNNN/, best/, final/, last/ (see checkpoint.py)
+
+The loop is nanoGPT's: AdamW, linear warm-up then cosine decay, gradient accumulation and
+clipping, bf16 autocast on CUDA, optional torch.compile, periodic loss estimates on random batches,
+and a whole-split validation loss at the end. Everything a resumed run needs (model, optimizer,
+data sampler, RNG states, iteration, clock) is saved in `last/`, so stopping and resuming gives the
+same trajectory as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lmscope.config import RunConfig
+from lmscope.data import corpora
+from lmscope.data.tokenizers import (
+    BPETokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    Tokenizer,
+    char_vocab,
+    tokenizer_from_dict,
+)
+from lmscope.data.tokens import BatchSampler, encode_to_file
+from lmscope.errors import LmscopeError
+from lmscope.evaluate import evaluate_token_file
+from lmscope.generate import SamplingConfig, generate
+from lmscope.io import atomic_write_json, atomic_write_text
+from lmscope.models import build_model
+from lmscope.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+
+
+class TrainingInterrupted(LmscopeError):
+    """Ctrl-C during training: the state was saved and the run can be resumed."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iterations: int
+    best_val_loss: float  # lowest estimated validation loss seen at an evaluation
+    val_loss: float  # whole-split validation loss of the final model (nats per token)
+    val_bits_per_char: float
+    elapsed_s: float
+    tokens_per_s: float
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise LmscopeError(f"train.device={name} but CUDA is not available on this machine")
+        if name == "mps" and not torch.backends.mps.is_available():
+            raise LmscopeError("train.device=mps but MPS is not available on this machine")
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def build_tokenizer(config: RunConfig, corpus: corpora.Corpus) -> Tokenizer:
+    """The run's tokenizer, built from its corpus (char vocabulary, or BPE trained on the train split)."""
+    data = config.data
+    if data.tokenizer == "byte":
+        return ByteTokenizer()
+    if data.tokenizer == "bpe":
+        return BPETokenizer.train(corpora.iter_text(corpus.splits["train"]), data.bpe_vocab_size)
+    # char: every character of the corpus (all splits) plus those of the vocab_from corpora
+    sources = [corpus] + [corpora.resolve(c, val_fraction=data.val_fraction) for c in data.vocab_from]
+    chunks = itertools.chain.from_iterable(
+        corpora.iter_text(tuple(itertools.chain.from_iterable(c.splits.values()))) for c in sources)
+    return CharTokenizer(char_vocab(chunks))
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False,
+                 progress: bool | None = None, log=print):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.progress = progress
+        self.log = log
+        self._stop_requested = False
+
+    # --- set-up ----------------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        if self.resume:
+            if not (self.run_dir / "checkpoints" / "last").is_dir() and not list_checkpoints(
+                    self.run_dir):
+                raise LmscopeError(f"cannot resume: {self.run_dir} has no checkpoints/last "
+                                   "(start a new run without --resume)")
+            return
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise LmscopeError(f"--out {self.run_dir} is a file, not a folder")
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
+            raise LmscopeError(f"{self.run_dir} already holds files; continue it with --resume "
+                               "or choose another --out")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def setup(self) -> None:
+        cfg = self.config
+        tc = cfg.train
+        self.device = pick_device(tc.device)
+        torch.manual_seed(tc.seed)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        use_bf16 = self.device.type == "cuda" and tc.dtype in ("auto", "bfloat16") and \
+            torch.cuda.is_bf16_supported()
+        if tc.dtype == "bfloat16" and not use_bf16:
+            raise LmscopeError(f"train.dtype=bfloat16 needs a CUDA GPU that supports it; "
+                               f"this run is on {self.device}")
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16
+                         else nullcontext())
+
+        self.corpus = corpora.resolve(cfg.data.corpus, val_fraction=cfg.data.val_fraction)
+        tok_file = self.run_dir / "tokenizer.json"
+        if self.resume and tok_file.is_file():
+            self.tokenizer = tokenizer_from_dict(json.loads(tok_file.read_text(encoding="utf-8")))
+        else:
+            self.tokenizer = build_tokenizer(cfg, self.corpus)
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        self.train_tokens = encode_to_file(self.corpus, "train", self.tokenizer, progress=show)
+        self.val_tokens = encode_to_file(self.corpus, "val", self.tokenizer, progress=show)
+
+        cfg.model.vocab_size = self.tokenizer.vocab_size
+        self.block_size = cfg.model.block_size
+        self.raw_model = build_model(cfg.model_name, cfg.model).to(self.device)
+        self.model = torch.compile(self.raw_model) if tc.compile else self.raw_model
+        self.optimizer = self._make_optimizer()
+        self.sampler = BatchSampler(self.train_tokens.tokens, self.block_size, tc.batch_size,
+                                    seed=tc.seed)
+        self.iter = 0
+        self.best_val = math.inf
+        self.elapsed = 0.0  # wall-clock seconds of training so far, over all sessions of the run
+        self.step_time = 0.0  # of which in optimizer steps (for tokens/s)
+        self.tokens_seen = 0
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        tc = self.config.train
+        params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        groups = [  # weight decay on matrices (embeddings, linear weights), not on gains and biases
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        kwargs = {"lr": tc.lr, "betas": (tc.beta1, tc.beta2)}
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
+            return torch.optim.AdamW(groups, **kwargs)
+
+    def lr_at(self, it: int) -> float:
+        """Linear warm-up to lr, then cosine decay to min_lr over lr_decay_iters, then min_lr."""
+        tc = self.config.train
+        decay_iters = tc.lr_decay_iters or tc.max_iters
+        if it < tc.warmup_iters:
+            return tc.lr * (it + 1) / (tc.warmup_iters + 1)
+        if it >= decay_iters:
+            return tc.min_lr
+        ratio = (it - tc.warmup_iters) / max(1, decay_iters - tc.warmup_iters)
+        return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (tc.lr - tc.min_lr)
+
+    # --- state for resuming ----------------------------------------------------------------------
+    def _train_state(self) -> tuple[dict, dict]:
+        tensors, opt_state = {}, {}
+        sd = self.optimizer.state_dict()
+        for idx, state in sd["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"optimizer.{idx}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    opt_state[f"{idx}.{key}"] = value
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        info = {
+            "iter": self.iter, "best_val": self.best_val, "elapsed_s": self.elapsed,
+            "step_time_s": self.step_time, "tokens_seen": self.tokens_seen, "param_groups": sd["param_groups"],
+            "optimizer_scalars": opt_state, "sampler": self.sampler.state_dict(),
+        }
+        return tensors, info
+
+    def _restore(self) -> None:
+        from safetensors.torch import load_file
+
+        last = self.run_dir / "checkpoints" / "last"
+        if not (last / "train_state.json").is_file():
+            raise LmscopeError(f"cannot resume: {last} has no training state")
+        ckpt = load_checkpoint(last, device=self.device)
+        self.raw_model.load_state_dict(ckpt.model.state_dict())
+        info = json.loads((last / "train_state.json").read_text())
+        tensors = load_file(last / "train_state.safetensors")
+        state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+        for key, value in info["optimizer_scalars"].items():
+            idx, name = key.split(".", 1)
+            state.setdefault(int(idx), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        if torch.cuda.is_available():
+            cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+            if cuda_states:
+                torch.cuda.set_rng_state_all(cuda_states)
+        self.sampler.load_state_dict(info["sampler"])
+        self.iter, self.best_val = info["iter"], info["best_val"]
+        self.elapsed, self.tokens_seen = info["elapsed_s"], info["tokens_seen"]
+        self.step_time = info["step_time_s"]
+
+    # --- logging, evaluation, checkpoints ---------------------------------------------------------
+    def _open_metrics(self) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        kept = []
+        if self.resume and path.is_file():  # drop what a resumed run will write again
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by a crash
+                    continue
+                # Training rows up to the saved iteration are done; the evaluation at that
+                # iteration is made again.
+                done = row.get("iter", 0) <= self.iter if row.get("kind") == "train" else \
+                    row.get("iter", 0) < self.iter
+                if done:
+                    kept.append(line)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        self.metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in run())
+
+    def _write_metrics(self, row: dict) -> None:
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+
+    @torch.no_grad()
+    def estimate_loss(self) -> dict[str, float]:
+        """Mean loss over eval_iters fixed random batches of each split."""
+        tc = self.config.train
+        out = {}
+        self.model.eval()
+        for offset, (split, tf) in enumerate((("train", self.train_tokens),
+                                              ("val", self.val_tokens))):
+            sampler = BatchSampler(tf.tokens, self.block_size, tc.batch_size, seed=tc.seed + offset)
+            total = 0.0
+            for _ in range(tc.eval_iters):
+                x, y = (t.to(self.device) for t in sampler.sample())
+                with self.autocast:
+                    logits = self.model(x)
+                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).item()
+            out[split] = total / tc.eval_iters
+        self.model.train()
+        return out
+
+    def _sample(self) -> str | None:
+        tc = self.config.train
+        if tc.sample_tokens == 0:
+            return None
+        prompt = tc.sample_prompt
+        try:
+            self.tokenizer.encode(prompt, unknown="error")
+        except LmscopeError:
+            prompt = self.tokenizer.decode([self.train_tokens.tokens[0]])
+        cfg = SamplingConfig(max_new_tokens=tc.sample_tokens, temperature=0.8, seed=tc.seed)
+        return prompt + generate(self.raw_model, self.tokenizer, prompt, cfg)
+
+    def _save(self, name: str, losses: dict, *, sample: bool, train_state: bool = False) -> None:
+        meta = {"iter": self.iter, "train_loss": losses.get("train"), "val_loss": losses.get("val"),
+                "elapsed_s": round(self.elapsed, 3), "tokens_seen": self.tokens_seen,
+                "run_config": self.config.to_dict()}
+        meta.update({k: v for k, v in losses.items() if k not in ("train", "val")})
+        save_checkpoint(self.run_dir / "checkpoints" / name, self.raw_model,
+                        model_name=self.config.model_name, model_config=self.config.model,
+                        tokenizer=self.tokenizer, meta=meta,
+                        sample=self._sample() if sample else None,
+                        train_state=self._train_state() if train_state else None)
+        if sample and self.config.train.sample_tokens:
+            self._write_samples()
+
+    def _write_samples(self) -> None:
+        parts = [f"# Samples of {self.run_dir.name}\n"]
+        for ckpt in list_checkpoints(self.run_dir):
+            if not (ckpt / "sample.txt").is_file() or ckpt.name.startswith(("best", "last")):
+                continue
+            meta = read_meta(ckpt)
+            val = meta.get("val_loss")
+            loss = f", val loss {val:.4f}" if isinstance(val, float) else ""
+            text = (ckpt / "sample.txt").read_text(encoding="utf-8")
+            parts.append(f"## {ckpt.name} (iteration {meta.get('iter')}{loss})\n\n"
+                         f"```text\n{text}\n```\n")
+        atomic_write_text(self.run_dir / "samples.md", "\n".join(parts))
+
+    # --- the loop --------------------------------------------------------------------------------
+    def step(self, lr: float) -> torch.Tensor:
+        """One optimizer step over grad_accum micro-batches; returns the last micro-batch's loss."""
+        tc = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for _ in range(tc.grad_accum):
+            x, y = self.sampler.sample()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast:
+                logits = self.model(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            (loss / tc.grad_accum).backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def _on_sigint(self, signum, frame):
+        if self._stop_requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def run(self) -> TrainResult:
+        self._prepare_run_dir()
+        self.setup()
+        cfg, tc = self.config, self.config.train
+        if self.resume:
+            self._restore()
+        else:
+            atomic_write_text(self.run_dir / "config.toml", cfg.to_toml())
+            atomic_write_json(self.run_dir / "tokenizer.json", self.tokenizer.to_dict())
+        self._open_metrics()
+        n_params = self.raw_model.num_params()
+        self.log(f"{cfg.model_name}: {n_params / 1e6:.2f}M parameters, vocabulary "
+                 f"{self.tokenizer.vocab_size} ({self.tokenizer.kind}), corpus {self.corpus.name} "
+                 f"({len(self.train_tokens.tokens):,} train / {len(self.val_tokens.tokens):,} val "
+                 f"tokens), device {self.device}")
+        checkpoint_iters = set(tc.checkpoint_iters())
+        tokens_per_iter = tc.batch_size * self.block_size * tc.grad_accum
+        in_main = threading.current_thread() is threading.main_thread()
+        old_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
+        bar = tqdm(total=tc.max_iters, initial=self.iter, desc="train", unit="it",
+                   disable=None if self.progress is None else not self.progress,
+                   dynamic_ncols=True)
+        log = bar.write if not bar.disable else self.log
+        window_t, window_tokens, tps = time.perf_counter(), 0, 0.0
+        session_start, elapsed_before = time.perf_counter(), self.elapsed
+        last_loss = math.nan
+        self.model.train()
+        try:
+            while True:
+                it = self.iter
+                self.elapsed = elapsed_before + time.perf_counter() - session_start
+                # -- evaluate and keep checkpoints at this point (state after `it` steps)
+                at_end = it >= tc.max_iters
+                if it % tc.eval_interval == 0 or at_end or it in checkpoint_iters:
+                    losses = self.estimate_loss()
+                    row = {"kind": "eval", "iter": it, "train_loss": losses["train"],
+                           "val_loss": losses["val"], "lr": self.lr_at(min(it, tc.max_iters - 1)),
+                           "elapsed_s": round(self.elapsed, 3)}
+                    self._write_metrics(row)
+                    log(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                    bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{losses['val']:.3f}",
+                                    tok_s=f"{tps:,.0f}")
+                    if losses["val"] < self.best_val and it > 0:
+                        self.best_val = losses["val"]
+                        self._save("best", losses, sample=False)
+                    if it in checkpoint_iters:
+                        self._save(f"iter_{it:07d}", losses, sample=True)
+                    if at_end:
+                        break
+                    self._save("last", losses, sample=False, train_state=True)
+                # -- one optimizer step
+                t0 = time.perf_counter()
+                lr = self.lr_at(it)
+                loss = self.step(lr)
+                self.iter = it + 1
+                self.tokens_seen += tokens_per_iter
+                window_tokens += tokens_per_iter
+                self.step_time += time.perf_counter() - t0
+                self.elapsed = elapsed_before + time.perf_counter() - session_start
+                bar.update(1)
+                if self.iter % tc.log_interval == 0 or self.iter == tc.max_iters:
+                    last_loss = loss.item()
+                    if not math.isfinite(last_loss):
+                        raise LmscopeError(
+                            f"training diverged: the loss is {last_loss} at iteration {self.iter}; "
+                            f"the last good state is in {self.run_dir / 'checkpoints' / 'last'} "
+                            "(try a lower train.lr)")
+                    now = time.perf_counter()
+                    tps = window_tokens / max(now - window_t, 1e-9)
+                    window_t, window_tokens = now, 0
+                    self._write_metrics({"kind": "train", "iter": self.iter, "loss": last_loss,
+                                         "lr": lr, "tokens_per_s": round(tps, 1),
+                                         "elapsed_s": round(self.elapsed, 3)})
+                    bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tps:,.0f}")
+                if self._stop_requested:
+                    self._save("last", {}, sample=False, train_state=True)
+                    raise TrainingInterrupted(
+                        f"interrupted at iteration {self.iter}; the state is saved in "
+                        f"{self.run_dir / 'checkpoints' / 'last'}; continue with: "
+                        f"lmscope train --out {self.run_dir} --resume")
+            # -- the end: whole-split validation loss, final checkpoint, summary
+            result = evaluate_token_file(self.raw_model, self.val_tokens,
+                                         block_size=self.block_size, unk_id=self.tokenizer.unk_id,
+                                         corpus=self.corpus.name, split="val")
+            final_losses = {**losses, "val_loss_full": result.loss,
+                            "val_bits_per_char_full": result.bits_per_char}
+            self._write_metrics({"kind": "final", "iter": self.iter, "val_loss_full": result.loss,
+                                 "val_bits_per_char_full": result.bits_per_char,
+                                 "elapsed_s": round(self.elapsed, 3)})
+            self._save("final", final_losses, sample=True)
+            self._save("last", final_losses, sample=False, train_state=True)
+            summary = TrainResult(
+                run_dir=self.run_dir, iterations=self.iter, best_val_loss=self.best_val,
+                val_loss=result.loss, val_bits_per_char=result.bits_per_char,
+                elapsed_s=self.elapsed, tokens_per_s=self.tokens_seen / max(self.step_time, 1e-9))
+            atomic_write_json(self.run_dir / "summary.json", {
+                **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(summary).items()},
+                "params": n_params, "corpus": self.corpus.name, "model": cfg.model_name})
+            log(f"done: whole-split val loss {result.loss:.4f} nats/token "
+                f"({result.bits_per_char:.4f} bits/char) after {self.iter} iterations, "
+                f"{self.elapsed:.1f} s")
+            return summary
+        finally:
+            bar.close()
+            self.metrics.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+
+
+def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
+          progress: bool | None = None, log=print) -> TrainResult:
+    """Train a model as `config` says, writing the run folder `run_dir`."""
+    return Trainer(config, run_dir, resume=resume, progress=progress, log=log).run()

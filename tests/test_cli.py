@@ -1,0 +1,128 @@
+"""Every command run as a user would: a subprocess, checking output, exit code and the files left."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TINY_SETTINGS
+
+
+def lmscope(*args, cwd=None, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "lmscope", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+
+
+def assert_clean_error(result, *fragments):
+    """A user error: non-zero exit, one line on stderr starting with 'error:', no traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_sample_eval_round_trip(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    r = lmscope("train", "--data", tiny_corpus, "--out", run, "--set", *TINY_SETTINGS)
+    assert r.returncode == 0, r.stderr
+    assert "whole-split val loss" in r.stdout
+    assert (run / "checkpoints" / "final" / "model.safetensors").is_file()
+
+    s = lmscope("sample", run, "--prompt", "First", "--max-new-tokens", "40", "--seed", "1")
+    assert s.returncode == 0, s.stderr
+    assert s.stdout.startswith("First") and len(s.stdout.rstrip("\n")) >= 40
+    again = lmscope("sample", run, "--prompt", "First", "--max-new-tokens", "40", "--seed", "1")
+    assert again.stdout == s.stdout  # seeded
+
+    g = lmscope("sample", run / "checkpoints" / "iter_0000010", "--prompt", "All", "--greedy",
+                "--max-new-tokens", "10", "--top-p", "0.9", "--top-k", "5")
+    assert g.returncode == 0, g.stderr
+
+    e = lmscope("eval", run, "--data", tiny_corpus, "--json")
+    assert e.returncode == 0, e.stderr
+    result = json.loads(e.stdout)
+    assert result["split"] == "val" and result["loss"] > 0 and result["n_unknown"] == 0
+    e2 = lmscope("eval", run, "--data", tiny_corpus, "--json")
+    assert json.loads(e2.stdout)["loss"] == result["loss"]  # deterministic
+
+    resume = lmscope("train", "--out", run, "--resume", "--set", "train.max_iters=35")
+    assert resume.returncode == 0, resume.stderr
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["iter"] == 35
+
+
+def test_data_list_and_info(shared_data):
+    r = lmscope("data", "list")
+    assert r.returncode == 0
+    for name in ("shakespeare", "wikipedia", "math", "tinystories", "enwik8", "text8", "3seqs"):
+        assert name in r.stdout
+    info = lmscope("data", "info", "shakespeare")
+    assert info.returncode == 0, info.stderr
+    assert "input.txt" in info.stdout and "val" in info.stdout
+
+
+def test_eval_reports_characters_outside_the_vocabulary(tiny_run, tmp_path):
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("Zebra quiz: 42 jumping foxes!\n" * 200)
+    r = lmscope("eval", tiny_run, "--data", foreign, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n_unknown"] > 0
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "short.txt").write_text("too short\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 500)
+    (tmp_path / "bad.toml").write_text("[train\nmax_iters = 3")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["train", "--data", "{tmp}/missing.txt", "--out", "{tmp}/r"], ["missing.txt"]),
+    (["train", "--data", "{tmp}/empty.txt", "--out", "{tmp}/r"], ["empty"]),
+    (["train", "--data", "{tmp}/short.txt", "--out", "{tmp}/r"], ["block_size"]),
+    (["train", "--data", "{tmp}/latin1.txt", "--out", "{tmp}/r"], ["UTF-8", "data.tokenizer=byte"]),
+    (["train", "--data", "nosuchcorpus", "--out", "{tmp}/r"], ["nosuchcorpus"]),
+    (["train", "--data", "{tmp}/short.txt", "--set", "model.n_head=5"], ["divisible"]),
+    (["train", "--data", "{tmp}/short.txt", "--set", "train.max_iter=5"],
+     ["did you mean train.max_iters"]),
+    (["train", "--data", "{tmp}/short.txt", "--preset", "nope"], ["unknown preset"]),
+    (["train", "--data", "{tmp}/short.txt", "--config", "{tmp}/bad.toml"], ["not valid TOML"]),
+    (["train", "--out", "{tmp}/nothing", "--resume"], ["cannot resume"]),
+    (["sample", "{tmp}/no_run", "--prompt", "x"], ["does not exist"]),
+    (["sample", "{tmp}", "--prompt", "x"], ["holds no checkpoints"]),
+    (["eval", "{tmp}/no_run", "--data", "shakespeare"], ["does not exist"]),
+    (["data", "info", "shakespear"], ["did you mean 'shakespeare'"]),
+])
+def test_bad_input_gives_one_line_error(bad_files, args, fragments):
+    args = [a.replace("{tmp}", str(bad_files)) for a in args]
+    assert_clean_error(lmscope(*args, cwd=bad_files), *fragments)
+
+
+def test_bad_inputs_against_a_trained_run(tiny_run, tmp_path):
+    assert_clean_error(lmscope("sample", tiny_run, "--prompt", "Zebra {}"), "not in the vocabulary")
+    assert_clean_error(lmscope("sample", tiny_run, "--top-p", "1.5"), "--top-p")
+    assert_clean_error(lmscope("sample", tiny_run, "--temperature", "0"), "--temperature")
+    assert_clean_error(lmscope("eval", tiny_run, "--data", f"{tmp_path}/x"),
+                       "x")
+    # a corrupt checkpoint
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in (tiny_run / "checkpoints" / "final").iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
+    assert_clean_error(lmscope("sample", broken, "--prompt", "A"), "model.safetensors")
+
+
+def test_training_into_an_existing_run_keeps_its_files(tiny_corpus, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert_clean_error(lmscope("train", "--data", tiny_corpus, "--out", run), "--resume")
+    assert (run / "notes.txt").read_text() == "mine"

@@ -1,0 +1,96 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+from lmscope.api import load
+from lmscope.data.tokenizers import CharTokenizer
+from lmscope.errors import CheckpointError
+from lmscope.models.gpt import GPT, GPTConfig
+from lmscope.train.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+
+
+def _save(path, **config):
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=8, block_size=8, n_layer=2, n_head=2, n_embd=16, **config)
+    model = GPT(cfg)
+    save_checkpoint(path, model, model_name="gpt", model_config=cfg,
+                    tokenizer=CharTokenizer(list("abcdefg")), meta={"iter": 3})
+    return model
+
+
+@pytest.mark.parametrize("config", [{}, {"norm": "rmsnorm", "norm_position": "post",
+                                         "pos_emb": "none", "tie_weights": False, "bias": True}])
+def test_save_then_load_gives_bit_identical_logits(tmp_path, config):
+    model = _save(tmp_path / "ckpt", **config).eval()
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    idx = torch.randint(0, 8, (2, 8))
+    assert torch.equal(ckpt.model(idx), model(idx))
+    assert ckpt.tokenizer.encode("abc") == CharTokenizer(list("abcdefg")).encode("abc")
+    assert ckpt.iteration == 3 and not ckpt.model.training
+
+
+def test_no_temporary_folders_are_left_behind(tmp_path):
+    _save(tmp_path / "ckpt")
+    _save(tmp_path / "ckpt")  # overwrite in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_truncated_weights_are_rejected_naming_the_file(tmp_path):
+    _save(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupt or truncated"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_corrupt_or_foreign_meta_is_rejected(tmp_path):
+    _save(tmp_path / "ckpt")
+    meta = tmp_path / "ckpt" / "meta.json"
+    good = json.loads(meta.read_text())
+    meta.write_text("{not json")
+    with pytest.raises(CheckpointError, match="meta.json is corrupt: not valid JSON"):
+        load_checkpoint(tmp_path / "ckpt")
+    meta.write_text(json.dumps({**good, "version": 99}))
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(tmp_path / "ckpt")
+    meta.write_text(json.dumps({**good, "model_config": {**good["model_config"], "n_embd": 32}}))
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+class _Boom:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_a_pickle_posing_as_weights_is_never_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _save(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(pickle.dumps(_Boom()))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "ckpt")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_run_folder_resolves_to_final_else_latest(tiny_run):
+    assert resolve_checkpoint(tiny_run).name == "final"
+    names = [p.name for p in list_checkpoints(tiny_run)]
+    assert names[:2] == ["iter_0000010", "iter_0000020"]
+    assert {"best", "final", "last"} <= set(names)
+    ckpt = load(tiny_run)
+    assert ckpt.iteration == 30
+
+
+def test_missing_and_empty_paths_are_clear_errors(tmp_path):
+    with pytest.raises(Exception, match="does not exist"):
+        resolve_checkpoint(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoints"):
+        resolve_checkpoint(tmp_path / "empty")

@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmscope.config import resolve_config
+from lmscope.errors import LmscopeError
+from lmscope.train.trainer import Trainer, TrainingInterrupted, train
+from tests.conftest import TINY_SETTINGS
+
+
+def _config(corpus, *extra):
+    return resolve_config(data=str(corpus), overrides=[*TINY_SETTINGS, *extra])
+
+
+def _quiet(config, run_dir, **kw):
+    return train(config, run_dir, progress=False, log=lambda *a: None, **kw)
+
+
+def test_a_tiny_model_overfits_a_tiny_corpus(tiny_corpus, tmp_path):
+    result = _quiet(_config(tiny_corpus, "train.max_iters=300", "train.lr=1e-2",
+                            "train.eval_interval=50", "train.checkpoint_at=[]",
+                            "train.checkpoint_every=1000", "data.val_fraction=0.5"), tmp_path / "r")
+    # The text repeats 20 times: a model that learned it predicts almost every character.
+    assert result.val_loss < 0.5, result
+    metrics = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [m["loss"] for m in metrics if m["kind"] == "train"]
+    assert train_losses[-1] < train_losses[0] / 4
+
+
+def test_run_folder_contents(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"config.toml", "tokenizer.json", "metrics.jsonl", "samples.md", "summary.json",
+            "checkpoints"} <= names
+    samples = (tiny_run / "samples.md").read_text()
+    assert "iter_0000010" in samples and "iter_0000020" in samples and "## final" in samples
+    rows = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in rows} == {"train", "eval", "final"}
+    assert [r["iter"] for r in rows if r["kind"] == "eval"] == [0, 10, 20, 30]
+    assert all({"loss", "lr", "tokens_per_s", "elapsed_s"} <= set(r) for r in rows
+               if r["kind"] == "train")
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["iterations"] == 30 and summary["val_loss"] > 0
+
+
+def _weights(run_dir, name="final"):
+    return load_file(run_dir / "checkpoints" / name / "model.safetensors")
+
+
+def _train_rows(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["iter"], r.get("loss"), r.get("val_loss")) for r in rows if r["kind"] != "final"]
+
+
+def test_stopping_and_resuming_continues_the_same_trajectory(tiny_corpus, tmp_path, monkeypatch):
+    settings = ("train.max_iters=24", "model.dropout=0.1", "train.log_interval=1",
+                "train.eval_interval=8", "train.checkpoint_at=[]", "train.checkpoint_every=1000")
+    _quiet(_config(tiny_corpus, *settings), tmp_path / "straight")
+
+    # Same run, interrupted (as by Ctrl-C) during the 13th step, then resumed.
+    real_step = Trainer.step
+
+    def step_then_interrupt(self, lr):
+        loss = real_step(self, lr)
+        if self.iter == 12:  # the step that makes iteration 13 is running
+            self._stop_requested = True
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", step_then_interrupt)
+    trainer = Trainer(_config(tiny_corpus, *settings), tmp_path / "resumed", progress=False,
+                      log=lambda *a: None)
+    with pytest.raises(TrainingInterrupted, match="interrupted at iteration 13"):
+        trainer.run()
+    monkeypatch.setattr(Trainer, "step", real_step)
+    assert not (tmp_path / "resumed" / "checkpoints" / "final").exists()
+    _quiet(_config(tiny_corpus, *settings), tmp_path / "resumed", resume=True)
+
+    assert _train_rows(tmp_path / "resumed") == _train_rows(tmp_path / "straight")
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_existing_run_folder_is_never_overwritten(tiny_corpus, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep me")
+    with pytest.raises(LmscopeError, match="already holds files"):
+        _quiet(_config(tiny_corpus), run)
+    assert (run / "precious.txt").read_text() == "keep me"
+
+
+def test_corpus_shorter_than_a_block_is_a_clear_error(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("hello world, this is short\n" * 2)
+    with pytest.raises(LmscopeError, match="block_size"):
+        _quiet(_config(short), tmp_path / "r")
+
+
+def test_learning_rate_schedule_warms_up_then_decays():
+    cfg = resolve_config(overrides=["train.max_iters=1000", "train.warmup_iters=100",
+                                    "train.lr=1e-3", "train.min_lr=1e-4"])
+    t = Trainer(cfg, "unused")
+    lrs = [t.lr_at(i) for i in range(1000)]
+    assert lrs[0] < lrs[50] < lrs[99] <= 1e-3
+    assert max(lrs) == pytest.approx(1e-3, rel=1e-2)
+    assert lrs[999] == pytest.approx(1e-4, rel=1e-3)
+    assert all(x >= y for x, y in zip(lrs[100:], lrs[101:], strict=False))
