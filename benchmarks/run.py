@@ -125,23 +125,30 @@ def bench_sample(repeats: int, new_tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter runs")
-    parser.add_argument("--corpus", default=None,
-                        help="training corpus (default: shakespeare where found, else a generated file)")
+    parser.add_argument("--corpus", default=None, help="training corpus (default: shakespeare "
+                        "where found, else a generated file)")
     args = parser.parse_args()
     repeats = 2 if args.quick else 5
-    corpus = args.corpus
-    tmp = None
-    if corpus is None:
-        data = os.environ.get("LMSCOPE_DATA")
-        if data and (Path(data) / "shakespeare" / "input.txt").is_file():
-            corpus = "shakespeare"
-        else:  # content does not change the speed; only the vocabulary size matters a little
-            tmp = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
-            rng = np.random.default_rng(0)
-            letters = np.array(list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n.,;:!?'-&3$"))
-            tmp.write("".join(rng.choice(letters, 1_100_000)))
-            tmp.close()
-            corpus = tmp.name
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = args.corpus or default_corpus(Path(tmp))
+        result = run_all(corpus, repeats, args.quick)
+    print(json.dumps(result, indent=2))
+
+
+def default_corpus(tmp: Path) -> str:
+    """Shakespeare where found, else a generated file of the same size and alphabet
+    (the content does not change the speed; only the vocabulary size does, a little)."""
+    data = os.environ.get("LMSCOPE_DATA")
+    if data and (Path(data) / "shakespeare" / "input.txt").is_file():
+        return "shakespeare"
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n.,;:!?'-&3$"))
+    path = tmp / "generated.txt"
+    path.write_text("".join(rng.choice(letters, 1_100_000)))
+    return str(path)
+
+
+def run_all(corpus: str, repeats: int, quick: bool) -> dict:
     peak = matmul_gflops(repeats)
     result = {
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
@@ -149,13 +156,11 @@ def main() -> None:
                     "cpu_count": os.cpu_count()},
         "matmul_gflops": round(peak, 1),
     }
-    result["train"] = bench_train(corpus, repeats, steps=10 if args.quick else 30, peak=peak)
+    result["train"] = bench_train(corpus, repeats, steps=10 if quick else 30, peak=peak)
     result["peak_rss_mb_after_train"] = round(peak_rss_mb(), 1)
-    result["sample"] = bench_sample(repeats, new_tokens=100 if args.quick else 500)
+    result["sample"] = bench_sample(repeats, new_tokens=100 if quick else 500)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    if tmp is not None:
-        os.unlink(tmp.name)
-    print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

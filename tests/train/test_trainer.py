@@ -107,3 +107,17 @@ def test_learning_rate_schedule_warms_up_then_decays():
     assert max(lrs) == pytest.approx(1e-3, rel=1e-2)
     assert lrs[999] == pytest.approx(1e-4, rel=1e-3)
     assert all(x >= y for x, y in zip(lrs[100:], lrs[101:], strict=False))
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_byte_and_bpe_runs_train_sample_and_reload(tiny_corpus, tmp_path, tokenizer):
+    from lmscope.api import generate, load
+
+    extra = ["data.bpe_vocab_size=300"] if tokenizer == "bpe" else []
+    result = _quiet(_config(tiny_corpus, f"data.tokenizer={tokenizer}", "train.max_iters=10",
+                            "train.checkpoint_at=[]", *extra), tmp_path / "r")
+    ckpt = load(tmp_path / "r")
+    assert ckpt.tokenizer.kind == tokenizer and ckpt.iteration == 10
+    assert result.val_bits_per_char > 0
+    text = generate(ckpt, "First Citizen:", max_new_tokens=12, seed=0)
+    assert isinstance(text, str) and text
