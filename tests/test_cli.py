@@ -126,3 +126,15 @@ def test_training_into_an_existing_run_keeps_its_files(tiny_corpus, tmp_path):
     (run / "notes.txt").write_text("mine")
     assert_clean_error(lmscope("train", "--data", tiny_corpus, "--out", run), "--resume")
     assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_resume_with_a_corrupt_training_state_is_a_clear_error(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    state = run / "checkpoints" / "last" / "train_state.safetensors"
+    state.write_bytes(state.read_bytes()[:50])
+    r = lmscope("train", "--out", run, "--resume", "--set", "train.max_iters=40")
+    assert_clean_error(r, "cannot resume", "corrupt")
+    assert (run / "checkpoints" / "final" / "model.safetensors").is_file()  # nothing lost

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from lmscope.config import RunConfig
@@ -44,10 +46,10 @@ from lmscope.data.tokenizers import (
     tokenizer_from_dict,
 )
 from lmscope.data.tokens import BatchSampler, encode_to_file
-from lmscope.errors import LmscopeError
+from lmscope.errors import CheckpointError, LmscopeError
 from lmscope.evaluate import evaluate_token_file
 from lmscope.generate import SamplingConfig, generate
-from lmscope.io import atomic_write_json, atomic_write_text
+from lmscope.io import atomic_write_json, atomic_write_text, existing_dir
 from lmscope.models import build_model
 from lmscope.train.checkpoint import (
     list_checkpoints,
@@ -113,10 +115,10 @@ class Trainer:
     # --- set-up ----------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
         if self.resume:
-            if not (self.run_dir / "checkpoints" / "last").is_dir() and not list_checkpoints(
-                    self.run_dir):
-                raise LmscopeError(f"cannot resume: {self.run_dir} has no checkpoints/last "
-                                   "(start a new run without --resume)")
+            last = existing_dir(self.run_dir / "checkpoints" / "last")
+            if last is None or not (last / "train_state.json").is_file():
+                raise LmscopeError(f"cannot resume: {self.run_dir} has no checkpoints/last with a "
+                                   "training state (start a new run without --resume)")
             return
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise LmscopeError(f"--out {self.run_dir} is a file, not a folder")
@@ -204,39 +206,38 @@ class Trainer:
                 tensors[f"rng.cuda.{i}"] = s
         info = {
             "iter": self.iter, "best_val": self.best_val, "elapsed_s": self.elapsed,
-            "step_time_s": self.step_time, "tokens_seen": self.tokens_seen, "param_groups": sd["param_groups"],
-            "optimizer_scalars": opt_state, "sampler": self.sampler.state_dict(),
+            "step_time_s": self.step_time, "tokens_seen": self.tokens_seen,
+            "param_groups": sd["param_groups"], "optimizer_scalars": opt_state, "sampler": self.sampler.state_dict(),
         }
         return tensors, info
 
     def _restore(self) -> None:
-        from safetensors.torch import load_file
-
-        last = self.run_dir / "checkpoints" / "last"
-        if not (last / "train_state.json").is_file():
-            raise LmscopeError(f"cannot resume: {last} has no training state")
+        last = existing_dir(self.run_dir / "checkpoints" / "last")
         ckpt = load_checkpoint(last, device=self.device)
         self.raw_model.load_state_dict(ckpt.model.state_dict())
-        info = json.loads((last / "train_state.json").read_text())
-        tensors = load_file(last / "train_state.safetensors")
-        state: dict = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, idx, name = key.split(".", 2)
+        try:
+            info = json.loads((last / "train_state.json").read_text())
+            tensors = load_file(last / "train_state.safetensors")
+            state: dict = {}
+            for key, value in tensors.items():
+                if key.startswith("optimizer."):
+                    _, idx, name = key.split(".", 2)
+                    state.setdefault(int(idx), {})[name] = value
+            for key, value in info["optimizer_scalars"].items():
+                idx, name = key.split(".", 1)
                 state.setdefault(int(idx), {})[name] = value
-        for key, value in info["optimizer_scalars"].items():
-            idx, name = key.split(".", 1)
-            state.setdefault(int(idx), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-        torch.set_rng_state(tensors["rng.torch"])
-        if torch.cuda.is_available():
+            self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+            torch.set_rng_state(tensors["rng.torch"])
             cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-            if cuda_states:
+            if cuda_states and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(cuda_states)
-        self.sampler.load_state_dict(info["sampler"])
-        self.iter, self.best_val = info["iter"], info["best_val"]
-        self.elapsed, self.tokens_seen = info["elapsed_s"], info["tokens_seen"]
-        self.step_time = info["step_time_s"]
+            self.sampler.load_state_dict(info["sampler"])
+            self.iter, self.best_val = info["iter"], info["best_val"]
+            self.elapsed, self.tokens_seen = info["elapsed_s"], info["tokens_seen"]
+            self.step_time = info["step_time_s"]
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
+            raise CheckpointError(f"cannot resume: the training state in {last} is corrupt or "
+                                  f"incomplete ({type(e).__name__}: {e})") from None
 
     # --- logging, evaluation, checkpoints ---------------------------------------------------------
     def _open_metrics(self) -> None:
