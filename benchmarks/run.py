@@ -11,7 +11,7 @@ Figures (medians over repeats; the machine may be shared, so compare runs made s
 - sample: tokens/s generating 500 tokens at batch size 1 from the baby GPT (6 layers, 384 wide,
   block 256), with the KV cache and by recomputing the whole context for every token (nanoGPT's
   way), their ratio, and batched sampling of 16 prompts with the cache.
-- peak_rss_mb: the process's peak resident memory after each phase.
+- peak_rss_mb: the process's peak resident memory after each phase (and peak_cuda_mb on a GPU).
 """
 
 from __future__ import annotations
@@ -34,27 +34,37 @@ from lmscope.config import resolve_config
 from lmscope.evaluate import token_nll
 from lmscope.generate import SamplingConfig, generate_ids
 from lmscope.models.gpt import GPT, GPTConfig
-from lmscope.train.trainer import Trainer
+from lmscope.train.trainer import Trainer, pick_device
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
+def sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn, repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync(device)
         t0 = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def matmul_gflops(repeats: int, n: int = 1024) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    seconds = median_time(lambda: [a @ b for _ in range(10)], repeats)
+def matmul_gflops(repeats: int, device: torch.device) -> float:
+    """float32 matmul throughput (TF32 off): 1024^2 on the CPU, 8192^2 on a GPU."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    seconds = median_time(lambda: [a @ b for _ in range(10)], repeats, device=device)
     return 10 * 2 * n**3 / seconds / 1e9
 
 
@@ -64,20 +74,21 @@ def flops_per_token(model: GPT) -> float:
     return 6 * model.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
 
-def bench_train(corpus: str, repeats: int, steps: int, peak: float) -> dict:
+def bench_train(corpus: str, repeats: int, steps: int, peak: float, device: torch.device) -> dict:
     config = resolve_config(preset="shakespeare-char-cpu", data=corpus,
-                            overrides=["train.device=cpu"])
+                            overrides=[f"train.device={device}", "train.dtype=float32"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, Path(tmp) / "run", progress=False, log=lambda *a: None)
         trainer.setup()
         tokens_per_step = config.train.batch_size * config.model.block_size
-        seconds = median_time(lambda: [trainer.step(1e-3) for _ in range(steps)], repeats) / steps
+        seconds = median_time(lambda: [trainer.step(1e-3) for _ in range(steps)], repeats,
+                              device=device) / steps
         tps = tokens_per_step / seconds
         model = trainer.raw_model
         eval_tokens = trainer.val_tokens.tokens
         eval_seconds = median_time(
             lambda: token_nll(model, eval_tokens, block_size=config.model.block_size,
-                              batch_size=64), max(1, repeats // 2))
+                              batch_size=64), max(1, repeats // 2), device=device)
     return {
         "model_params": model.num_params(),
         "batch": [config.train.batch_size, config.model.block_size],
@@ -91,7 +102,7 @@ def bench_train(corpus: str, repeats: int, steps: int, peak: float) -> dict:
 
 def nanogpt_style_generate(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
     """Reference: recompute the whole (cropped) context for every new token, as nanoGPT does."""
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=idx.device).manual_seed(0)
     for _ in range(n):
         logits = model(idx[:, -model.config.block_size:])[:, -1] / 0.8
         nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen)
@@ -100,17 +111,18 @@ def nanogpt_style_generate(model: GPT, idx: torch.Tensor, n: int) -> torch.Tenso
 
 
 @torch.no_grad()
-def bench_sample(repeats: int, new_tokens: int) -> dict:
+def bench_sample(repeats: int, new_tokens: int, device: torch.device) -> dict:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384)).eval()
-    prompt = torch.zeros(1, 1, dtype=torch.long)
+    model = GPT(GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384))
+    model = model.to(device).eval()
+    prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
     cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=0.8, seed=0)
-    cached = median_time(lambda: generate_ids(model, prompt, cfg), repeats)
+    cached = median_time(lambda: generate_ids(model, prompt, cfg), repeats, device=device)
     recompute = median_time(lambda: nanogpt_style_generate(model, prompt, new_tokens),
-                            max(1, repeats // 2), warmup=0)
+                            max(1, repeats // 2), warmup=0, device=device)
     batch = 16
     batched = median_time(lambda: generate_ids(model, prompt.repeat(batch, 1), cfg),
-                          max(1, repeats // 2))
+                          max(1, repeats // 2), device=device)
     return {
         "model_params": model.num_params(),
         "new_tokens": new_tokens,
@@ -125,13 +137,15 @@ def bench_sample(repeats: int, new_tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter runs")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else cpu) | cpu | cuda")
     parser.add_argument("--corpus", default=None, help="training corpus (default: shakespeare "
                         "where found, else a generated file)")
     args = parser.parse_args()
     repeats = 2 if args.quick else 5
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus or default_corpus(Path(tmp))
-        result = run_all(corpus, repeats, args.quick)
+        device = pick_device(args.device)
+        result = run_all(corpus, repeats, args.quick, device)
     print(json.dumps(result, indent=2))
 
 
@@ -148,18 +162,22 @@ def default_corpus(tmp: Path) -> str:
     return str(path)
 
 
-def run_all(corpus: str, repeats: int, quick: bool) -> dict:
-    peak = matmul_gflops(repeats)
+def run_all(corpus: str, repeats: int, quick: bool, device: torch.device) -> dict:
+    peak = matmul_gflops(repeats, device)
     result = {
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cpu_count": os.cpu_count()},
+                    "cpu_count": os.cpu_count(), "device": str(device),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "matmul_gflops": round(peak, 1),
     }
-    result["train"] = bench_train(corpus, repeats, steps=10 if quick else 30, peak=peak)
+    result["train"] = bench_train(corpus, repeats, steps=10 if quick else 30, peak=peak,
+                                  device=device)
     result["peak_rss_mb_after_train"] = round(peak_rss_mb(), 1)
-    result["sample"] = bench_sample(repeats, new_tokens=100 if quick else 500)
+    result["sample"] = bench_sample(repeats, new_tokens=100 if quick else 500, device=device)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return result
 
 

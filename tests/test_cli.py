@@ -109,8 +109,11 @@ def test_bad_inputs_against_a_trained_run(tiny_run, tmp_path):
     assert_clean_error(lmscope("sample", tiny_run, "--prompt", "Zebra {}"), "not in the vocabulary")
     assert_clean_error(lmscope("sample", tiny_run, "--top-p", "1.5"), "--top-p")
     assert_clean_error(lmscope("sample", tiny_run, "--temperature", "0"), "--temperature")
-    assert_clean_error(lmscope("eval", tiny_run, "--data", f"{tmp_path}/x"),
-                       "x")
+    assert_clean_error(lmscope("eval", tiny_run, "--data", tmp_path / "absent.txt"),
+                       "absent.txt")
+    assert_clean_error(lmscope("eval", tiny_run, "--data", tiny_run / "config.toml", "--split",
+                               "test"), "no split 'test'")
+    assert_clean_error(lmscope("sample", tiny_run, "--device", "foo"), "unknown device")
     # a corrupt checkpoint
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -138,3 +141,28 @@ def test_resume_with_a_corrupt_training_state_is_a_clear_error(tiny_run, tmp_pat
     r = lmscope("train", "--out", run, "--resume", "--set", "train.max_iters=40")
     assert_clean_error(r, "cannot resume", "corrupt")
     assert (run / "checkpoints" / "final" / "model.safetensors").is_file()  # nothing lost
+
+
+def test_resume_from_another_folder_and_only_train_values_change(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    corpus_here = tmp_path / "text.txt"
+    corpus_here.write_text(tiny_corpus.read_text())
+    r = lmscope("train", "--data", "text.txt", "--out", run, "--set", *TINY_SETTINGS,
+                "train.max_iters=10", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert_clean_error(lmscope("train", "--out", run, "--resume", "--preset",
+                               "shakespeare-char-cpu", cwd=elsewhere), "--preset")
+    assert_clean_error(lmscope("train", "--out", run, "--resume", "--set", "model.n_layer=3",
+                               cwd=elsewhere), "[model]")
+    ok = lmscope("train", "--out", run, "--resume", "--set", "train.max_iters=12", cwd=elsewhere)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_sample_prints_nothing_before_an_error(tiny_run):
+    for args in (["--prompt", "Zebra"], ["--max-new-tokens", "-1"], ["--device", "foo"],
+                 ["--seed", str(2**70)]):
+        r = lmscope("sample", tiny_run, *args)
+        assert r.returncode != 0 and r.stdout == "", (args, r.stdout)
+        assert "Traceback" not in r.stderr

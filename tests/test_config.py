@@ -58,6 +58,8 @@ def test_toml_round_trip_gives_the_same_config(tmp_path):
     ("train.batch_size=0", "at least 1"),
     ("data.tokenizer=word", "char, byte or bpe"),
     ("model.name=rnn", "unknown model 'rnn'"),
+    ("train.min_lr=0.1", "must not exceed train.lr"),
+    ("train.lr=nan", "train.lr must be a number"),
 ])
 def test_bad_overrides_name_the_problem(item, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
@@ -73,6 +75,9 @@ def test_default_checkpoint_schedule_is_1_2_5():
     assert TrainConfig(max_iters=5000).checkpoint_iters() == [100, 200, 500, 1000, 2000]
     assert TrainConfig(max_iters=300, checkpoint_every=100).checkpoint_iters() == [100, 200]
     assert TrainConfig(max_iters=300, checkpoint_at=[0, 7, 999]).checkpoint_iters() == [0, 7]
+    assert TrainConfig(max_iters=5000, checkpoint_at=[]).checkpoint_iters() == []  # none at all
+    cfg = resolve_config(overrides=["train.checkpoint_at=[]"])
+    assert cfg.train.checkpoint_iters() == []
 
 
 @given(st.text(max_size=30))
@@ -89,3 +94,16 @@ def test_integer_overrides_are_read_or_rejected(n):
         assert cfg.train.max_iters == n and n >= 1
     except ConfigError as e:
         assert n < 1 and "at least 1" in str(e)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("model = 5", "[model] must be a table"),
+    ("[model]\nname = []", "unknown model"),
+    ("[train]\nmax_iters = [1, 2]", "train.max_iters must be an integer"),
+    ("[data]\ncorpus = 3.5\ntokenizer = true", "data.tokenizer must be a string"),
+])
+def test_bad_config_files_name_the_problem(tmp_path, text, message):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        resolve_config(config_file=f)

@@ -1,8 +1,10 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmscope.data.tokenizers import CharTokenizer
+from lmscope.errors import LmscopeError
 from lmscope.generate import SamplingConfig, filter_logits, generate, generate_ids
 from lmscope.models.gpt import GPT, GPTConfig
 
@@ -52,10 +54,22 @@ def test_top_p_set_is_a_minimal_top_set_even_with_ties(logits, p):
     assert kept.sum() - kept.min() < p + 1e-9  # ... and dropping the least likely would not
 
 
-def test_top_k_keeps_the_k_largest():
+def test_top_k_keeps_the_k_largest_even_with_ties():
     t = torch.tensor([[0.1, 3.0, 2.0, -1.0, 2.5]])
     kept = filter_logits(t, top_k=2) > float("-inf")
     assert kept.tolist() == [[False, True, False, False, True]]
+    tied = filter_logits(torch.tensor([1.0, 1.0, 1.0, 0.0]), top_k=1) > float("-inf")
+    assert int(tied.sum()) == 1
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"temperature": float("nan")}, "--temperature"), ({"temperature": -1.0}, "--temperature"),
+    ({"top_k": 0}, "--top-k"), ({"top_p": 0.0}, "--top-p"), ({"top_p": float("nan")}, "--top-p"),
+    ({"max_new_tokens": -1}, "--max-new-tokens"),
+])
+def test_invalid_sampling_settings_are_refused(kwargs, message):
+    with pytest.raises(LmscopeError, match=message):
+        SamplingConfig(**kwargs).validate()
 
 
 def _model(block_size=8):
@@ -73,11 +87,21 @@ def test_greedy_decoding_equals_argmax_of_full_recomputation():
     assert new.tolist() == ctx[:, 3:].tolist()
 
 
-def test_generation_past_the_context_window_keeps_going():
-    model = _model(block_size=8)
-    new = generate_ids(model, torch.tensor([[1, 2]]), SamplingConfig(max_new_tokens=40, seed=0))
+def test_generation_past_the_context_window_follows_the_documented_policy():
+    """Past the window, the model sees the recent tokens: a full window until the cache is full,
+    then the last 3/4 of a window, growing back to a full one (generate.py's docstring)."""
+    block = 8
+    model = _model(block_size=block)
+    new = generate_ids(model, torch.tensor([[1, 2]]), SamplingConfig(max_new_tokens=40,
+                                                                      greedy=True))
     assert new.shape == (1, 40)
-    assert int(new.max()) < 6
+    ctx, start = [1, 2], 0  # start: where the tokens the cache holds begin
+    for _ in range(40):
+        if len(ctx) - start > block:  # the cache was full: keep the last 3/4 window
+            start = len(ctx) - block * 3 // 4
+        logits = model(torch.tensor([ctx[start:]]))[0, -1]
+        ctx.append(int(logits.argmax()))
+    assert new[0].tolist() == ctx[2:]
 
 
 def test_seeded_sampling_is_reproducible_and_batched_rows_differ():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lmscope.errors import LmscopeError
 from lmscope.generate import SamplingConfig
 from lmscope.generate import generate as _generate
 from lmscope.train.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
@@ -46,5 +47,8 @@ def logits(model_or_path, text: str) -> torch.Tensor:
     """Next-token logits (time, vocab) for every position of `text`."""
     ckpt = _as_checkpoint(model_or_path)
     ids = ckpt.tokenizer.encode(text, unknown="error")
+    if not 0 < len(ids) <= ckpt.model.context_length:
+        raise LmscopeError(f"text of {len(ids)} tokens: give 1 to {ckpt.model.context_length} "
+                           "(the model's context length)")
     device = next(ckpt.model.parameters()).device
     return ckpt.model(torch.tensor([ids], device=device))[0]

@@ -32,7 +32,7 @@ def _default_run_dir(corpus: str, name: str) -> Path:
     return path
 
 
-@cli.command(context_settings={"ignore_unknown_options": False})
+@cli.command()
 @click.option("--data", "data", metavar="CORPUS",
               help="Corpus name (see `lmscope data list`) or path to a text file or folder.")
 @click.option("--out", "out", type=click.Path(path_type=Path), metavar="RUN_DIR",
@@ -64,6 +64,10 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
     if resume:
         if out is None:
             raise LmscopeError("--resume needs --out RUN_DIR, the run to continue")
+        if preset or config_file:
+            raise LmscopeError("--resume continues a run with its saved config "
+                               f"({out / 'config.toml'}); --preset and --config cannot change it "
+                               "(use --set train.KEY=VALUE for [train] values)")
         saved = out / "config.toml"
         if not saved.is_file():
             raise LmscopeError(f"cannot resume: {saved} does not exist")
@@ -99,17 +103,22 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
 @click.option("--top-p", type=float, default=None,
               help="Nucleus sampling: keep the smallest set of tokens with probability >= p.")
 @click.option("--greedy", is_flag=True, help="Always take the most likely token.")
-@click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None,
+              help="Seed for reproducible samples.")
 @click.option("--num-samples", default=1, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 def sample(run, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed, num_samples,
            device):
     """Generate text from a run folder or checkpoint, streamed to stdout."""
     from lmscope.api import generate, load
+    from lmscope.generate import SamplingConfig
 
     if num_samples < 1:
         raise LmscopeError(f"--num-samples must be at least 1, got {num_samples}")
+    SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                   top_p=top_p, greedy=greedy).validate()
     ckpt = load(run, device=device)
+    ckpt.tokenizer.encode(prompt, unknown="error")  # before anything is printed
     for i in range(num_samples):
         if i:
             click.echo("\n---------------")

@@ -74,8 +74,9 @@ class TrainConfig:
     eval_interval: int = 250  # estimate train/val loss every this many iterations
     eval_iters: int = 200  # batches per estimate
     log_interval: int = 10  # write the training loss every this many iterations
-    checkpoint_at: list[int] = field(default_factory=list)  # iterations that keep a checkpoint
+    checkpoint_at: list[int] | None = None  # iterations that keep a checkpoint ([] for none);
     checkpoint_every: int = 0  # also keep one every this many iterations (0: off)
+    # with neither set, checkpoints are kept at 100, 200, 500, 1000, 2000, 5000, ...
     sample_prompt: str = "\n"  # prompt of the sample written at each checkpoint
     sample_tokens: int = 200  # its length in tokens (0: no samples)
     seed: int = 1337
@@ -98,7 +99,9 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
-        if any(i < 0 for i in self.checkpoint_at):
+        if self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
+        if any(i < 0 for i in self.checkpoint_at or ()):
             raise ConfigError(f"train.checkpoint_at must list iterations >= 0, got {self.checkpoint_at}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"train.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
@@ -107,10 +110,10 @@ class TrainConfig:
 
     def checkpoint_iters(self) -> list[int]:
         """The iterations that keep a checkpoint. With nothing configured: 100, 200, 500, 1000, 2000, ..."""
-        iters = set(self.checkpoint_at)
+        iters = set(self.checkpoint_at or ())
         if self.checkpoint_every:
             iters.update(range(self.checkpoint_every, self.max_iters, self.checkpoint_every))
-        if not self.checkpoint_at and not self.checkpoint_every:
+        if self.checkpoint_at is None and not self.checkpoint_every:
             scale = 100
             while scale < self.max_iters:
                 iters.update(m * scale for m in (1, 2, 5) if m * scale < self.max_iters)
@@ -156,9 +159,13 @@ def config_from_dict(raw: dict) -> RunConfig:
         key = sorted(unknown)[0]
         raise ConfigError(f"unknown config section {key!r}{_suggest(key, SECTIONS)}; "
                           f"sections are {', '.join(SECTIONS)}")
+    for section in SECTIONS:
+        if not isinstance(raw.get(section, {}), dict):
+            raise ConfigError(f"config section [{section}] must be a table, "
+                              f"got {raw[section]!r}")
     model_raw = dict(raw.get("model", {}))
     name = model_raw.pop("name", "gpt")
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ConfigError(f"unknown model {name!r}{_suggest(name, MODELS)}; "
                           f"models are {', '.join(sorted(MODELS))}")
     config = RunConfig(
@@ -172,8 +179,6 @@ def config_from_dict(raw: dict) -> RunConfig:
 
 
 def _build(cls, values: dict, section: str):
-    if not isinstance(values, dict):
-        raise ConfigError(f"config section [{section}] must be a table, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "vocab_size"}
     kwargs = {}
     for key, value in values.items():

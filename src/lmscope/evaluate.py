@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lmscope.data.tokens import eval_windows
+from lmscope.errors import LmscopeError
 
 
 @dataclass
@@ -67,6 +68,10 @@ def evaluate_token_file(model, token_file, *, block_size: int, unk_id: int | Non
                         corpus: str = "", split: str = "val", batch_size: int = 32) -> EvalResult:
     nats, count = token_nll(model, token_file.tokens, block_size=block_size,
                             batch_size=batch_size, unk_id=unk_id)
+    if count == 0:
+        raise LmscopeError(f"nothing to score in corpus {corpus or '?'} split {split}: "
+                           f"{len(token_file.tokens)} tokens, {token_file.n_unknown} characters "
+                           "outside the model's vocabulary")
     n_tok = len(token_file.tokens)
     # The first token of the split is never predicted: count the characters the predictions cover.
     chars_covered = token_file.n_chars * (n_tok - 1) / max(n_tok, 1)
@@ -83,7 +88,6 @@ def evaluate(model_or_path, corpus: str, split: str = "val", *, batch_size: int 
     from lmscope.api import _as_checkpoint
     from lmscope.data import corpora
     from lmscope.data.tokens import encode_to_file
-    from lmscope.errors import LmscopeError
 
     ckpt = _as_checkpoint(model_or_path)
     if val_fraction is None:  # the split the model was trained with, where the checkpoint says

@@ -9,6 +9,7 @@ quarter window rather than at every token, as it would if the window slid one to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ class SamplingConfig:
     def validate(self) -> None:
         if self.max_new_tokens < 0:
             raise LmscopeError(f"--max-new-tokens must not be negative, got {self.max_new_tokens}")
-        if not self.greedy and self.temperature <= 0:
+        if not self.greedy and not (math.isfinite(self.temperature) and self.temperature > 0):
             raise LmscopeError(f"--temperature must be positive, got {self.temperature} "
                                "(use --greedy for the most likely token)")
         if self.top_k is not None and self.top_k < 1:
@@ -42,8 +43,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None,
                   top_p: float | None = None) -> torch.Tensor:
     """Set to -inf the logits outside the top-k and outside the nucleus of mass top_p (last dim)."""
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        top = torch.topk(logits, top_k, dim=-1).indices  # exactly k, even with ties
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top, True)
+        logits = logits.masked_fill(~keep, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
@@ -129,22 +131,24 @@ def generate(model, tokenizer, prompt: str, cfg: SamplingConfig | None = None,
 
 
 class _TextStreamer:
-    """Decode tokens as they come; hold back text that may still change (a split multi-byte character)."""
+    """Decode tokens as they come; hold back text that may still change (a split multi-byte
+    character ends in U+FFFD until its last byte arrives). Only the tokens not yet shown are
+    decoded each time, so streaming costs O(length)."""
 
     def __init__(self, tokenizer, emit: Callable[[str], None]):
         self.tokenizer, self.emit = tokenizer, emit
-        self.ids: list[int] = []
-        self.sent = 0
+        self.pending: list[int] = []
+        self.shown = 0  # characters emitted so far
 
     def push(self, token: torch.Tensor) -> None:
-        self.ids.append(int(token[0]))
-        text = self.tokenizer.decode(self.ids)
-        stable = text[:-1] if text.endswith("\ufffd") else text
-        if len(stable) > self.sent:
-            self.emit(stable[self.sent:])
-            self.sent = len(stable)
+        self.pending.append(int(token[0]))
+        text = self.tokenizer.decode(self.pending)
+        if not text.endswith("\ufffd"):
+            self.emit(text)
+            self.shown += len(text)
+            self.pending = []
 
     def flush(self, text: str) -> None:
-        if len(text) > self.sent:
-            self.emit(text[self.sent:])
-            self.sent = len(text)
+        if len(text) > self.shown:
+            self.emit(text[self.shown:])
+            self.shown = len(text)

@@ -60,11 +60,29 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     """
     old = final_dir.with_name(final_dir.name + ".old")
     if old.exists():
-        shutil.rmtree(old)
+        if final_dir.exists():  # a leftover from an earlier interrupted replace
+            shutil.rmtree(old)
+        else:  # an interrupted replace left only the old copy: keep it as the current one
+            os.replace(old, final_dir)
     if final_dir.exists():
         os.replace(final_dir, old)
     os.replace(tmp_dir, final_dir)
+    _fsync_dir(final_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames inside `path` durable (where the platform allows opening folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def existing_dir(path: Path) -> Path | None:

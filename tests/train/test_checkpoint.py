@@ -6,7 +6,7 @@ import torch
 
 from lmscope.api import load
 from lmscope.data.tokenizers import CharTokenizer
-from lmscope.errors import CheckpointError
+from lmscope.errors import CheckpointError, LmscopeError
 from lmscope.models.gpt import GPT, GPTConfig
 from lmscope.train.checkpoint import (
     list_checkpoints,
@@ -88,8 +88,20 @@ def test_run_folder_resolves_to_final_else_latest(tiny_run):
     assert ckpt.iteration == 30
 
 
+def test_tokenizer_and_model_must_agree_on_the_vocabulary(tmp_path):
+    _save(tmp_path / "ckpt")
+    meta = tmp_path / "ckpt" / "meta.json"
+    good = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**good, "tokenizer": {"kind": "char", "chars": list("ab")}}))
+    with pytest.raises(CheckpointError, match="its tokenizer has 3 tokens, the model 8"):
+        load_checkpoint(tmp_path / "ckpt")
+    meta.write_text(json.dumps({**good, "model": ["gpt"]}))
+    with pytest.raises(CheckpointError, match="'model' is missing or not a str"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
 def test_missing_and_empty_paths_are_clear_errors(tmp_path):
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(LmscopeError, match="does not exist"):
         resolve_checkpoint(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no checkpoints"):

@@ -121,3 +121,37 @@ def test_byte_and_bpe_runs_train_sample_and_reload(tiny_corpus, tmp_path, tokeni
     assert result.val_bits_per_char > 0
     text = generate(ckpt, "First Citizen:", max_new_tokens=12, seed=0)
     assert isinstance(text, str) and text
+
+
+def _rows(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resuming_with_more_iterations_keeps_the_history(tiny_corpus, tmp_path):
+    run = tmp_path / "r"
+    _quiet(_config(tiny_corpus, "train.max_iters=15", "train.lr_decay_iters=25"), run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "iter": 9')  # a line torn by a crash is dropped
+    _quiet(_config(tiny_corpus, "train.max_iters=25", "train.lr_decay_iters=25"), run,
+           resume=True)
+    rows = _rows(run)
+    evals = [r["iter"] for r in rows if r["kind"] == "eval"]
+    assert evals == [0, 10, 15, 20, 25]  # the end of the first session stays in the history
+    assert [r["iter"] for r in rows if r["kind"] == "final"] == [25]
+    assert "max_iters = 25" in (run / "config.toml").read_text()  # the config says what ran
+
+
+def test_resume_refuses_a_changed_corpus(tiny_corpus, tmp_path):
+    run = tmp_path / "r"
+    _quiet(_config(tiny_corpus, "train.max_iters=5"), run)
+    tiny_corpus.write_text(tiny_corpus.read_text().upper())
+    with pytest.raises(LmscopeError, match="not the text this run was trained on"):
+        _quiet(_config(tiny_corpus, "train.max_iters=10"), run, resume=True)
+
+
+def test_a_run_folder_left_by_a_failed_start_can_be_used_again(tiny_corpus, tmp_path):
+    run = tmp_path / "r"
+    with pytest.raises(LmscopeError, match="the val split has .* tokens, fewer than"):
+        _quiet(_config(tiny_corpus, "model.block_size=512", "data.val_fraction=0.05"), run)
+    assert not any(run.iterdir())  # nothing written before the data was checked
+    _quiet(_config(tiny_corpus, "train.max_iters=5"), run)

@@ -117,19 +117,18 @@ class CausalSelfAttention(nn.Module):
             past = cache.length
             k, v = cache.append(layer, k, v)
         attn = None
-        if return_attention:
+        dropout_p = self.dropout if self.training else 0.0
+        if return_attention:  # explicit probabilities (returned before dropout)
             attn = _causal_softmax(q, k, past)
-            y = attn @ v
+            y = F.dropout(attn, dropout_p, self.training) @ v
         elif past == 0 or T == 1:
             # The whole context is new (causal mask), or one new token sees everything before it.
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=past == 0 and T > 1,
-                dropout_p=self.dropout if self.training else 0.0,
-            )
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and T > 1,
+                                               dropout_p=dropout_p)
         else:
             # Several new tokens after a cached prefix: an explicit mask, offset by the prefix.
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y)), attn
 

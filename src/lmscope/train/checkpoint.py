@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +42,6 @@ class Checkpoint:
     meta: dict
     path: Path
     model_name: str = "gpt"
-    extra: dict = field(default_factory=dict)
 
     @property
     def iteration(self) -> int:
@@ -53,15 +52,23 @@ class Checkpoint:
         return self.path.name
 
 
+def _tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """Names in the state dict that are the very same tensor as an earlier name (tied weights)."""
+    first: dict[int, str] = {}
+    tied = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in first:
+            tied[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return tied
+
+
 def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights to store: tied tensors once, contiguous, on the CPU."""
-    seen, out = set(), {}
-    for name, t in model.state_dict().items():
-        if t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        out[name] = t.detach().to("cpu").contiguous()
-    return out
+    tied = _tied_names(model)
+    return {name: t.detach().to("cpu").contiguous()
+            for name, t in model.state_dict().items() if name not in tied}
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, *, model_name: str, model_config,
@@ -81,13 +88,15 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, model_name: str, mode
         full_meta = {"format": FORMAT, "version": VERSION, "model": model_name,
                      "model_config": dataclasses.asdict(model_config),
                      "tokenizer": tokenizer.to_dict(), **meta}
-        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, ensure_ascii=False) + "\n")
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, ensure_ascii=False) + "\n",
+                                       encoding="utf-8")
         if sample is not None:
             (tmp / "sample.txt").write_text(sample, encoding="utf-8")
         if train_state is not None:
             tensors, info = train_state
             save_file(tensors, tmp / "train_state.safetensors")
-            (tmp / "train_state.json").write_text(json.dumps(info, indent=1) + "\n")
+            (tmp / "train_state.json").write_text(json.dumps(info, indent=1) + "\n",
+                                                  encoding="utf-8")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -112,9 +121,12 @@ def read_meta(path: Path) -> dict:
     if meta.get("version") != VERSION:
         raise CheckpointError(f"checkpoint file {meta_file} has format version "
                               f"{meta.get('version')!r}; this lmscope reads version {VERSION}")
-    for key in ("model", "model_config", "tokenizer"):
-        if key not in meta:
-            raise CheckpointError(f"checkpoint file {meta_file} is corrupt: it has no {key!r}")
+    for key, kind in (("model", str), ("model_config", dict), ("tokenizer", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"checkpoint file {meta_file} is corrupt: {key!r} is missing "
+                                  f"or not a {kind.__name__}")
+    if not isinstance(meta.get("iter", 0), int):
+        raise CheckpointError(f"checkpoint file {meta_file} is corrupt: 'iter' is not an integer")
     return meta
 
 
@@ -131,8 +143,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         config = config_cls(**meta["model_config"])
         tokenizer = tokenizer_from_dict(meta["tokenizer"])
         model = build_model(name, config)
-    except (TypeError, LmscopeError) as e:
+    except (TypeError, ValueError, LmscopeError) as e:
         raise CheckpointError(f"checkpoint file {path / 'meta.json'} has an invalid config: {e}") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(f"checkpoint file {path / 'meta.json'} is inconsistent: its tokenizer "
+                              f"has {tokenizer.vocab_size} tokens, the model {config.vocab_size}")
     weights_file = path / "model.safetensors"
     try:
         weights = load_file(weights_file)
@@ -147,13 +162,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         if t.shape != expected[key].shape:
             raise CheckpointError(f"checkpoint file {weights_file}: tensor {key!r} has shape "
                                   f"{tuple(t.shape)}, the config says {tuple(expected[key].shape)}")
-    missing = model.load_state_dict(weights, strict=False).missing_keys
-    # Tied weights are stored once; anything else missing is damage.
-    tied = {n for n, t in expected.items() if any(
-        t.data_ptr() == expected[k].data_ptr() for k in weights if k != n)}
-    if set(missing) - tied:
-        raise CheckpointError(f"checkpoint file {weights_file} lacks tensors "
-                              f"{sorted(set(missing) - tied)[:3]}")
+    missing = set(model.load_state_dict(weights, strict=False).missing_keys)
+    missing -= set(_tied_names(model))  # tied weights are stored once
+    if missing:
+        raise CheckpointError(f"checkpoint file {weights_file} lacks tensors {sorted(missing)[:3]}")
     model.to(device).eval()
     return Checkpoint(model=model, tokenizer=tokenizer, meta=meta, path=path, model_name=name)
 
@@ -175,12 +187,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
             found[name] = real
     def order(item):
         name, p = item
-        try:
-            it = int(json.loads((p / "meta.json").read_text()).get("iter", 0))
-        except (OSError, ValueError, AttributeError):
-            it = -1
-        return (not name.startswith("iter_"), it, name)
+        return (not name.startswith("iter_"), _iteration(p), name)
+
     return [p for _, p in sorted(found.items(), key=order)]
+
+
+def _iteration(checkpoint: Path) -> int:
+    """A checkpoint's iteration, or -1 where its meta.json cannot say."""
+    try:
+        it = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8")).get("iter", 0)
+        return it if isinstance(it, int) else -1
+    except (OSError, ValueError, AttributeError):
+        return -1
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -200,4 +218,4 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not ckpts:
         raise CheckpointError(f"{path} holds no checkpoints: it is neither a run folder with "
                               "checkpoints/ nor a checkpoint folder with meta.json")
-    return max(ckpts, key=lambda p: int(read_meta(p).get("iter", 0)))
+    return max(ckpts, key=_iteration)

@@ -75,12 +75,22 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
+    """A torch device from "auto" (cuda, else mps, else cpu), "cpu", "cuda", "cuda:N" or "mps"."""
     if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise LmscopeError(f"train.device={name} but CUDA is not available on this machine")
-        if name == "mps" and not torch.backends.mps.is_available():
-            raise LmscopeError("train.device=mps but MPS is not available on this machine")
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise LmscopeError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LmscopeError(f"device {name} asked for, but CUDA is not available here")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise LmscopeError(f"device {name} asked for, but this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise LmscopeError(f"device {name} asked for, but MPS is not available here")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise LmscopeError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
@@ -100,6 +110,11 @@ def build_tokenizer(config: RunConfig, corpus: corpora.Corpus) -> Tokenizer:
     chunks = itertools.chain.from_iterable(
         corpora.iter_text(tuple(itertools.chain.from_iterable(c.splits.values()))) for c in sources)
     return CharTokenizer(char_vocab(chunks))
+
+
+def _absolute_if_path(corpus: str) -> str:
+    path = Path(corpus).expanduser()
+    return str(path.resolve()) if path.exists() else corpus
 
 
 class Trainer:
@@ -143,6 +158,9 @@ class Trainer:
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16
                          else nullcontext())
 
+        # A corpus given as a path is kept as an absolute path, so the run resumes from anywhere.
+        cfg.data.corpus = _absolute_if_path(cfg.data.corpus)
+        cfg.data.vocab_from = [_absolute_if_path(c) for c in cfg.data.vocab_from]
         self.corpus = corpora.resolve(cfg.data.corpus, val_fraction=cfg.data.val_fraction)
         tok_file = self.run_dir / "tokenizer.json"
         if self.resume and tok_file.is_file():
@@ -158,6 +176,12 @@ class Trainer:
         self.raw_model = build_model(cfg.model_name, cfg.model).to(self.device)
         self.model = torch.compile(self.raw_model) if tc.compile else self.raw_model
         self.optimizer = self._make_optimizer()
+        for split, tf in (("train", self.train_tokens), ("val", self.val_tokens)):
+            if len(tf.tokens) < self.block_size + 1:
+                raise LmscopeError(
+                    f"corpus {self.corpus.name}: the {split} split has {len(tf.tokens)} tokens, "
+                    f"fewer than model.block_size+1 = {self.block_size + 1}; use a smaller "
+                    "model.block_size or more text")
         self.sampler = BatchSampler(self.train_tokens.tokens, self.block_size, tc.batch_size,
                                     seed=tc.seed)
         self.iter = 0
@@ -207,6 +231,7 @@ class Trainer:
         info = {
             "iter": self.iter, "best_val": self.best_val, "elapsed_s": self.elapsed,
             "step_time_s": self.step_time, "tokens_seen": self.tokens_seen,
+            "corpus_fingerprint": self.corpus.fingerprint(),
             "param_groups": sd["param_groups"], "optimizer_scalars": opt_state, "sampler": self.sampler.state_dict(),
         }
         return tensors, info
@@ -216,7 +241,10 @@ class Trainer:
         ckpt = load_checkpoint(last, device=self.device)
         self.raw_model.load_state_dict(ckpt.model.state_dict())
         try:
-            info = json.loads((last / "train_state.json").read_text())
+            info = json.loads((last / "train_state.json").read_text(encoding="utf-8"))
+            if info.get("corpus_fingerprint") != self.corpus.fingerprint():
+                raise LmscopeError(f"cannot resume: corpus {self.corpus.name} is not the text this "
+                                   "run was trained on (its content changed)")
             tensors = load_file(last / "train_state.safetensors")
             state: dict = {}
             for key, value in tensors.items():
@@ -240,20 +268,24 @@ class Trainer:
                                   f"incomplete ({type(e).__name__}: {e})") from None
 
     # --- logging, evaluation, checkpoints ---------------------------------------------------------
+    def _evaluates_at(self, it: int) -> bool:
+        tc = self.config.train
+        return it % tc.eval_interval == 0 or it >= tc.max_iters or it in self.checkpoint_iters
+
     def _open_metrics(self) -> None:
         path = self.run_dir / "metrics.jsonl"
         kept = []
-        if self.resume and path.is_file():  # drop what a resumed run will write again
+        if self.resume and path.is_file():  # keep what this session will not write again
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line torn by a crash
                     continue
-                # Training rows up to the saved iteration are done; the evaluation at that
-                # iteration is made again.
-                done = row.get("iter", 0) <= self.iter if row.get("kind") == "train" else \
-                    row.get("iter", 0) < self.iter
-                if done:
+                it, kind = row.get("iter", 0), row.get("kind")
+                # Training rows up to the saved iteration are done; an evaluation at that
+                # iteration stays unless it is made again; the end of the run moves on.
+                if (kind == "train" and it <= self.iter) or it < self.iter or (
+                        kind == "eval" and it == self.iter and not self._evaluates_at(it)):
                     kept.append(line)
         atomic_write_text(path, "".join(line + "\n" for line in kept))
         self.metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in run())
@@ -270,7 +302,9 @@ class Trainer:
         self.model.eval()
         for offset, (split, tf) in enumerate((("train", self.train_tokens),
                                               ("val", self.val_tokens))):
-            sampler = BatchSampler(tf.tokens, self.block_size, tc.batch_size, seed=tc.seed + offset)
+            # Fixed batches (the same at every evaluation), apart from the training batches.
+            sampler = BatchSampler(tf.tokens, self.block_size, tc.batch_size,
+                                   seed=tc.seed + 1000 + offset)
             total = 0.0
             for _ in range(tc.eval_iters):
                 x, y = (t.to(self.device) for t in sampler.sample())
@@ -342,6 +376,8 @@ class Trainer:
         if self._stop_requested:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         self._stop_requested = True
+        sys.stderr.write("\nstopping after the current step (saving the state to resume from); "
+                         "press Ctrl-C again to stop at once without saving\n")
 
     def run(self) -> TrainResult:
         self._prepare_run_dir()
@@ -350,15 +386,15 @@ class Trainer:
         if self.resume:
             self._restore()
         else:
-            atomic_write_text(self.run_dir / "config.toml", cfg.to_toml())
             atomic_write_json(self.run_dir / "tokenizer.json", self.tokenizer.to_dict())
+        atomic_write_text(self.run_dir / "config.toml", cfg.to_toml())  # with any new [train]
+        self.checkpoint_iters = set(tc.checkpoint_iters())
         self._open_metrics()
         n_params = self.raw_model.num_params()
         self.log(f"{cfg.model_name}: {n_params / 1e6:.2f}M parameters, vocabulary "
                  f"{self.tokenizer.vocab_size} ({self.tokenizer.kind}), corpus {self.corpus.name} "
                  f"({len(self.train_tokens.tokens):,} train / {len(self.val_tokens.tokens):,} val "
                  f"tokens), device {self.device}")
-        checkpoint_iters = set(tc.checkpoint_iters())
         tokens_per_iter = tc.batch_size * self.block_size * tc.grad_accum
         in_main = threading.current_thread() is threading.main_thread()
         old_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
@@ -376,7 +412,7 @@ class Trainer:
                 self.elapsed = elapsed_before + time.perf_counter() - session_start
                 # -- evaluate and keep checkpoints at this point (state after `it` steps)
                 at_end = it >= tc.max_iters
-                if it % tc.eval_interval == 0 or at_end or it in checkpoint_iters:
+                if self._evaluates_at(it):
                     losses = self.estimate_loss()
                     row = {"kind": "eval", "iter": it, "train_loss": losses["train"],
                            "val_loss": losses["val"], "lr": self.lr_at(min(it, tc.max_iters - 1)),
@@ -388,11 +424,12 @@ class Trainer:
                     if losses["val"] < self.best_val and it > 0:
                         self.best_val = losses["val"]
                         self._save("best", losses, sample=False)
-                    if it in checkpoint_iters:
+                    if it in self.checkpoint_iters:
                         self._save(f"iter_{it:07d}", losses, sample=True)
                     if at_end:
                         break
                     self._save("last", losses, sample=False, train_state=True)
+                    window_t, window_tokens = time.perf_counter(), 0  # tokens/s of steps only
                 # -- one optimizer step
                 t0 = time.perf_counter()
                 lr = self.lr_at(it)

@@ -1,0 +1,97 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lmscope.data.tokenizers import CharTokenizer
+from lmscope.data.tokens import TokenFile
+from lmscope.errors import LmscopeError
+from lmscope.evaluate import evaluate_token_file, token_nll
+
+
+class Uniform(torch.nn.Module):
+    """Predicts every token with probability 1/vocab: its loss is exactly ln(vocab)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, idx):
+        return torch.zeros(*idx.shape, self.vocab) + self.dummy
+
+
+class Copy(torch.nn.Module):
+    """Predicts the previous token again, with probability 0.9."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, idx):
+        probs = torch.full((*idx.shape, self.vocab), 0.1 / (self.vocab - 1))
+        probs.scatter_(-1, idx[..., None], 0.9)
+        return probs.log() + self.dummy
+
+
+def _file(tokens, n_chars=None, n_unknown=0):
+    tokens = np.asarray(tokens, dtype=np.uint8)
+    return TokenFile(path=None, tokens=tokens, n_chars=n_chars or len(tokens), n_unknown=n_unknown)
+
+
+@pytest.mark.parametrize("n,block", [(100, 8), (65, 64), (10, 3)])
+def test_uniform_model_scores_ln_vocab_per_token_and_log2_vocab_bits(n, block):
+    tf = _file(np.arange(n) % 7)
+    r = evaluate_token_file(Uniform(7), tf, block_size=block, unk_id=None, batch_size=4)
+    assert r.n_tokens == n - 1  # every token but the first is predicted once
+    assert r.loss == pytest.approx(math.log(7))
+    assert r.bits_per_char == pytest.approx(math.log2(7))
+
+
+def test_predictions_count_each_target_once_with_the_right_context():
+    # The copy model is right (p=0.9) exactly where a token repeats the one before it. With
+    # windows of 3 and 9 tokens, the 8 targets fall in windows 3 + 3 + 2 (a short last one).
+    tokens = [1, 1, 2, 2, 3, 3, 4, 4, 5]
+    nats, count = token_nll(Copy(6), np.array(tokens, dtype=np.uint8), block_size=3, batch_size=2)
+    expected = -sum(math.log(0.9 if prev == nxt else 0.1 / 5)
+                    for prev, nxt in zip(tokens, tokens[1:], strict=False))
+    assert count == 8
+    assert nats == pytest.approx(expected)
+
+
+def test_unknown_targets_are_left_out_and_counted():
+    tok = CharTokenizer(list("ab"))
+    ids, n_unknown = tok.encode_array("abzab", unknown="unk")
+    tf = _file(ids, n_chars=5, n_unknown=n_unknown)
+    r = evaluate_token_file(Uniform(tok.vocab_size), tf, block_size=4, unk_id=tok.unk_id)
+    assert n_unknown == 1 and r.n_unknown == 1
+    assert r.n_tokens == 3  # 4 predicted positions, one of them the unknown 'z'
+    assert r.oov_rate == pytest.approx(1 / 5)
+
+
+def test_nothing_to_score_is_an_error_not_a_perfect_score():
+    tok = CharTokenizer(list("ab"))
+    ids, n_unknown = tok.encode_array("zzzz", unknown="unk")
+    with pytest.raises(LmscopeError, match="nothing to score"):
+        evaluate_token_file(Uniform(3), _file(ids, n_unknown=n_unknown), block_size=4,
+                            unk_id=tok.unk_id)
+    with pytest.raises(LmscopeError, match="nothing to score"):
+        evaluate_token_file(Uniform(3), _file([1]), block_size=4, unk_id=None)
+
+
+def test_joint_vocabulary_covers_every_corpus(tmp_path):
+    from lmscope.config import resolve_config
+    from lmscope.data import corpora
+    from lmscope.train.trainer import build_tokenizer
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("hello world\n" * 10)
+    b.write_text("1 + 2 = 3\n" * 10)
+    cfg = resolve_config(data=str(a), overrides=[f"data.vocab_from=['{b}']"])
+    tok = build_tokenizer(cfg, corpora.resolve(str(a)))
+    assert tok.encode("hello 1 + 2 = 3\n") and tok.unk_id == 0
+    alone = build_tokenizer(resolve_config(data=str(a)), corpora.resolve(str(a)))
+    with pytest.raises(LmscopeError, match="not in the vocabulary"):
+        alone.encode("1 + 2")
