@@ -6,6 +6,7 @@ Errors the user can fix (`LmscopeError`) are printed as one line, `error: ...`, 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -85,11 +86,13 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
                                 overrides=overrides)
         if out is None:
             out = _default_run_dir(config.data.corpus, preset or config.model_name)
-    click.echo(f"run folder: {out}")
+    # Under torchrun every process runs this command; only rank 0 speaks.
+    echo = click.echo if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
+    echo(f"run folder: {out}")
     result = run_training(config, out, resume=resume, progress=False if quiet else None,
-                          log=click.echo)
-    click.echo(f"best estimated val loss {result.best_val_loss:.4f}; final checkpoint: "
-               f"{out / 'checkpoints' / 'final'}")
+                          log=echo)
+    echo(f"best estimated val loss {result.best_val_loss:.4f}; final checkpoint: "
+         f"{out / 'checkpoints' / 'final'}")
 
 
 # --- sample --------------------------------------------------------------------------------------

@@ -225,9 +225,15 @@ class BatchSampler:
 
     Each `sample()` draws `batch_size` window starts uniformly with a numpy PCG64 generator and
     gathers them in one indexing operation.
+
+    Data-parallel training: every process draws the starts of the whole global batch
+    (`batch_size * world_size`) from the same generator and gathers only its own slice, so N
+    processes see exactly the batch one process with N times the batch size would, and one
+    generator state describes all of them.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int):
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
         if block_size < 1 or batch_size < 1:
             raise ValueError(
                 f"block_size and batch_size must be positive, got {block_size}, {batch_size}"
@@ -240,14 +246,19 @@ class BatchSampler:
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.rank, self.world_size = rank, world_size
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), both int64 of shape (batch_size, block_size): random windows of the text,
         with y the next token at each position (y[:, t] == x[:, t + 1] for t < block_size - 1)."""
         # the last start that leaves room for the target after the window: n - block_size - 1
-        starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
-        return _windows(self.tokens, starts, self.block_size)
+        starts = self.rng.integers(0, len(self.tokens) - self.block_size,
+                                   size=self.batch_size * self.world_size)
+        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return _windows(self.tokens, mine, self.block_size)
 
     def state_dict(self) -> dict:
         """The generator's state, JSON-serialisable; load it to continue the same batches."""

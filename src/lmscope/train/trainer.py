@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lmscope.config import RunConfig
@@ -57,6 +58,7 @@ from lmscope.train.checkpoint import (
     read_meta,
     save_checkpoint,
 )
+from lmscope.train.distributed import Distributed, init_distributed, shutdown
 
 
 class TrainingInterrupted(LmscopeError):
@@ -126,6 +128,7 @@ class Trainer:
         self.progress = progress
         self.log = log
         self._stop_requested = False
+        self.dist = Distributed()  # set by run() when launched by torchrun
 
     # --- set-up ----------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -140,12 +143,16 @@ class Trainer:
         if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
             raise LmscopeError(f"{self.run_dir} already holds files; continue it with --resume "
                                "or choose another --out")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.dist.barrier()  # every process has checked before the first one writes
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def setup(self) -> None:
         cfg = self.config
         tc = cfg.train
         self.device = pick_device(tc.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
         torch.manual_seed(tc.seed)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -161,9 +168,11 @@ class Trainer:
         # A corpus given as a path is kept as an absolute path, so the run resumes from anywhere.
         cfg.data.corpus = _absolute_if_path(cfg.data.corpus)
         cfg.data.vocab_from = [_absolute_if_path(c) for c in cfg.data.vocab_from]
+        if not self.dist.is_main:
+            self.dist.barrier()  # rank 0 prepares the data (tokenizer, token files) first
         self.corpus = corpora.resolve(cfg.data.corpus, val_fraction=cfg.data.val_fraction)
         tok_file = self.run_dir / "tokenizer.json"
-        if self.resume and tok_file.is_file():
+        if (self.resume or not self.dist.is_main) and tok_file.is_file():
             self.tokenizer = tokenizer_from_dict(json.loads(tok_file.read_text(encoding="utf-8")))
         else:
             self.tokenizer = build_tokenizer(cfg, self.corpus)
@@ -171,19 +180,31 @@ class Trainer:
         self.train_tokens = encode_to_file(self.corpus, "train", self.tokenizer, progress=show)
         self.val_tokens = encode_to_file(self.corpus, "val", self.tokenizer, progress=show)
 
-        cfg.model.vocab_size = self.tokenizer.vocab_size
         self.block_size = cfg.model.block_size
-        self.raw_model = build_model(cfg.model_name, cfg.model).to(self.device)
-        self.model = torch.compile(self.raw_model) if tc.compile else self.raw_model
-        self.optimizer = self._make_optimizer()
         for split, tf in (("train", self.train_tokens), ("val", self.val_tokens)):
             if len(tf.tokens) < self.block_size + 1:
                 raise LmscopeError(
                     f"corpus {self.corpus.name}: the {split} split has {len(tf.tokens)} tokens, "
                     f"fewer than model.block_size+1 = {self.block_size + 1}; use a smaller "
                     "model.block_size or more text")
+        if self.dist.is_main:
+            if not self.resume:
+                atomic_write_json(tok_file, self.tokenizer.to_dict())
+            self.dist.barrier()  # now the other processes read the tokenizer and token files
+
+        cfg.model.vocab_size = self.tokenizer.vocab_size
+        self.raw_model = build_model(cfg.model_name, cfg.model).to(self.device)
+        # eval_model: compiled but not wrapped; model: what training calls (DDP-wrapped if so)
+        self.eval_model = torch.compile(self.raw_model) if tc.compile else self.raw_model
+        self.model = self.eval_model
+        if self.dist.enabled:
+            self.model = DistributedDataParallel(
+                self.eval_model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = self._make_optimizer()
         self.sampler = BatchSampler(self.train_tokens.tokens, self.block_size, tc.batch_size,
-                                    seed=tc.seed)
+                                    seed=tc.seed, rank=self.dist.rank,
+                                    world_size=self.dist.world_size)
         self.iter = 0
         self.best_val = math.inf
         self.elapsed = 0.0  # wall-clock seconds of training so far, over all sessions of the run
@@ -273,6 +294,9 @@ class Trainer:
         return it % tc.eval_interval == 0 or it >= tc.max_iters or it in self.checkpoint_iters
 
     def _open_metrics(self) -> None:
+        self.metrics = None
+        if not self.dist.is_main:
+            return
         path = self.run_dir / "metrics.jsonl"
         kept = []
         if self.resume and path.is_file():  # keep what this session will not write again
@@ -291,6 +315,8 @@ class Trainer:
         self.metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in run())
 
     def _write_metrics(self, row: dict) -> None:
+        if self.metrics is None:
+            return
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
 
@@ -299,20 +325,22 @@ class Trainer:
         """Mean loss over eval_iters fixed random batches of each split."""
         tc = self.config.train
         out = {}
-        self.model.eval()
+        self.eval_model.eval()
         for offset, (split, tf) in enumerate((("train", self.train_tokens),
                                               ("val", self.val_tokens))):
             # Fixed batches (the same at every evaluation), apart from the training batches.
             sampler = BatchSampler(tf.tokens, self.block_size, tc.batch_size,
                                    seed=tc.seed + 1000 + offset)
-            total = 0.0
-            for _ in range(tc.eval_iters):
+            total = torch.zeros((), device=self.device)
+            for i in range(tc.eval_iters):
                 x, y = (t.to(self.device) for t in sampler.sample())
+                if i % self.dist.world_size != self.dist.rank:
+                    continue  # data-parallel: each process takes every world_size-th batch
                 with self.autocast:
-                    logits = self.model(x)
-                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).item()
-            out[split] = total / tc.eval_iters
-        self.model.train()
+                    logits = self.eval_model(x)
+                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            out[split] = float(self.dist.mean(total)) * self.dist.world_size / tc.eval_iters
+        self.eval_model.train()
         return out
 
     def _sample(self) -> str | None:
@@ -328,6 +356,8 @@ class Trainer:
         return prompt + generate(self.raw_model, self.tokenizer, prompt, cfg)
 
     def _save(self, name: str, losses: dict, *, sample: bool, train_state: bool = False) -> None:
+        if not self.dist.is_main:
+            return
         meta = {"iter": self.iter, "train_loss": losses.get("train"), "val_loss": losses.get("val"),
                 "elapsed_s": round(self.elapsed, 3), "tokens_seen": self.tokens_seen,
                 "run_config": self.config.to_dict()}
@@ -359,13 +389,16 @@ class Trainer:
         tc = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        for _ in range(tc.grad_accum):
+        for micro in range(tc.grad_accum):
             x, y = self.sampler.sample()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast:
-                logits = self.model(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            (loss / tc.grad_accum).backward()
+            # DDP averages gradients across processes on the last micro-batch only
+            sync = not self.dist.enabled or micro == tc.grad_accum - 1
+            with nullcontext() if sync else self.model.no_sync():
+                with self.autocast:
+                    logits = self.model(x)
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                (loss / tc.grad_accum).backward()
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), tc.grad_clip)
         self.optimizer.step()
@@ -380,22 +413,31 @@ class Trainer:
                          "press Ctrl-C again to stop at once without saving\n")
 
     def run(self) -> TrainResult:
+        self.dist = init_distributed()
+        try:
+            return self._run()
+        finally:
+            shutdown(self.dist)
+
+    def _run(self) -> TrainResult:
         self._prepare_run_dir()
         self.setup()
         cfg, tc = self.config, self.config.train
         if self.resume:
             self._restore()
-        else:
-            atomic_write_json(self.run_dir / "tokenizer.json", self.tokenizer.to_dict())
-        atomic_write_text(self.run_dir / "config.toml", cfg.to_toml())  # with any new [train]
+        if self.dist.is_main:
+            atomic_write_text(self.run_dir / "config.toml", cfg.to_toml())  # with any new [train]
+        else:  # only rank 0 prints
+            self.log, self.progress = (lambda *a: None), False
         self.checkpoint_iters = set(tc.checkpoint_iters())
         self._open_metrics()
         n_params = self.raw_model.num_params()
         self.log(f"{cfg.model_name}: {n_params / 1e6:.2f}M parameters, vocabulary "
                  f"{self.tokenizer.vocab_size} ({self.tokenizer.kind}), corpus {self.corpus.name} "
                  f"({len(self.train_tokens.tokens):,} train / {len(self.val_tokens.tokens):,} val "
-                 f"tokens), device {self.device}")
-        tokens_per_iter = tc.batch_size * self.block_size * tc.grad_accum
+                 f"tokens), device {self.device}"
+                 + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""))
+        tokens_per_iter = tc.batch_size * self.block_size * tc.grad_accum * self.dist.world_size
         in_main = threading.current_thread() is threading.main_thread()
         old_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
         bar = tqdm(total=tc.max_iters, initial=self.iter, desc="train", unit="it",
@@ -441,7 +483,7 @@ class Trainer:
                 self.elapsed = elapsed_before + time.perf_counter() - session_start
                 bar.update(1)
                 if self.iter % tc.log_interval == 0 or self.iter == tc.max_iters:
-                    last_loss = loss.item()
+                    last_loss = self.dist.mean(loss).item()
                     if not math.isfinite(last_loss):
                         raise LmscopeError(
                             f"training diverged: the loss is {last_loss} at iteration {self.iter}; "
@@ -454,13 +496,14 @@ class Trainer:
                                          "lr": lr, "tokens_per_s": round(tps, 1),
                                          "elapsed_s": round(self.elapsed, 3)})
                     bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tps:,.0f}")
-                if self._stop_requested:
+                if self.dist.any(self._stop_requested, self.device):
                     self._save("last", {}, sample=False, train_state=True)
                     raise TrainingInterrupted(
                         f"interrupted at iteration {self.iter}; the state is saved in "
                         f"{self.run_dir / 'checkpoints' / 'last'}; continue with: "
                         f"lmscope train --out {self.run_dir} --resume")
-            # -- the end: whole-split validation loss, final checkpoint, summary
+            # -- the end: whole-split validation loss (every process computes the same number),
+            # final checkpoint, summary
             result = evaluate_token_file(self.raw_model, self.val_tokens,
                                          block_size=self.block_size, unk_id=self.tokenizer.unk_id,
                                          corpus=self.corpus.name, split="val")
@@ -475,16 +518,20 @@ class Trainer:
                 run_dir=self.run_dir, iterations=self.iter, best_val_loss=self.best_val,
                 val_loss=result.loss, val_bits_per_char=result.bits_per_char,
                 elapsed_s=self.elapsed, tokens_per_s=self.tokens_seen / max(self.step_time, 1e-9))
-            atomic_write_json(self.run_dir / "summary.json", {
-                **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(summary).items()},
-                "params": n_params, "corpus": self.corpus.name, "model": cfg.model_name})
+            if self.dist.is_main:
+                atomic_write_json(self.run_dir / "summary.json", {
+                    **{k: (str(v) if isinstance(v, Path) else v)
+                       for k, v in vars(summary).items()},
+                    "params": n_params, "corpus": self.corpus.name, "model": cfg.model_name,
+                    "processes": self.dist.world_size})
             log(f"done: whole-split val loss {result.loss:.4f} nats/token "
                 f"({result.bits_per_char:.4f} bits/char) after {self.iter} iterations, "
                 f"{self.elapsed:.1f} s")
             return summary
         finally:
             bar.close()
-            self.metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
 
