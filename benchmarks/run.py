@@ -12,6 +12,12 @@ Figures (medians over repeats; the machine may be shared, so compare runs made s
   block 256), with the KV cache and by recomputing the whole context for every token (nanoGPT's
   way), their ratio, and batched sampling of 16 prompts with the cache.
 - peak_rss_mb: the process's peak resident memory after each phase (and peak_cuda_mb on a GPU).
+- memory (not with --quick): peak resident memory of `lmscope train` on a generated 100 MB
+  corpus against the same run on the 1 MB shakespeare corpus: the token file is memory-mapped.
+- nanogpt (with --nanogpt DIR, a checkout of karpathy/nanoGPT): its documented CPU recipe run
+  side by side with lmscope's step on the same model and batch, alternating, 3 rounds each;
+  median ms per iteration of each and their ratio. DIR/data/shakespeare_char is prepared from
+  the shakespeare corpus when it is not there yet.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -100,6 +109,95 @@ def bench_train(corpus: str, repeats: int, steps: int, peak: float, device: torc
     }
 
 
+def our_step_ms(corpus: str, steps: int, device: torch.device) -> float:
+    """Median milliseconds of lmscope's training step, shakespeare-char-cpu model and batch."""
+    config = resolve_config(preset="shakespeare-char-cpu", data=corpus,
+                            overrides=[f"train.device={device}", "train.dtype=float32"])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, Path(tmp) / "run", progress=False, log=lambda *a: None)
+        trainer.setup()
+        for _ in range(10):
+            trainer.step(1e-3)
+        times = []
+        for _ in range(steps):
+            sync(device)
+            t0 = time.perf_counter()
+            trainer.step(1e-3)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+NANOGPT_CPU_RECIPE = [  # nanoGPT README: "train a baby GPT on a macbook / cheap computer"
+    "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+    "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+    "--n_embd=128", "--lr_decay_iters=2000", "--dropout=0.0",
+]
+
+
+def nanogpt_step_ms(nanogpt: Path, iters: int) -> float:
+    """Median milliseconds per iteration nanoGPT prints for its CPU recipe (first 10 skipped)."""
+    data = nanogpt / "data" / "shakespeare_char"
+    if not (data / "train.bin").is_file():
+        from lmscope.data.corpora import resolve
+
+        shutil.copy(resolve("shakespeare").files[0], data / "input.txt")
+        subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True,
+                       capture_output=True)
+    with tempfile.TemporaryDirectory() as out:
+        r = subprocess.run([sys.executable, "train.py", *NANOGPT_CPU_RECIPE,
+                            f"--max_iters={iters}", "--eval_interval=100000", f"--out_dir={out}"],
+                           cwd=nanogpt, capture_output=True, text=True, check=True)
+    times = [float(m) for m in re.findall(r"^iter \d+: .*time ([0-9.]+)ms", r.stdout, re.M)]
+    return statistics.median(times[10:])
+
+
+def bench_nanogpt(nanogpt: Path, corpus: str, rounds: int, device: torch.device) -> dict:
+    theirs, ours = [], []
+    for _ in range(rounds):  # alternate, so both see the same machine load
+        theirs.append(nanogpt_step_ms(nanogpt, iters=150))
+        ours.append(our_step_ms(corpus, steps=140, device=device))
+    t, o = statistics.median(theirs), statistics.median(ours)
+    return {"nanogpt_step_ms": round(t, 2), "lmscope_step_ms": round(o, 2),
+            "nanogpt_tokens_per_s": round(12 * 64 / t * 1000),
+            "lmscope_tokens_per_s": round(12 * 64 / o * 1000),
+            "speedup": round(t / o, 3), "rounds": {"nanogpt": theirs, "lmscope": ours}}
+
+
+def child_peak_rss_mb(cmd: list[str], env: dict) -> float:
+    """Run a command and return its peak resident memory (MB)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 2**20 if sys.platform == "darwin" else usage.ru_maxrss / 1024
+
+
+def bench_memory(tmp: Path, corpus: str) -> dict:
+    """Peak RSS of a short training run on a 100 MB corpus and on the 1 MB one."""
+    from lmscope.data.corpora import resolve
+
+    source = resolve(corpus).files[0].read_bytes()
+    big = tmp / "big100mb.txt"
+    with open(big, "wb") as f:
+        written = 0
+        while written < 100_000_000:
+            f.write(source[: 100_000_000 - written])
+            written += min(len(source), 100_000_000 - written)
+    settings = ["train.max_iters=200", "train.eval_interval=100", "train.eval_iters=5",
+                "train.sample_tokens=0", "train.checkpoint_at=[]", "data.val_fraction=0.01"]
+    env = {**os.environ, "LMSCOPE_CACHE": str(tmp / "cache")}
+    out = {}
+    for name, data in (("small_corpus_mb", corpus), ("corpus_100mb", str(big))):
+        cmd = [sys.executable, "-m", "lmscope", "train", "--preset", "shakespeare-char-cpu",
+               "--data", data, "--out", str(tmp / name), "--quiet", "--set", *settings]
+        out[f"peak_rss_mb_{name}"] = round(child_peak_rss_mb(cmd, env), 1)
+    out["corpus_bytes"] = big.stat().st_size
+    out["extra_rss_mb_for_100mb"] = round(out["peak_rss_mb_corpus_100mb"]
+                                          - out["peak_rss_mb_small_corpus_mb"], 1)
+    return out
+
+
 def nanogpt_style_generate(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
     """Reference: recompute the whole (cropped) context for every new token, as nanoGPT does."""
     gen = torch.Generator(device=idx.device).manual_seed(0)
@@ -140,12 +238,19 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda, else cpu) | cpu | cuda")
     parser.add_argument("--corpus", default=None, help="training corpus (default: shakespeare "
                         "where found, else a generated file)")
+    parser.add_argument("--nanogpt", type=Path, default=None,
+                        help="a checkout of karpathy/nanoGPT to run side by side")
     args = parser.parse_args()
     repeats = 2 if args.quick else 5
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus or default_corpus(Path(tmp))
         device = pick_device(args.device)
         result = run_all(corpus, repeats, args.quick, device)
+        if not args.quick and device.type == "cpu":
+            result["memory"] = bench_memory(Path(tmp), corpus)
+        if args.nanogpt is not None:
+            result["nanogpt"] = bench_nanogpt(args.nanogpt.resolve(), corpus,
+                                              rounds=1 if args.quick else 3, device=device)
     print(json.dumps(result, indent=2))
 
 
