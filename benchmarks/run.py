@@ -10,7 +10,8 @@ Figures (medians over repeats; the machine may be shared, so compare runs made s
 - eval: tokens/s of whole-split evaluation (no grad, batched non-overlapping windows).
 - sample: tokens/s generating 500 tokens at batch size 1 from the baby GPT (6 layers, 384 wide,
   block 256), with the KV cache and by recomputing the whole context for every token (nanoGPT's
-  way), their ratio, and batched sampling of 16 prompts with the cache.
+  way), their ratio, batched sampling of 16 prompts with the cache, and batch-1 sampling from
+  bfloat16 and int8 copies of the model (`lmscope sample --precision`).
 - peak_rss_mb: the process's peak resident memory after each phase (and peak_cuda_mb on a GPU).
 - memory (not with --quick): peak resident memory of `lmscope train` on a generated 100 MB
   corpus against the same run on the 1 MB shakespeare corpus: the token file is memory-mapped.
@@ -43,6 +44,7 @@ from lmscope.config import resolve_config
 from lmscope.evaluate import token_nll
 from lmscope.generate import SamplingConfig, generate_ids
 from lmscope.models.gpt import GPT, GPTConfig
+from lmscope.models.quantize import for_sampling
 from lmscope.train.trainer import Trainer, pick_device
 
 
@@ -164,13 +166,25 @@ def bench_nanogpt(nanogpt: Path, corpus: str, rounds: int, device: torch.device)
             "speedup": round(t / o, 3), "rounds": {"nanogpt": theirs, "lmscope": ours}}
 
 
-def child_peak_rss_mb(cmd: list[str], env: dict) -> float:
-    """Run a command and return its peak resident memory (MB)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{cmd} failed: {proc.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss / 2**20 if sys.platform == "darwin" else usage.ru_maxrss / 1024
+_PEAK_RSS_WRAPPER = """
+import sys
+from lmscope.cli import main
+try:
+    main(sys.argv[2:])
+finally:  # VmHWM: this process's own peak RSS (ru_maxrss would include the parent's, from fork)
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM"))
+    with open(sys.argv[1], "w") as f:
+        f.write(kb)
+"""
+
+
+def lmscope_peak_rss_mb(args: list[str], env: dict, tmp: Path) -> float:
+    """Run `lmscope ARGS` in a new process and return that process's peak resident memory (MB)."""
+    report = tmp / "peak_kb.txt"
+    subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, str(report), *args], env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    return int(report.read_text()) / 1024
 
 
 def bench_memory(tmp: Path, corpus: str) -> dict:
@@ -188,13 +202,13 @@ def bench_memory(tmp: Path, corpus: str) -> dict:
                 "train.sample_tokens=0", "train.checkpoint_at=[]", "data.val_fraction=0.01"]
     env = {**os.environ, "LMSCOPE_CACHE": str(tmp / "cache")}
     out = {}
-    for name, data in (("small_corpus_mb", corpus), ("corpus_100mb", str(big))):
-        cmd = [sys.executable, "-m", "lmscope", "train", "--preset", "shakespeare-char-cpu",
-               "--data", data, "--out", str(tmp / name), "--quiet", "--set", *settings]
-        out[f"peak_rss_mb_{name}"] = round(child_peak_rss_mb(cmd, env), 1)
+    for name, data in (("small_corpus", corpus), ("corpus_100mb", str(big))):
+        args = ["train", "--preset", "shakespeare-char-cpu", "--data", data,
+                "--out", str(tmp / name), "--quiet", "--set", *settings]
+        out[f"peak_rss_mb_{name}"] = round(lmscope_peak_rss_mb(args, env, tmp), 1)
     out["corpus_bytes"] = big.stat().st_size
     out["extra_rss_mb_for_100mb"] = round(out["peak_rss_mb_corpus_100mb"]
-                                          - out["peak_rss_mb_small_corpus_mb"], 1)
+                                          - out["peak_rss_mb_small_corpus"], 1)
     return out
 
 
@@ -221,6 +235,11 @@ def bench_sample(repeats: int, new_tokens: int, device: torch.device) -> dict:
     batch = 16
     batched = median_time(lambda: generate_ids(model, prompt.repeat(batch, 1), cfg),
                           max(1, repeats // 2), device=device)
+    lower = {}
+    for precision in ("bfloat16", "int8"):
+        fast = for_sampling(model, precision)
+        seconds = median_time(lambda m=fast: generate_ids(m, prompt, cfg), repeats, device=device)
+        lower[f"kv_cache_{precision}_tokens_per_s"] = round(new_tokens / seconds, 1)
     return {
         "model_params": model.num_params(),
         "new_tokens": new_tokens,
@@ -229,6 +248,7 @@ def bench_sample(repeats: int, new_tokens: int, device: torch.device) -> dict:
         "kv_cache_speedup": round(recompute / cached, 2),
         "batched_prompts": batch,
         "batched_tokens_per_s": round(batch * new_tokens / batched, 1),
+        **lower,
     }
 
 
@@ -246,7 +266,7 @@ def main() -> None:
         corpus = args.corpus or default_corpus(Path(tmp))
         device = pick_device(args.device)
         result = run_all(corpus, repeats, args.quick, device)
-        if not args.quick and device.type == "cpu":
+        if not args.quick and sys.platform == "linux":
             result["memory"] = bench_memory(Path(tmp), corpus)
         if args.nanogpt is not None:
             result["nanogpt"] = bench_nanogpt(args.nanogpt.resolve(), corpus,

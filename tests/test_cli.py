@@ -42,6 +42,9 @@ def test_train_sample_eval_round_trip(tiny_corpus, tmp_path):
     g = lmscope("sample", run / "checkpoints" / "iter_0000010", "--prompt", "All", "--greedy",
                 "--max-new-tokens", "10", "--top-p", "0.9", "--top-k", "5")
     assert g.returncode == 0, g.stderr
+    q = lmscope("sample", run, "--prompt", "All", "--max-new-tokens", "10", "--precision", "int8",
+                "--seed", "0")
+    assert q.returncode == 0 and q.stdout.startswith("All"), q.stderr
 
     e = lmscope("eval", run, "--data", tiny_corpus, "--json")
     assert e.returncode == 0, e.stderr

@@ -34,12 +34,16 @@ def _as_checkpoint(model_or_path) -> Checkpoint:
 
 def generate(model_or_path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
-             seed: int | None = None, stream=None) -> str:
-    """Continue `prompt` with a loaded checkpoint (or a path to one); returns the new text."""
+             seed: int | None = None, stream=None, precision: str = "float32") -> str:
+    """Continue `prompt` with a loaded checkpoint (or a path to one); returns the new text.
+
+    `precision="bfloat16"` or `"int8"` samples from a lower-precision copy of the model, 1.4x
+    and 2.4x faster on a CPU for the 10.6M baby GPT (models/quantize.py); the default is exact.
+    """
     ckpt = _as_checkpoint(model_or_path)
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, greedy=greedy, seed=seed)
-    return _generate(ckpt.model, ckpt.tokenizer, prompt, cfg, stream=stream)
+    return _generate(ckpt.sampling_model(precision), ckpt.tokenizer, prompt, cfg, stream=stream)
 
 
 @torch.no_grad()

@@ -110,8 +110,11 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
               help="Seed for reproducible samples.")
 @click.option("--num-samples", default=1, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "int8"]),
+              default="float32", show_default=True,
+              help="Sample from a lower-precision copy of the model (faster, slightly different).")
 def sample(run, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed, num_samples,
-           device):
+           device, precision):
     """Generate text from a run folder or checkpoint, streamed to stdout."""
     from lmscope.api import generate, load
     from lmscope.generate import SamplingConfig
@@ -127,7 +130,7 @@ def sample(run, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed,
             click.echo("\n---------------")
         click.echo(prompt, nl=False)
         generate(ckpt, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                 top_k=top_k, top_p=top_p, greedy=greedy,
+                 top_k=top_k, top_p=top_p, greedy=greedy, precision=precision,
                  seed=None if seed is None else seed + i,
                  stream=lambda text: click.echo(text, nl=False))
         click.echo()

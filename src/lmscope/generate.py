@@ -61,7 +61,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None,
 def next_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None):
     """Pick one token per row from logits (batch, vocab)."""
     if cfg.greedy:
-        return logits.argmax(dim=-1)
+        return logits.float().argmax(dim=-1)
     logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 

@@ -51,6 +51,15 @@ class Checkpoint:
     def name(self) -> str:
         return self.path.name
 
+    def sampling_model(self, precision: str = "float32") -> torch.nn.Module:
+        """The model for generation in `precision` (float32, bfloat16 or int8); converted once."""
+        from lmscope.models.quantize import for_sampling
+
+        cache = self.__dict__.setdefault("_sampling_models", {})
+        if precision not in cache:
+            cache[precision] = for_sampling(self.model, precision)
+        return cache[precision]
+
 
 def _tied_names(model: torch.nn.Module) -> dict[str, str]:
     """Names in the state dict that are the very same tensor as an earlier name (tied weights)."""
