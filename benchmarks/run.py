@@ -18,7 +18,8 @@ Figures (medians over repeats; the machine may be shared, so compare runs made s
 - nanogpt (with --nanogpt DIR, a checkout of karpathy/nanoGPT): its documented CPU recipe run
   side by side with lmscope's step on the same model and batch, alternating, 3 rounds each;
   median ms per iteration of each and their ratio. DIR/data/shakespeare_char is prepared from
-  the shakespeare corpus when it is not there yet.
+  the shakespeare corpus when it is not there yet. With --compile, lmscope's torch.compiled
+  step is timed too (after its one-off compilation, about 30 s on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -111,10 +112,11 @@ def bench_train(corpus: str, repeats: int, steps: int, peak: float, device: torc
     }
 
 
-def our_step_ms(corpus: str, steps: int, device: torch.device) -> float:
+def our_step_ms(corpus: str, steps: int, device: torch.device, compile: bool = False) -> float:
     """Median milliseconds of lmscope's training step, shakespeare-char-cpu model and batch."""
     config = resolve_config(preset="shakespeare-char-cpu", data=corpus,
-                            overrides=[f"train.device={device}", "train.dtype=float32"])
+                            overrides=[f"train.device={device}", "train.dtype=float32",
+                                       f"train.compile={str(compile).lower()}"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, Path(tmp) / "run", progress=False, log=lambda *a: None)
         trainer.setup()
@@ -154,16 +156,28 @@ def nanogpt_step_ms(nanogpt: Path, iters: int) -> float:
     return statistics.median(times[10:])
 
 
-def bench_nanogpt(nanogpt: Path, corpus: str, rounds: int, device: torch.device) -> dict:
-    theirs, ours = [], []
-    for _ in range(rounds):  # alternate, so both see the same machine load
-        theirs.append(nanogpt_step_ms(nanogpt, iters=150))
-        ours.append(our_step_ms(corpus, steps=140, device=device))
-    t, o = statistics.median(theirs), statistics.median(ours)
-    return {"nanogpt_step_ms": round(t, 2), "lmscope_step_ms": round(o, 2),
-            "nanogpt_tokens_per_s": round(12 * 64 / t * 1000),
-            "lmscope_tokens_per_s": round(12 * 64 / o * 1000),
-            "speedup": round(t / o, 3), "rounds": {"nanogpt": theirs, "lmscope": ours}}
+def bench_nanogpt(nanogpt: Path, corpus: str, rounds: int, device: torch.device,
+                  compile: bool) -> dict:
+    """nanoGPT's recipe (no compile, as documented) and lmscope's step, alternating rounds;
+    with `compile`, lmscope's torch.compiled step too (its compile time is not counted)."""
+    times: dict[str, list[float]] = {"nanogpt": [], "lmscope": []}
+    if compile:
+        times["lmscope_compiled"] = []
+    for _ in range(rounds):  # alternate, so all see the same machine load
+        times["nanogpt"].append(round(nanogpt_step_ms(nanogpt, iters=150), 2))
+        times["lmscope"].append(round(our_step_ms(corpus, steps=140, device=device), 2))
+        if compile:
+            times["lmscope_compiled"].append(
+                round(our_step_ms(corpus, steps=140, device=device, compile=True), 2))
+    out = {}
+    for name, ts in times.items():
+        out[f"{name}_step_ms"] = round(statistics.median(ts), 2)
+        out[f"{name}_tokens_per_s"] = round(12 * 64 / statistics.median(ts) * 1000)
+    for name in times:
+        if name != "nanogpt":
+            out[f"{name}_speedup"] = round(out["nanogpt_step_ms"] / out[f"{name}_step_ms"], 3)
+    out["rounds"] = times
+    return out
 
 
 _PEAK_RSS_WRAPPER = """
@@ -260,6 +274,8 @@ def main() -> None:
                         "where found, else a generated file)")
     parser.add_argument("--nanogpt", type=Path, default=None,
                         help="a checkout of karpathy/nanoGPT to run side by side")
+    parser.add_argument("--compile", action="store_true",
+                        help="with --nanogpt: also time lmscope's torch.compiled step")
     args = parser.parse_args()
     repeats = 2 if args.quick else 5
     with tempfile.TemporaryDirectory() as tmp:
@@ -270,7 +286,8 @@ def main() -> None:
             result["memory"] = bench_memory(Path(tmp), corpus)
         if args.nanogpt is not None:
             result["nanogpt"] = bench_nanogpt(args.nanogpt.resolve(), corpus,
-                                              rounds=1 if args.quick else 3, device=device)
+                                              rounds=1 if args.quick else 3, device=device,
+                                              compile=args.compile)
     print(json.dumps(result, indent=2))
 
 
