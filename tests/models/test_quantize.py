@@ -13,12 +13,14 @@ def _model():
                          bias=True)).eval()
 
 
-def test_int8_linear_matches_the_dequantized_weights():
+@pytest.mark.parametrize("n_in,n_out", [(64, 48), (50, 37), (7, 3)])
+def test_int8_linear_matches_the_dequantized_weights(n_in, n_out):
+    """64 inputs take the fused kernel; 50 and 7 (not multiples of 16) the plain path."""
     torch.manual_seed(0)
-    lin = torch.nn.Linear(64, 48)
+    lin = torch.nn.Linear(n_in, n_out)
     q = Int8Linear(lin)
-    assert q.weight.dtype == torch.int8 and q.weight.shape == (48, 64)
-    x = torch.randn(5, 64)
+    assert q.weight.dtype == torch.int8 and q.weight.shape == (n_out, n_in)
+    x = torch.randn(5, n_in)
     dequant = q.weight.float() * q.scale.float()[:, None]
     # per-row scales: every weight is within one quantization step of the original (half a step
     # from rounding, plus the scale's own bfloat16 rounding, at most 127 * 2^-8 of a step)

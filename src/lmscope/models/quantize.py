@@ -37,12 +37,18 @@ class Int8Linear(nn.Module):
             linear.bias.detach().to(torch.bfloat16), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
+    def _fused_kernel_fits(self, x) -> bool:
+        # PyTorch's fused int8 kernel (private, CPU) crashes the process, rather than raising,
+        # unless the inner dimension is a multiple of 16; other shapes take the plain path.
+        return (x.device.type == "cpu" and self.in_features % 16 == 0
+                and hasattr(torch, "_weight_int8pack_mm"))
+
     def forward(self, x):
         shape = x.shape[:-1]
         x = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if hasattr(torch, "_weight_int8pack_mm"):  # fused int8 kernel (PyTorch >= 2.3)
+        if self._fused_kernel_fits(x):
             y = torch._weight_int8pack_mm(x, self.weight, self.scale)
-        else:  # pragma: no cover - correct but slower: dequantize, then multiply
+        else:  # correct but slower: dequantize, then multiply
             y = x @ (self.weight.to(torch.bfloat16) * self.scale[:, None]).t()
         if self.bias is not None:
             y = y + self.bias
