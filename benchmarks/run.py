@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +87,21 @@ def flops_per_token(model: GPT) -> float:
     return 6 * model.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
 
-def bench_train(corpus: str, repeats: int, steps: int, peak: float, device: torch.device) -> dict:
+@contextmanager
+def cpu_recipe_trainer(corpus: str, device: torch.device, compile: bool = False):
+    """A set-up Trainer for the shakespeare-char-cpu model and batch (nanoGPT's CPU recipe)."""
     config = resolve_config(preset="shakespeare-char-cpu", data=corpus,
-                            overrides=[f"train.device={device}", "train.dtype=float32"])
+                            overrides=[f"train.device={device}", "train.dtype=float32",
+                                       f"train.compile={str(compile).lower()}"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, Path(tmp) / "run", progress=False, log=lambda *a: None)
         trainer.setup()
+        yield trainer
+
+
+def bench_train(corpus: str, repeats: int, steps: int, peak: float, device: torch.device) -> dict:
+    with cpu_recipe_trainer(corpus, device) as trainer:
+        config = trainer.config
         tokens_per_step = config.train.batch_size * config.model.block_size
         seconds = median_time(lambda: [trainer.step(1e-3) for _ in range(steps)], repeats,
                               device=device) / steps
@@ -114,22 +124,8 @@ def bench_train(corpus: str, repeats: int, steps: int, peak: float, device: torc
 
 def our_step_ms(corpus: str, steps: int, device: torch.device, compile: bool = False) -> float:
     """Median milliseconds of lmscope's training step, shakespeare-char-cpu model and batch."""
-    config = resolve_config(preset="shakespeare-char-cpu", data=corpus,
-                            overrides=[f"train.device={device}", "train.dtype=float32",
-                                       f"train.compile={str(compile).lower()}"])
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(config, Path(tmp) / "run", progress=False, log=lambda *a: None)
-        trainer.setup()
-        for _ in range(10):
-            trainer.step(1e-3)
-        times = []
-        for _ in range(steps):
-            sync(device)
-            t0 = time.perf_counter()
-            trainer.step(1e-3)
-            sync(device)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+    with cpu_recipe_trainer(corpus, device, compile) as trainer:
+        return median_time(lambda: trainer.step(1e-3), steps, warmup=10, device=device) * 1000
 
 
 NANOGPT_CPU_RECIPE = [  # nanoGPT README: "train a baby GPT on a macbook / cheap computer"

@@ -16,19 +16,14 @@ class Uniform(torch.nn.Module):
     def __init__(self, vocab: int):
         super().__init__()
         self.vocab = vocab
-        self.dummy = torch.nn.Parameter(torch.zeros(()))
+        self.dummy = torch.nn.Parameter(torch.zeros(()))  # the evaluator asks for a device
 
     def forward(self, idx):
         return torch.zeros(*idx.shape, self.vocab) + self.dummy
 
 
-class Copy(torch.nn.Module):
+class Copy(Uniform):
     """Predicts the previous token again, with probability 0.9."""
-
-    def __init__(self, vocab: int):
-        super().__init__()
-        self.vocab = vocab
-        self.dummy = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, idx):
         probs = torch.full((*idx.shape, self.vocab), 0.1 / (self.vocab - 1))

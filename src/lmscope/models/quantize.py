@@ -20,6 +20,8 @@ import copy
 import torch
 import torch.nn as nn
 
+from lmscope.errors import LmscopeError
+
 PRECISIONS = ("float32", "bfloat16", "int8")
 
 
@@ -58,8 +60,6 @@ class Int8Linear(nn.Module):
 def for_sampling(model: nn.Module, precision: str) -> nn.Module:
     """A copy of `model` in `precision` for generation (the original is left untouched)."""
     if precision not in PRECISIONS:
-        from lmscope.errors import LmscopeError
-
         raise LmscopeError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "float32":
         return model

@@ -35,13 +35,16 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """The mean of a tensor over all processes (the value itself when not distributed)."""
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum of a tensor over all processes (the value itself when not distributed)."""
         if self.enabled:
             value = value.detach().clone()
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
-            value /= self.world_size
         return value
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a tensor over all processes (the value itself when not distributed)."""
+        return self.sum(value) / self.world_size if self.enabled else value
 
     def any(self, flag: bool, device) -> bool:
         """True on every process if `flag` is true on any of them."""

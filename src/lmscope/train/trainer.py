@@ -171,6 +171,7 @@ class Trainer:
         if not self.dist.is_main:
             self.dist.barrier()  # rank 0 prepares the data (tokenizer, token files) first
         self.corpus = corpora.resolve(cfg.data.corpus, val_fraction=cfg.data.val_fraction)
+        self.corpus_fingerprint = self.corpus.fingerprint()  # saved with, and checked on, resume
         tok_file = self.run_dir / "tokenizer.json"
         if (self.resume or not self.dist.is_main) and tok_file.is_file():
             self.tokenizer = tokenizer_from_dict(json.loads(tok_file.read_text(encoding="utf-8")))
@@ -252,8 +253,8 @@ class Trainer:
         info = {
             "iter": self.iter, "best_val": self.best_val, "elapsed_s": self.elapsed,
             "step_time_s": self.step_time, "tokens_seen": self.tokens_seen,
-            "corpus_fingerprint": self.corpus.fingerprint(),
-            "param_groups": sd["param_groups"], "optimizer_scalars": opt_state, "sampler": self.sampler.state_dict(),
+            "corpus_fingerprint": self.corpus_fingerprint, "param_groups": sd["param_groups"],
+            "optimizer_scalars": opt_state, "sampler": self.sampler.state_dict(),
         }
         return tensors, info
 
@@ -263,7 +264,7 @@ class Trainer:
         self.raw_model.load_state_dict(ckpt.model.state_dict())
         try:
             info = json.loads((last / "train_state.json").read_text(encoding="utf-8"))
-            if info.get("corpus_fingerprint") != self.corpus.fingerprint():
+            if info.get("corpus_fingerprint") != self.corpus_fingerprint:
                 raise LmscopeError(f"cannot resume: corpus {self.corpus.name} is not the text this "
                                    "run was trained on (its content changed)")
             tensors = load_file(last / "train_state.safetensors")
@@ -333,13 +334,14 @@ class Trainer:
                                    seed=tc.seed + 1000 + offset)
             total = torch.zeros((), device=self.device)
             for i in range(tc.eval_iters):
-                x, y = (t.to(self.device) for t in sampler.sample())
+                batch = sampler.sample()  # drawn by every process, so all stay in step
                 if i % self.dist.world_size != self.dist.rank:
                     continue  # data-parallel: each process takes every world_size-th batch
+                x, y = (t.to(self.device) for t in batch)
                 with self.autocast:
                     logits = self.eval_model(x)
                 total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            out[split] = float(self.dist.mean(total)) * self.dist.world_size / tc.eval_iters
+            out[split] = float(self.dist.sum(total)) / tc.eval_iters
         self.eval_model.train()
         return out
 
