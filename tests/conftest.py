@@ -70,3 +70,61 @@ def tiny_run(tmp_path_factory) -> Path:
         else:
             os.environ["LMSCOPE_CACHE"] = old
     return root / "run"
+
+
+# --- two tiny runs on two 'domains' with one joint vocabulary (the study tests) ------------
+
+MATH_TEXT = "".join(
+    f"Tom has {a} apples and buys {b} more.\nHe has {a} + {b} = <<{a}+{b}={a + b}>>{a + b}.\n"
+    f"#### {a + b}\n\n" for a in range(3, 23) for b in (2, 5))
+
+DOMAIN_SETTINGS = [s for s in TINY_SETTINGS if not s.startswith("train.checkpoint_at")] + [
+    "train.checkpoint_at=0,10,20"]
+
+PROMPTS = '''
+[[prompt]]
+name = "play"
+text = "First Citizen:\\nBefore we"
+domain = "play"
+expected = " "
+
+[[prompt]]
+name = "sum"
+text = "He has 3 + 2 = <<3+2=5>>"
+domain = "sums"
+expected = "5"
+'''
+
+
+@pytest.fixture(scope="session")
+def domain_runs(tmp_path_factory) -> dict:
+    """{"play": run, "sums": run, "corpora": {...}, "prompts": file}: 30 iterations each."""
+    from lmscope.config import resolve_config
+    from lmscope.train.trainer import train
+
+    root = tmp_path_factory.mktemp("domains")
+    corpora = {"play": root / "play.txt", "sums": root / "sums.txt"}
+    corpora["play"].write_text(TINY_TEXT, encoding="utf-8")
+    corpora["sums"].write_text(MATH_TEXT, encoding="utf-8")
+    old = os.environ.get("LMSCOPE_CACHE")
+    os.environ["LMSCOPE_CACHE"] = str(root / "cache")
+    runs = {}
+    try:
+        for name, path in corpora.items():
+            other = [str(p) for n, p in corpora.items() if n != name]
+            config = resolve_config(data=str(path), overrides=[
+                *DOMAIN_SETTINGS, f"data.vocab_from={','.join(other)}"])
+            train(config, root / name, progress=False, log=lambda *a: None)
+            runs[name] = root / name
+    finally:
+        if old is None:
+            os.environ.pop("LMSCOPE_CACHE", None)
+        else:
+            os.environ["LMSCOPE_CACHE"] = old
+    prompts = root / "prompts.toml"
+    prompts.write_text(PROMPTS, encoding="utf-8")
+    return {**runs, "corpora": corpora, "prompts": prompts}
+
+
+def png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,10 +10,10 @@ import pytest
 from tests.conftest import TINY_SETTINGS
 
 
-def lmscope(*args, cwd=None, env_extra=None):
+def lmscope(*args, cwd=None, env_extra=None, timeout=300):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "lmscope", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
+                          text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 def assert_clean_error(result, *fragments):

@@ -200,6 +200,191 @@ def data_info(corpus, no_download):
                    f"({', '.join(f'{r.path.name}[{r.start}:{r.end}]' for r in ranges)})")
 
 
+@data.command(name="stats")
+@click.argument("corpora", nargs=-1, required=True, metavar="CORPUS...")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Folder for stats.json, table.csv/.md, chars.csv, non_ascii.csv, chars_*.png.")
+@click.option("--top", default=30, show_default=True, type=click.IntRange(1, 1000),
+              help="Characters in each frequency plot.")
+def data_stats(corpora, out, top):
+    """Characters of each corpus: size, unique, most frequent, non-ASCII by Unicode category."""
+    from lmscope.analysis.corpus_stats import corpus_stats, write_stats
+
+    stats = [corpus_stats(c) for c in corpora]
+    write_stats(stats, out, top=top)
+    click.echo((out / "table.md").read_text(encoding="utf-8"), nl=False)
+    click.echo(f"written to {out}/")
+
+
+# --- studies -------------------------------------------------------------------------------------
+
+def _gather(args: tuple[str, ...], names: tuple[str, ...]) -> dict[str, list[str]]:
+    """`--runs a b --data x y` (several values per option) from the raw arguments."""
+    found: dict[str, list[str]] = {n: [] for n in names}
+    current = None
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if name in names:
+            current = name
+            if eq:
+                found[name].append(value)
+        elif arg.startswith("--"):
+            raise click.UsageError(f"no such option: {name}")
+        elif current is None:
+            raise click.UsageError(f"unexpected argument {arg!r}; give --runs RUN... --data CORPUS...")
+        else:
+            found[current].append(arg)
+    return found
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("lists", nargs=-1, type=click.UNPROCESSED, metavar="--runs RUN... --data CORPUS...")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Folder for matrix.csv, matrix_bits.csv, oov.csv, matrix.md/.json/.png.")
+@click.option("--split", default="val", show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True)
+def matrix(lists, out, split, batch_size, device):
+    """Zero-shot cross-domain matrix: every model on the validation split of every corpus.
+
+    \b
+    lmscope matrix --runs runs/shakespeare runs/math --data shakespeare math --out results/matrix
+    """
+    from lmscope.analysis.cross_domain import cross_domain_matrix, vocabulary_note, write_matrix
+
+    found = _gather(lists, ("--runs", "--data"))
+    if not found["--runs"] or not found["--data"]:
+        raise click.UsageError("give --runs RUN... and --data CORPUS...")
+    result = cross_domain_matrix(found["--runs"], found["--data"], split=split,
+                                 batch_size=batch_size, device=device, log=lambda m: None)
+    write_matrix(result, out)
+    width = max(len(r) for r in result.runs)
+    click.echo(f"{'nats/char':<{width}}  " + "  ".join(f"{c:>12}" for c in result.corpora))
+    for run, row in zip(result.runs, result.nats, strict=True):
+        click.echo(f"{run:<{width}}  " + "  ".join(f"{v:>12.4f}" for v in row))
+    click.echo(vocabulary_note(result))
+    click.echo(f"written to {out}/")
+
+
+@cli.command()
+@click.option("--from", "run", required=True, type=click.Path(path_type=Path), metavar="RUN",
+              help="The run whose checkpoints are fine-tuned.")
+@click.option("--data", "target", required=True, metavar="CORPUS", help="The target corpus.")
+@click.option("--checkpoints", default="early,mid,late", show_default=True,
+              help="early, mid, late, final and/or iterations, comma-separated.")
+@click.option("--iters", default=200, show_default=True, type=int, help="Fine-tuning steps.")
+@click.option("--eval-every", default=20, show_default=True, type=int)
+@click.option("--eval-iters", default=20, show_default=True, type=int,
+              help="Batches per loss estimate.")
+@click.option("--prompt", default="\n", show_default="a newline",
+              help="Prompt of the samples before and after.")
+@click.option("--seed", default=1337, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--set", "overrides", multiple=True, metavar="train.KEY=VALUE",
+              help="Fine-tuning settings, e.g. --set train.lr=1e-4 train.batch_size=32.")
+@click.argument("more_overrides", nargs=-1, metavar="")
+def transfer(run, target, checkpoints, iters, eval_every, eval_iters, prompt, seed, device, out,
+             overrides, more_overrides):
+    """Few-shot transfer: fine-tune from early/mid/late checkpoints on another corpus.
+
+    \b
+    lmscope transfer --from runs/math --checkpoints early,mid,late --data shakespeare --iters 200 --out results/math-to-shakespeare
+    """
+    from lmscope.analysis.transfer import transfer as run_transfer
+
+    for item in more_overrides:
+        if "=" not in item:
+            raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
+    run_transfer(run, target, out, checkpoints=checkpoints, iters=iters, eval_every=eval_every,
+                 eval_iters=eval_iters, overrides=[*overrides, *more_overrides],
+                 sample_prompt=prompt, seed=seed, device=device, log=click.echo)
+    click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
+    click.echo(f"written to {out}/")
+
+
+@cli.group()
+def probe():
+    """Look inside a run's models, checkpoint by checkpoint."""
+
+
+_PROMPTS = click.option("--prompts", "prompts", required=True, type=click.Path(path_type=Path),
+                        metavar="FILE.toml", help="Prompt file ([[prompt]] text, domain, expected).")
+_WHICH = click.option("--checkpoints", "which", type=click.Choice(["all", "final"]), default="all",
+                      show_default=True, help="Every kept checkpoint, or only the final one.")
+
+
+@probe.command(name="softmax")
+@click.argument("run", type=click.Path(path_type=Path))
+@_PROMPTS
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--top-k", default=5, show_default=True, type=int)
+@_WHICH
+@click.option("--device", default="auto", show_default=True)
+def probe_softmax(run, prompts, out, top_k, which, device):
+    """Next-character probabilities and entropy for each prompt at each checkpoint.
+
+    \b
+    A prompt file is TOML, one [[prompt]] table per prompt:
+        [[prompt]]
+        name = "romeo"               # optional
+        text = "ROMEO:\\nBut soft, what light through yonder windo"
+        domain = "shakespeare"       # optional: a corpus name, or "in" / "out"
+        expected = "w"               # optional: the true next character
+    """
+    from lmscope.analysis.softmax import softmax_probe
+
+    softmax_probe(run, prompts, out, top_k=top_k, which=which, device=device)
+    click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
+    click.echo(f"written to {out}/")
+
+
+@probe.command(name="attribution")
+@click.argument("run", type=click.Path(path_type=Path))
+@_PROMPTS
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--method", "methods", multiple=True,
+              type=click.Choice(["grad_norm", "grad_x_input", "integrated_gradients"]),
+              help="Attribution method (repeat for several; default all three).")
+@click.option("--baseline", type=click.Choice(["zero", "mean", "unk"]), default="zero",
+              show_default=True, help="Integrated-gradients baseline embedding.")
+@click.option("--steps", default=32, show_default=True, type=int,
+              help="Integrated-gradients interpolation steps.")
+@click.option("--target", type=click.Choice(["predicted", "expected"]), default="predicted",
+              show_default=True, help="Attribute the predicted next character or the expected one.")
+@_WHICH
+def probe_attribution(run, prompts, out, methods, baseline, steps, target, which):
+    """Gradient attribution over the prompt's characters, at each checkpoint (prompt file as for
+    `probe softmax`)."""
+    from lmscope.analysis.attribution import METHODS, attribution_probe
+
+    attribution_probe(run, prompts, out, methods=methods or METHODS, baseline=baseline,
+                      steps=steps, which=which, target=target)
+    click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
+    click.echo(f"written to {out}/")
+
+
+@cli.command()
+@click.argument("study_file", type=click.Path(path_type=Path), metavar="STUDY.toml")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--quick", is_flag=True, help="The study's [quick] settings: every artifact, fast.")
+@click.option("--device", default="auto", show_default=True)
+def study(study_file, out, quick, device):
+    """Run a study file's steps in order (stats, train, matrix, transfer, softmax, attribution).
+
+    Finished steps are skipped, a stopped training run is resumed: run the same command again
+    to continue after a stop.
+
+    \b
+    lmscope study studies/domain.toml --quick --out results/domain-quick
+    """
+    from lmscope.analysis.study import run_study
+
+    timings = run_study(study_file, out, quick=quick, device=device, log=click.echo)
+    click.echo(f"done in {sum(timings.values()):.0f} s ("
+               + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"); see {out}/")
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,6 +79,9 @@ class TrainConfig:
     # with neither set, checkpoints are kept at 100, 200, 500, 1000, 2000, 5000, ...
     sample_prompt: str = "\n"  # prompt of the sample written at each checkpoint
     sample_tokens: int = 200  # its length in tokens (0: no samples)
+    final_eval: bool = True  # whole-split validation loss at the end (else the last estimate)
+    init_from: str = ""  # a checkpoint (or run folder) to fine-tune; its model and tokenizer are used
+    eval_corpora: list[str] = field(default_factory=list)  # more corpora whose val loss is estimated
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bfloat16 autocast on CUDA where supported, else float32) | float32 | bfloat16
@@ -257,16 +260,17 @@ def load_preset(name: str) -> dict:
     return tomllib.loads(resources.files("lmscope.presets").joinpath(f"{name}.toml").read_text())
 
 
-def load_toml(path: str | Path) -> dict:
+def load_toml(path: str | Path, what: str = "config file") -> dict:
+    """Read a TOML file; a missing, unreadable or invalid one is a ConfigError naming `what`."""
     path = Path(path)
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except (UnicodeDecodeError, IsADirectoryError) as e:
-        raise ConfigError(f"config file {path} is not a text file ({e})") from None
+        raise ConfigError(f"{what} {path} is not a text file ({e})") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from None
 
 
 def merge(base: dict, update: dict) -> dict:

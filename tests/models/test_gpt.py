@@ -82,3 +82,11 @@ def test_invalid_configs_are_rejected_with_the_reason(field, value, message):
     setattr(cfg, field, value)
     with pytest.raises(ConfigError, match=message):
         build_model("gpt", cfg)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "none"])
+def test_forward_from_embeddings_equals_forward(pos_emb):
+    model = tiny(pos_emb=pos_emb)
+    idx = torch.randint(0, 17, (2, 9), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(model.forward_embeddings(model.embed(idx)), model(idx),
+                               rtol=0, atol=0)

@@ -12,6 +12,8 @@ Three ways to run it:
   `KVCache`, so each new token costs one position's work instead of the whole context's.
 - `model.forward_with_attention(idx)`: logits plus the attention probabilities of every layer and
   head, computed explicitly (slower); for analysis.
+- `model.embed(idx)` then `model.forward_embeddings(emb)`: the same logits in two halves, so that
+  gradient attribution can differentiate with respect to the input characters' embeddings.
 """
 
 from __future__ import annotations
@@ -210,14 +212,14 @@ class GPT(nn.Module):
             n -= self.pos_emb.weight.numel()
         return n
 
-    def _run(self, idx, cache=None, return_attention=False):
-        B, T = idx.shape
+    def _run(self, idx, cache=None, return_attention=False, tok_emb=None):
+        x = self.tok_emb(idx) if tok_emb is None else tok_emb
+        T = x.shape[1]
         past = cache.length if cache is not None else 0
         if past + T > self.config.block_size:
             raise ValueError(f"context of {past + T} tokens exceeds block_size {self.config.block_size}")
-        x = self.tok_emb(idx)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(past, past + T, device=idx.device))
+            x = x + self.pos_emb(torch.arange(past, past + T, device=x.device))
         x = self.drop(x)
         attentions = []
         for layer, block in enumerate(self.blocks):
@@ -234,6 +236,14 @@ class GPT(nn.Module):
     def forward_with_attention(self, idx):
         """Logits and a list, one per layer, of attention probabilities (batch, head, query, key)."""
         return self._run(idx, return_attention=True)
+
+    def embed(self, idx):
+        """The input embeddings (batch, time, n_embd) of token ids: what attribution differentiates."""
+        return self.tok_emb(idx)
+
+    def forward_embeddings(self, emb):
+        """Logits from input embeddings: `forward_embeddings(embed(idx)) == forward(idx)`."""
+        return self._run(None, tok_emb=emb)[0]
 
     # --- generation -------------------------------------------------------------------------
     def new_cache(self, batch_size: int) -> KVCache:

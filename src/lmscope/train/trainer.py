@@ -56,6 +56,7 @@ from lmscope.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     read_meta,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from lmscope.train.distributed import Distributed, init_distributed, shutdown
@@ -168,6 +169,8 @@ class Trainer:
         # A corpus given as a path is kept as an absolute path, so the run resumes from anywhere.
         cfg.data.corpus = _absolute_if_path(cfg.data.corpus)
         cfg.data.vocab_from = [_absolute_if_path(c) for c in cfg.data.vocab_from]
+        tc.eval_corpora = [_absolute_if_path(c) for c in tc.eval_corpora]
+        source = self._init_checkpoint() if tc.init_from and not self.resume else None
         if not self.dist.is_main:
             self.dist.barrier()  # rank 0 prepares the data (tokenizer, token files) first
         self.corpus = corpora.resolve(cfg.data.corpus, val_fraction=cfg.data.val_fraction)
@@ -175,14 +178,23 @@ class Trainer:
         tok_file = self.run_dir / "tokenizer.json"
         if (self.resume or not self.dist.is_main) and tok_file.is_file():
             self.tokenizer = tokenizer_from_dict(json.loads(tok_file.read_text(encoding="utf-8")))
+        elif source is not None:
+            self.tokenizer = source.tokenizer
         else:
             self.tokenizer = build_tokenizer(cfg, self.corpus)
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         self.train_tokens = encode_to_file(self.corpus, "train", self.tokenizer, progress=show)
         self.val_tokens = encode_to_file(self.corpus, "val", self.tokenizer, progress=show)
+        # validation splits of other corpora, estimated at every evaluation (e.g. forgetting)
+        self.other_val_tokens = {}
+        for other in tc.eval_corpora:
+            found = corpora.resolve(other, val_fraction=cfg.data.val_fraction)
+            self.other_val_tokens[found.name] = encode_to_file(
+                found, "val", self.tokenizer, progress=show)
 
         self.block_size = cfg.model.block_size
-        for split, tf in (("train", self.train_tokens), ("val", self.val_tokens)):
+        for split, tf in (("train", self.train_tokens), ("val", self.val_tokens),
+                          *((f"val split of {k}: the", v) for k, v in self.other_val_tokens.items())):
             if len(tf.tokens) < self.block_size + 1:
                 raise LmscopeError(
                     f"corpus {self.corpus.name}: the {split} split has {len(tf.tokens)} tokens, "
@@ -195,6 +207,8 @@ class Trainer:
 
         cfg.model.vocab_size = self.tokenizer.vocab_size
         self.raw_model = build_model(cfg.model_name, cfg.model).to(self.device)
+        if source is not None and not self.resume:
+            self.raw_model.load_state_dict(source.model.state_dict())
         # eval_model: compiled but not wrapped; model: what training calls (DDP-wrapped if so)
         self.eval_model = torch.compile(self.raw_model) if tc.compile else self.raw_model
         self.model = self.eval_model
@@ -211,6 +225,16 @@ class Trainer:
         self.elapsed = 0.0  # wall-clock seconds of training so far, over all sessions of the run
         self.step_time = 0.0  # of which in optimizer steps (for tokens/s)
         self.tokens_seen = 0
+
+    def _init_checkpoint(self):
+        """The checkpoint train.init_from names; the run takes its model config (and tokenizer)."""
+        cfg = self.config
+        path = resolve_checkpoint(Path(cfg.train.init_from).expanduser())
+        cfg.train.init_from = str(path.resolve())
+        source = load_checkpoint(path)
+        cfg.model_name = source.model_name
+        cfg.model = type(source.model.config)(**source.meta["model_config"])
+        return source
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         tc = self.config.train
@@ -342,8 +366,32 @@ class Trainer:
                     logits = self.eval_model(x)
                 total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             out[split] = float(self.dist.sum(total)) / tc.eval_iters
+        for offset, (label, tf) in enumerate(self.other_val_tokens.items(), start=2):
+            out[f"val_loss:{label}"] = self._estimate(tf, seed=tc.seed + 1000 + offset)
         self.eval_model.train()
         return out
+
+    def _estimate(self, tf, seed: int) -> float:
+        """Mean loss over eval_iters fixed random batches of a token file (other characters than
+        the model knows are left out, as in whole-split evaluation)."""
+        tc = self.config.train
+        sampler = BatchSampler(tf.tokens, self.block_size, tc.batch_size, seed=seed)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        unk = self.tokenizer.unk_id
+        for i in range(tc.eval_iters):
+            x, y = sampler.sample()
+            if i % self.dist.world_size != self.dist.rank:
+                continue
+            x, y = x.to(self.device), y.to(self.device)
+            if unk is not None:
+                y = y.masked_fill(y == unk, -1)
+            with self.autocast:
+                logits = self.eval_model(x)
+            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
+                                     reduction="sum").double()
+            count += (y >= 0).sum()
+        return float(self.dist.sum(total)) / max(float(self.dist.sum(count)), 1.0)
 
     def _sample(self) -> str | None:
         tc = self.config.train
@@ -360,7 +408,8 @@ class Trainer:
     def _save(self, name: str, losses: dict, *, sample: bool, train_state: bool = False) -> None:
         if not self.dist.is_main:
             return
-        meta = {"iter": self.iter, "train_loss": losses.get("train"), "val_loss": losses.get("val"),
+        meta = {"iter": self.iter, "corpus": self.corpus.name,
+                "train_loss": losses.get("train"), "val_loss": losses.get("val"),
                 "elapsed_s": round(self.elapsed, 3), "tokens_seen": self.tokens_seen,
                 "run_config": self.config.to_dict()}
         meta.update({k: v for k, v in losses.items() if k not in ("train", "val")})
@@ -460,9 +509,13 @@ class Trainer:
                     losses = self.estimate_loss()
                     row = {"kind": "eval", "iter": it, "train_loss": losses["train"],
                            "val_loss": losses["val"], "lr": self.lr_at(min(it, tc.max_iters - 1)),
-                           "elapsed_s": round(self.elapsed, 3)}
+                           "elapsed_s": round(self.elapsed, 3),
+                           **{k: v for k, v in losses.items() if k.startswith("val_loss:")}}
                     self._write_metrics(row)
-                    log(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                    others = "".join(f", {k[9:]} val loss {v:.4f}" for k, v in losses.items()
+                                     if k.startswith("val_loss:"))
+                    log(f"iter {it}: train loss {losses['train']:.4f}, "
+                        f"val loss {losses['val']:.4f}{others}")
                     bar.set_postfix(loss=f"{last_loss:.3f}", val=f"{losses['val']:.3f}",
                                     tok_s=f"{tps:,.0f}")
                     if losses["val"] < self.best_val and it > 0:
@@ -506,28 +559,34 @@ class Trainer:
                         f"lmscope train --out {self.run_dir} --resume")
             # -- the end: whole-split validation loss (every process computes the same number),
             # final checkpoint, summary
-            result = evaluate_token_file(self.raw_model, self.val_tokens,
-                                         block_size=self.block_size, unk_id=self.tokenizer.unk_id,
-                                         corpus=self.corpus.name, split="val")
-            final_losses = {**losses, "val_loss_full": result.loss,
-                            "val_bits_per_char_full": result.bits_per_char}
-            self._write_metrics({"kind": "final", "iter": self.iter, "val_loss_full": result.loss,
-                                 "val_bits_per_char_full": result.bits_per_char,
+            full = {}
+            if tc.final_eval:
+                result = evaluate_token_file(self.raw_model, self.val_tokens,
+                                             block_size=self.block_size,
+                                             unk_id=self.tokenizer.unk_id,
+                                             corpus=self.corpus.name, split="val")
+                full = {"val_loss_full": result.loss, "val_bits_per_char_full": result.bits_per_char}
+            final_losses = {**losses, **full}
+            self._write_metrics({"kind": "final", "iter": self.iter, **full,
                                  "elapsed_s": round(self.elapsed, 3)})
             self._save("final", final_losses, sample=True)
             self._save("last", final_losses, sample=False, train_state=True)
+            val_loss = full.get("val_loss_full", losses["val"])
             summary = TrainResult(
                 run_dir=self.run_dir, iterations=self.iter, best_val_loss=self.best_val,
-                val_loss=result.loss, val_bits_per_char=result.bits_per_char,
+                val_loss=val_loss,
+                val_bits_per_char=full.get("val_bits_per_char_full", val_loss / math.log(2)),
                 elapsed_s=self.elapsed, tokens_per_s=self.tokens_seen / max(self.step_time, 1e-9))
             if self.dist.is_main:
                 atomic_write_json(self.run_dir / "summary.json", {
                     **{k: (str(v) if isinstance(v, Path) else v)
                        for k, v in vars(summary).items()},
+                    "val_loss_is": "whole split" if full else "estimate",
                     "params": n_params, "corpus": self.corpus.name, "model": cfg.model_name,
                     "processes": self.dist.world_size})
-            log(f"done: whole-split val loss {result.loss:.4f} nats/token "
-                f"({result.bits_per_char:.4f} bits/char) after {self.iter} iterations, "
+            what = "whole-split" if full else "estimated"
+            log(f"done: {what} val loss {val_loss:.4f} nats/token "
+                f"({summary.val_bits_per_char:.4f} bits/char) after {self.iter} iterations, "
                 f"{self.elapsed:.1f} s")
             return summary
         finally:

@@ -1,0 +1,358 @@
+"""Gradient attribution over the input characters of a prompt, at every checkpoint of a run.
+
+For a prompt of token ids t_1..t_T with input embeddings x_1..x_T (each a vector of n_embd
+numbers, before the position embedding is added) and a target token y (the model's most likely
+next token, or a given one), let
+
+    f(x) = log softmax(logits(x))[T, y]        the target's log-probability at the last position
+
+and g_i = df/dx_i, the gradient with respect to position i's embedding. The score of position i:
+
+    grad_norm              ||g_i||_2                                   (>= 0; the seed study's)
+    grad_x_input           sum_c g_i[c] * x_i[c]                        (signed)
+    integrated_gradients   sum_c (x_i[c] - b[c]) * mean_k g_i(b + a_k (x - b))[c]     (signed)
+
+Integrated gradients uses the midpoint Riemann rule, a_k = (k - 1/2) / steps for k = 1..steps,
+whose error shrinks as 1/steps^2 (the right-hand rule a_k = k/steps shrinks only as 1/steps).
+All `steps` interpolated inputs go through the model as one batch, in one forward and one
+backward. The baseline b is the same vector at every position:
+
+    zero   the zero vector
+    mean   the mean of the token embedding matrix (every token of the vocabulary)
+    unk    the embedding of the tokenizer's unknown-character token
+
+Completeness: the exact integral satisfies sum_i score_i = f(x) - f(b); the distance between the
+two sides, |sum_i score_i - (f(x) - f(b))|, is the completeness gap, reported for each prompt.
+
+Gradients are taken one prompt at a time with `torch.autograd.grad` with respect to the
+embedding tensor only, the model in eval mode, so they are exact and no parameter gets a .grad.
+
+`attribution_probe` runs the three methods over every checkpoint of a run (oldest first) and writes
+attribution.csv, one heatmap per prompt and method, by_class.csv/.png and summary.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmscope.analysis.common import (
+    CHAR_CLASSES,
+    char_class,
+    check_prompt_fits,
+    expected_id,
+    load_prompts,
+    markdown_table,
+    run_checkpoints,
+    trained_on,
+    visible,
+    write_csv,
+)
+from lmscope.errors import LmscopeError
+from lmscope.io import atomic_write_text
+
+METHODS = ("grad_norm", "grad_x_input", "integrated_gradients")
+BASELINES = ("zero", "mean", "unk")
+TARGETS = ("predicted", "expected")
+
+
+@dataclass
+class Attribution:
+    scores: np.ndarray  # one per input position
+    target_id: int
+    target_prob: float  # probability of the target at the last position
+    completeness_gap: float | None  # IG only: |sum(scores) - (logp(x) - logp(baseline))|
+
+
+def _check_choice(what: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise LmscopeError(f"unknown {what} {value!r}: choose from {', '.join(allowed)}")
+
+
+def _check_steps(steps) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise LmscopeError(f"steps must be a whole number of at least 1, got {steps!r}")
+
+
+def _last_logp(model, emb: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities (batch, vocab) of the next token after the last position."""
+    return F.log_softmax(model.forward_embeddings(emb)[:, -1], dim=-1)
+
+
+def _baseline(model, x: torch.Tensor, baseline: str, unk_id: int | None, vocab: int):
+    """The baseline input, shaped like x (1, T, C): one vector repeated at every position."""
+    if baseline == "zero":
+        return torch.zeros_like(x)
+    if baseline == "mean":
+        table = model.embed(torch.arange(vocab, device=x.device)[None])[0]  # (vocab, C)
+        return table.mean(0).expand_as(x)
+    if unk_id is None:
+        raise LmscopeError("baseline 'unk' needs a tokenizer with an unknown-character token, "
+                           "and this one has none: use baseline zero or mean")
+    if not 0 <= unk_id < vocab:
+        raise LmscopeError(f"unk_id {unk_id} is outside the vocabulary (size {vocab})")
+    return model.embed(torch.tensor([[unk_id]], device=x.device)).expand_as(x)
+
+
+def attribute(model, ids: list[int], target_id: int | None, method: str, *,
+              baseline: str = "zero", steps: int = 32, unk_id: int | None = None) -> Attribution:
+    """Importance of each input position for the target next token (see the module docstring).
+
+    target_id None: the model's most likely next token (argmax at the last position).
+    `baseline`, `steps` and `unk_id` matter for integrated_gradients only.
+    """
+    _check_choice("method", method, METHODS)
+    _check_choice("baseline", baseline, BASELINES)
+    _check_steps(steps)
+    if model.training:
+        raise ValueError("attribution needs the model in eval mode (call model.eval())")
+    ids = [int(i) for i in ids]
+    if not 0 < len(ids) <= model.context_length:
+        raise LmscopeError(f"a prompt of {len(ids)} tokens: give 1 to {model.context_length} "
+                           "(the model's context length)")
+    device = next(model.parameters()).device
+
+    with torch.no_grad():
+        # A detached copy of the input embeddings: the only tensor we differentiate against.
+        x = model.embed(torch.tensor([ids], device=device)).detach()  # (1, T, C)
+        logp_x = _last_logp(model, x)[0]  # (vocab,)
+    vocab = logp_x.numel()
+    if target_id is None:
+        target_id = int(logp_x.argmax())
+    elif not 0 <= int(target_id) < vocab:
+        raise LmscopeError(f"target id {target_id} is outside the vocabulary (size {vocab})")
+    target_id = int(target_id)
+    target_prob = float(logp_x[target_id].exp())
+
+    with torch.enable_grad():  # also when the caller is inside torch.no_grad()
+        if method == "integrated_gradients":
+            with torch.no_grad():
+                b = _baseline(model, x, baseline, unk_id, vocab)
+                logp_b = _last_logp(model, b)[0, target_id]
+            alphas = (torch.arange(steps, device=device, dtype=x.dtype) + 0.5) / steps
+            path = (b + alphas[:, None, None] * (x - b)).requires_grad_(True)  # (steps, T, C)
+            # Samples of a batch do not interact (eval mode), so the gradient of the sum is
+            # each sample's own gradient.
+            (grads,) = torch.autograd.grad(_last_logp(model, path)[:, target_id].sum(), path)
+            scores = ((x - b)[0] * grads.mean(0)).sum(-1)
+            gap = abs(float(scores.sum()) - float(logp_x[target_id] - logp_b))
+            return Attribution(scores.detach().cpu().numpy(), target_id, target_prob, gap)
+
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(_last_logp(model, x)[0, target_id], x)
+    grad, x = grad[0], x.detach()[0]  # (T, C)
+    scores = grad.norm(dim=-1) if method == "grad_norm" else (grad * x).sum(-1)
+    return Attribution(scores.cpu().numpy(), target_id, target_prob, None)
+
+
+# --- the probe over a run's checkpoints ----------------------------------------------------------
+
+def _file_stem(name: str, taken: set[str]) -> str:
+    """A prompt name made safe for a file name, distinct from the ones already taken."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "prompt"
+    unique, n = stem, 1
+    while unique in taken:
+        n += 1
+        unique = f"{stem}-{n}"
+    taken.add(unique)
+    return unique
+
+
+def _checkpoint_label(ckpt) -> str:
+    """'20' for iter_0000020, '30 (final)' for the others."""
+    if ckpt.name.startswith("iter_"):
+        return str(ckpt.iteration)
+    return f"{ckpt.iteration} ({ckpt.name})"
+
+
+def _normalized(scores: np.ndarray) -> np.ndarray:
+    total = float(np.abs(scores).sum())
+    return scores / total if total > 0 else np.zeros_like(scores)
+
+
+def attribution_probe(run, prompts_path, out_dir, *, methods=METHODS, baseline="zero", steps=32,
+                      which="all", target="predicted", device="cpu") -> dict:
+    """Attribution of every prompt's characters, by each method, at every checkpoint of `run`.
+
+    target: "predicted" (argmax of each checkpoint) or "expected" (each prompt's expected char,
+    which must then be given). Writes into out_dir:
+
+      attribution.csv   long form, one row per checkpoint, prompt, method and input position
+      heatmap_<prompt>_<method>.png   characters across, checkpoints down, |normalized score|
+      by_class.csv      per checkpoint, method and character class: mean |normalized score|
+      by_class.png      the same at the final (last) checkpoint, one bar per method
+      summary.md        first class per method at the final checkpoint, IG completeness gap
+
+    Returns the paths written and small summary figures.
+    """
+    from lmscope.api import load
+    from lmscope.report import plots
+
+    # Everything the user gives is checked before any gradient is taken.
+    methods = tuple(methods)
+    if not methods:
+        raise LmscopeError(f"no methods given: choose from {', '.join(METHODS)}")
+    for method in methods:
+        _check_choice("method", method, METHODS)
+    if len(set(methods)) != len(methods):
+        raise LmscopeError(f"a method is given twice: {', '.join(methods)}")
+    _check_choice("baseline", baseline, BASELINES)
+    _check_steps(steps)
+    _check_choice("target", target, TARGETS)
+    _check_choice("checkpoint selection", which, ("all", "final"))
+    checkpoints = run_checkpoints(run, which)
+    prompts = load_prompts(prompts_path)
+
+    first = load(checkpoints[0], device=device)
+    for prompt in prompts:
+        check_prompt_fits(prompt, first.tokenizer, first.model.context_length)
+        if target == "expected":
+            if prompt.expected is None:
+                raise LmscopeError(f"prompt {prompt.name!r} has no expected character, which "
+                                   "target 'expected' needs: add expected = \"...\" or use "
+                                   "target 'predicted'")
+            expected_id(prompt, first.tokenizer)
+    if ("integrated_gradients" in methods and baseline == "unk"
+            and first.tokenizer.unk_id is None):
+        raise LmscopeError("baseline 'unk' needs a tokenizer with an unknown-character token, "
+                           f"and the one of {checkpoints[0]} has none: use baseline zero or mean")
+    del first
+
+    out_dir = Path(out_dir)
+    rows = []
+    labels, iterations = [], []  # one per checkpoint: heatmap row label, (name, iteration)
+    # [prompt][method] -> list over checkpoints of |normalized| arrays
+    maps: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    # (checkpoint index, method, class) -> per-prompt means of |normalized| and position counts
+    per_class: dict[tuple, list[tuple[float, int]]] = defaultdict(list)
+    gaps: list[list[float]] = []  # per checkpoint, IG gap of each prompt
+    chars: dict[str, list[str]] = {}
+    for c, path in enumerate(checkpoints):
+        ckpt = load(path, device=device)  # one checkpoint in memory at a time
+        tok, corpus = ckpt.tokenizer, trained_on(ckpt)
+        labels.append(_checkpoint_label(ckpt))
+        iterations.append((ckpt.name, ckpt.iteration))
+        gaps.append([])
+        for prompt in prompts:
+            ids = check_prompt_fits(prompt, tok, ckpt.model.context_length)
+            target_id = expected_id(prompt, tok) if target == "expected" else None
+            tokens = [tok.decode([i]) for i in ids]
+            chars[prompt.name] = [visible(t) for t in tokens]
+            classes = [char_class(t) for t in tokens]
+            for method in methods:
+                a = attribute(ckpt.model, ids, target_id, method, baseline=baseline, steps=steps,
+                              unk_id=tok.unk_id)
+                norm = _normalized(a.scores)
+                maps[prompt.name][method].append(np.abs(norm))
+                if a.completeness_gap is not None:
+                    gaps[c].append(a.completeness_gap)
+                target_text = visible(tok.decode([a.target_id]))
+                for pos, (score, share) in enumerate(zip(a.scores, norm, strict=True)):
+                    rows.append([prompt.name, prompt.domain_of(corpus), ckpt.name, ckpt.iteration,
+                                 pos, chars[prompt.name][pos], classes[pos], method,
+                                 float(score), float(share), target_text, a.target_prob])
+                for cls in CHAR_CLASSES:
+                    where = [i for i, k in enumerate(classes) if k == cls]
+                    if where:
+                        per_class[(c, method, cls)].append(
+                            (float(np.abs(norm[where]).mean()), len(where)))
+        del ckpt
+
+    header = ["prompt", "domain", "checkpoint", "iteration", "position", "character",
+              "char_class", "method", "score", "normalized", "target", "target_prob"]
+    files = {"attribution_csv": write_csv(out_dir / "attribution.csv", header, rows)}
+
+    # by_class: mean over prompts of each prompt's mean |normalized| over the class's positions
+    class_rows, final = [], {}
+    last = len(checkpoints) - 1
+    for (c, method, cls), entries in sorted(per_class.items(),
+                                            key=lambda kv: (kv[0][0], methods.index(kv[0][1]),
+                                                            CHAR_CLASSES.index(kv[0][2]))):
+        mean = float(np.mean([m for m, _ in entries]))
+        count = sum(n for _, n in entries)
+        class_rows.append([iterations[c][0], iterations[c][1], method, cls, mean, len(entries),
+                           count])
+        if c == last:
+            final[(method, cls)] = mean
+    files["by_class_csv"] = write_csv(
+        out_dir / "by_class.csv",
+        ["checkpoint", "iteration", "method", "char_class", "mean_abs_normalized", "prompts",
+         "positions"], class_rows)
+
+    # heatmaps: one per prompt and method
+    heatmaps, taken = [], set()
+    for prompt in prompts:
+        stem = _file_stem(prompt.name, taken)
+        for method in methods:
+            values = np.stack(maps[prompt.name][method])
+            cols = len(chars[prompt.name])
+            heatmaps.append(plots.heatmap(
+                values, labels, chars[prompt.name], out_dir / f"heatmap_{stem}_{method}.png",
+                title=f"{prompt.name}: {method} (target: {target})", xlabel="input character",
+                ylabel="checkpoint (iteration)", fmt="{:.2f}", cmap="magma",
+                colorbar="|normalized score|", annotate=cols < 12))
+    files["heatmaps"] = heatmaps
+
+    # by_class.png: the final checkpoint, a group of bars per class, one bar per method
+    present = [cls for cls in CHAR_CLASSES if any((m, cls) in final for m in methods)]
+    fig, (ax,) = plots.panels(1, title=f"attribution by character class, checkpoint {labels[-1]}",
+                              width=max(6.0, 1.2 * len(present) * len(methods) / 2 + 2))
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
+        xs = np.arange(len(present)) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(xs, [final.get((method, cls), np.nan) for cls in present], width, label=method)
+    ax.set_xticks(range(len(present)), present)
+    ax.set_ylabel("mean |normalized score| per position")
+    ax.legend(fontsize=8)
+    files["by_class_png"] = plots.save(fig, out_dir / "by_class.png")
+
+    # summary.md
+    top = {}
+    for method in methods:
+        ranked = sorted(present, key=lambda cls, m=method: -final.get((m, cls), -np.inf))
+        top[method] = ranked[0] if ranked else None
+    ig_gap = [float(np.mean(g)) if g else None for g in gaps]
+    name, iteration = iterations[-1]
+    lines = [
+        "# Gradient attribution over input characters\n",
+        f"Run `{run}`: {len(prompts)} prompt(s), {len(checkpoints)} checkpoint(s) "
+        f"(iterations {', '.join(str(i) for _, i in iterations)}); target: {target}.",
+        f"Methods: {', '.join(methods)}."
+        + (f" Integrated gradients: baseline {baseline}, {steps} steps, midpoint rule."
+           if "integrated_gradients" in methods else "") + "\n",
+        f"## Character classes at the final checkpoint ({name}, iteration {iteration})\n",
+        "Mean |normalized score| of a prompt's positions of each class, averaged over prompts.\n",
+        markdown_table(["method", "first class", "mean abs normalized"],
+                       [[m, top[m] or "-", final.get((m, top[m]), float("nan"))]
+                        for m in methods]),
+        markdown_table(["class", *methods],
+                       [[cls, *[final.get((m, cls), float("nan")) for m in methods]]
+                        for cls in present]),
+    ]
+    if "integrated_gradients" in methods:
+        lines += [
+            "## Integrated gradients completeness gap\n",
+            "The gap is |sum of scores - (logp(x) - logp(baseline))|, mean over prompts; "
+            "it is 0 for the exact integral and shrinks as 1/steps^2.\n",
+            markdown_table(["checkpoint", "mean gap"],
+                           [[label, f"{gap:.2e}"] for label, gap in zip(labels, ig_gap,
+                                                                         strict=True)]),
+        ]
+    files["summary_md"] = out_dir / "summary.md"
+    atomic_write_text(files["summary_md"], "\n".join(lines))
+
+    return {
+        "out_dir": out_dir,
+        **files,
+        "checkpoints": [str(p) for p in checkpoints],
+        "prompts": [p.name for p in prompts],
+        "top_class": top,
+        "mean_completeness_gap": ig_gap[-1] if "integrated_gradients" in methods else None,
+        "completeness_gap_by_checkpoint": dict(zip(labels, ig_gap, strict=True)),
+    }

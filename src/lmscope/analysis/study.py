@@ -1,0 +1,311 @@
+"""A study: one TOML file that trains a model per corpus and runs the analyses on them, in order.
+
+    [study]
+    corpora = ["shakespeare", "math", "wikipedia"]
+    preset = "shakespeare-char-cpu"      # model and training recipe for every corpus
+    joint_vocabulary = true              # one character vocabulary over all corpora
+    prompts = "domain_prompts.toml"      # for the softmax and attribution probes (path relative to this file)
+    steps = ["stats", "train", "matrix", "transfer", "softmax", "attribution"]
+    [model]                              # overrides of the preset, as with --set model.KEY=VALUE
+    [train]                              # ... and train.KEY=VALUE
+    [transfer]    checkpoints, iters, eval_every, eval_iters
+    [softmax]     top_k
+    [attribution] methods, baseline, steps
+    [quick]       the same tables again: what --quick changes ([quick.train], [quick.transfer], ...)
+
+`run_study` writes everything under one folder, a sub-folder per step:
+
+    DIR/study.json        the settings the study ran with (a restart must use the same)
+    DIR/stats/            corpus statistics                    (analysis/corpus_stats.py)
+    DIR/runs/<corpus>/    one training run per corpus          (lmscope train)
+    DIR/matrix/           zero-shot cross-domain matrix        (analysis/cross_domain.py)
+    DIR/transfer/<a>-to-<b>/ few-shot transfer, every pair     (analysis/transfer.py)
+    DIR/softmax/<corpus>/ softmax confidence per model         (analysis/softmax.py)
+    DIR/attribution/<corpus>/ gradient attribution per model   (analysis/attribution.py)
+    DIR/timings.json      seconds per step
+
+A step (or part of one: a training run, a transfer pair) that finished leaves a `.done` file and
+is skipped when the study runs again; a stopped training run is resumed. So a study can be
+stopped at any moment (Ctrl-C) and restarted with the same command.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmscope.analysis.common import markdown_table, write_csv
+from lmscope.config import _suggest, coerce, load_toml, merge
+from lmscope.errors import ConfigError, LmscopeError
+from lmscope.io import atomic_write_json, atomic_write_text
+
+STEPS = ("stats", "train", "matrix", "transfer", "softmax", "attribution")
+
+
+@dataclass
+class TransferSettings:
+    checkpoints: str = "early,mid,late"
+    iters: int = 200
+    eval_every: int = 20
+    eval_iters: int = 20
+
+
+@dataclass
+class SoftmaxSettings:
+    top_k: int = 5
+
+
+@dataclass
+class AttributionSettings:
+    methods: list[str] = field(
+        default_factory=lambda: ["grad_norm", "grad_x_input", "integrated_gradients"])
+    baseline: str = "zero"
+    steps: int = 32
+
+
+@dataclass
+class Study:
+    corpora: list[str]
+    name: str = "study"
+    preset: str = ""
+    joint_vocabulary: bool = True
+    prompts: str = ""
+    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+    softmax: SoftmaxSettings = field(default_factory=SoftmaxSettings)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def run_config(self, corpus: str):
+        """The training config of the model for one corpus."""
+        from lmscope.config import resolve_config
+
+        settings = [f"model.{k}={_literal(v)}" for k, v in self.model.items()]
+        settings += [f"train.{k}={_literal(v)}" for k, v in self.train.items()]
+        if self.joint_vocabulary:
+            settings.append(f"data.vocab_from={_literal([c for c in self.corpora if c != corpus])}")
+        return resolve_config(preset=self.preset or None, data=corpus, overrides=settings)
+
+
+def _literal(value) -> str:
+    """A value as the TOML literal `--set` reads back."""
+    from lmscope.config import _toml_value
+
+    return _toml_value(value)
+
+
+def load_study(path: str | Path, *, quick: bool = False) -> Study:
+    """Read and check a study file; with quick=True its [quick] tables are merged over the rest."""
+    path = Path(path)
+    raw = load_toml(path, "study file")
+    quick_raw = raw.pop("quick", {})
+    if quick:
+        if not quick_raw:
+            raise LmscopeError(f"study file {path} has no [quick] table, so it has no --quick mode")
+        raw = merge(raw, quick_raw)
+    tables = ("study", "model", "train", "transfer", "softmax", "attribution")
+    for key, value in raw.items():
+        if key not in tables:
+            raise ConfigError(f"study file {path}: unknown table [{key}]{_suggest(key, tables)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"study file {path}: [{key}] must be a table")
+    head = dict(raw.get("study", {}))
+    try:
+        study = Study(
+            **_fields(Study, head, "study", skip=("model", "train", "transfer", "softmax",
+                                                  "attribution")),
+            model=raw.get("model", {}), train=raw.get("train", {}),
+            transfer=TransferSettings(**_fields(TransferSettings, raw.get("transfer", {}),
+                                                "transfer")),
+            softmax=SoftmaxSettings(**_fields(SoftmaxSettings, raw.get("softmax", {}), "softmax")),
+            attribution=AttributionSettings(**_fields(AttributionSettings,
+                                                      raw.get("attribution", {}), "attribution")))
+    except TypeError:
+        raise ConfigError(f"study file {path}: [study] needs corpora = [\"...\", ...]") from None
+    if not study.corpora:
+        raise ConfigError(f"study file {path}: [study] corpora is empty")
+    if len(set(study.corpora)) != len(study.corpora):
+        raise ConfigError(f"study file {path}: a corpus is listed twice in corpora")
+    bad = [s for s in study.steps if s not in STEPS]
+    if bad:
+        raise ConfigError(f"study file {path}: unknown step {bad[0]!r}{_suggest(bad[0], STEPS)}; "
+                          f"steps are {', '.join(STEPS)}")
+    needs_prompts = {"softmax", "attribution"} & set(study.steps)
+    if needs_prompts and not study.prompts:
+        raise ConfigError(f"study file {path}: the {sorted(needs_prompts)[0]} step needs "
+                          "[study] prompts = \"FILE.toml\"")
+    if study.prompts:
+        study.prompts = str((path.parent / study.prompts).resolve())
+    for corpus in study.corpora:
+        study.run_config(corpus)  # every config error shows now, not after an hour of training
+    return study
+
+
+def _fields(cls, values: dict, table: str, skip=()) -> dict:
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    out = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown study key {table}.{key}{_suggest(key, names, table + '.')}")
+        out[key] = coerce(value, hints[key], f"{table}.{key}")
+    return out
+
+
+# --- running -------------------------------------------------------------------------------------
+
+class StudyRunner:
+    def __init__(self, study: Study, out_dir: str | Path, *, device: str = "auto", log=print):
+        self.study = study
+        self.out = Path(out_dir)
+        self.device = device
+        self.log = log
+        self.timings: dict[str, float] = {}
+
+    def run(self) -> dict[str, float]:
+        self._claim_folder()
+        timings_file = self.out / "timings.json"
+        if timings_file.is_file():
+            self.timings = json.loads(timings_file.read_text(encoding="utf-8"))
+        for step in STEPS:
+            if step not in self.study.steps:
+                continue
+            if self._done(self.out / step if step != "train" else self.out / "runs"):
+                self.log(f"[{step}] already complete")
+                continue
+            self.log(f"[{step}]")
+            start = time.perf_counter()
+            getattr(self, f"step_{step}")()
+            self.timings[step] = round(self.timings.get(step, 0) + time.perf_counter() - start, 1)
+            self._mark_done(self.out / step if step != "train" else self.out / "runs")
+            atomic_write_json(timings_file, self.timings)
+        return self.timings
+
+    def _claim_folder(self) -> None:
+        """A new folder, or one holding this very study (to continue it); never someone else's."""
+        settings = self.out / "study.json"
+        if self.out.exists() and not self.out.is_dir():
+            raise LmscopeError(f"--out {self.out} is a file, not a folder")
+        if settings.is_file():
+            if json.loads(settings.read_text(encoding="utf-8")) != self.study.to_dict():
+                raise LmscopeError(f"{self.out} holds a study with other settings "
+                                   f"({settings}); choose another --out")
+        elif self.out.is_dir() and any(self.out.iterdir()):
+            raise LmscopeError(f"{self.out} already holds files that are not a study; "
+                               "choose another --out")
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(settings, self.study.to_dict())
+
+    @staticmethod
+    def _done(folder: Path) -> bool:
+        return (folder / ".done").is_file()
+
+    @staticmethod
+    def _mark_done(folder: Path) -> None:
+        atomic_write_json(folder / ".done", {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def run_dir(self, corpus: str) -> Path:
+        from lmscope.analysis.common import corpus_label
+
+        return self.out / "runs" / corpus_label(corpus)
+
+    # --- the steps ------------------------------------------------------------------------------
+    def step_stats(self) -> None:
+        from lmscope.analysis.corpus_stats import corpus_stats, write_stats
+
+        write_stats([corpus_stats(c) for c in self.study.corpora], self.out / "stats")
+
+    def step_train(self) -> None:
+        import lmscope
+
+        for corpus in self.study.corpora:
+            run_dir = self.run_dir(corpus)
+            name = run_dir.name
+            if self._done(run_dir):
+                self.log(f"  {name}: trained ({run_dir})")
+                continue
+            resume = (run_dir / "checkpoints" / "last" / "train_state.json").is_file()
+            if run_dir.is_dir() and not resume:
+                shutil.rmtree(run_dir)  # this study's own run, stopped before it saved anything
+            self.log(f"  {name}: {'resuming' if resume else 'training'} {run_dir}")
+            config = self.study.run_config(corpus)
+            config.train.device = self.device if self.device != "auto" else config.train.device
+            result = lmscope.train(config, run_dir, resume=resume, progress=False,
+                                   log=lambda *a: None)
+            self.log(f"  {name}: whole-split val loss {result.val_loss:.4f} after "
+                     f"{result.iterations} iterations, {result.elapsed_s:.0f} s")
+            self._mark_done(run_dir)
+
+    def step_matrix(self) -> None:
+        from lmscope.analysis.cross_domain import cross_domain_matrix, write_matrix
+
+        matrix = cross_domain_matrix([self.run_dir(c) for c in self.study.corpora],
+                                     self.study.corpora, device=self.device,
+                                     log=lambda m: self.log(f"  {m}"))
+        write_matrix(matrix, self.out / "matrix")
+
+    def step_transfer(self) -> None:
+        from lmscope.analysis.common import corpus_label
+        from lmscope.analysis.transfer import transfer
+
+        ts = self.study.transfer
+        rows = []
+        for source in self.study.corpora:
+            for target in self.study.corpora:
+                if target == source:
+                    continue
+                folder = self.out / "transfer" / f"{corpus_label(source)}-to-{corpus_label(target)}"
+                self.log(f"  {folder.name}")
+                if not self._done(folder):
+                    transfer(self.run_dir(source), target, folder, checkpoints=ts.checkpoints,
+                             iters=ts.iters, eval_every=ts.eval_every, eval_iters=ts.eval_iters,
+                             device=self.device, log=lambda m: self.log(f"    {m}"))
+                    self._mark_done(folder)
+                with open(folder / "summary.csv", encoding="utf-8", newline="") as f:
+                    for row in list(csv.reader(f))[1:]:
+                        rows.append([corpus_label(source), corpus_label(target), row[0],
+                                     int(row[1]), *map(float, row[2:])])
+        header = ["source", "target", "start", "start_iter", "target_before", "target_after",
+                  "target_gain", "source_before", "source_after", "forgetting"]
+        write_csv(self.out / "transfer" / "summary.csv", header, rows)
+        atomic_write_text(self.out / "transfer" / "summary.md",
+                          f"# Few-shot transfer, every pair, {ts.iters} steps\n\n"
+                          "Losses in nats per character (estimates on fixed validation batches); "
+                          "gain = before - after on the target, forgetting = after - before on "
+                          "the source.\n\n" + markdown_table(header, rows))
+
+    def step_softmax(self) -> None:
+        from lmscope.analysis.softmax import softmax_probe
+
+        for corpus in self.study.corpora:
+            softmax_probe(self.run_dir(corpus), self.study.prompts,
+                          self.out / "softmax" / self.run_dir(corpus).name,
+                          top_k=self.study.softmax.top_k, device=self.device)
+
+    def step_attribution(self) -> None:
+        from lmscope.analysis.attribution import attribution_probe
+
+        a = self.study.attribution
+        for corpus in self.study.corpora:
+            attribution_probe(self.run_dir(corpus), self.study.prompts,
+                              self.out / "attribution" / self.run_dir(corpus).name,
+                              methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
+                              device="cpu" if self.device == "auto" else self.device)
+
+
+def run_study(path: str | Path, out_dir: str | Path, *, quick: bool = False, device: str = "auto",
+              log=print) -> dict[str, float]:
+    """Run (or continue) the study in `path`, writing into `out_dir`; returns seconds per step."""
+    return StudyRunner(load_study(path, quick=quick), out_dir, device=device, log=log).run()

@@ -1,0 +1,95 @@
+"""The few kinds of figure the studies draw, as PNG files: bars, heatmaps and lines.
+
+matplotlib with its non-interactive Agg backend (no display needed); every file is written
+to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lmscope.io import atomic_write
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    _pyplot().close(fig)
+    return path
+
+
+def bar_chart(labels: Sequence[str], values: Sequence[float], path, *, title: str,
+              ylabel: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(labels)), 3.5))
+    ax.bar(range(len(labels)), values, color="#4878a8")
+    ax.set_xticks(range(len(labels)), labels, rotation=90 if len(labels) > 12 else 0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def heatmap(values, row_labels: Sequence[str], col_labels: Sequence[str], path, *, title: str,
+            xlabel: str = "", ylabel: str = "", fmt: str = "{:.3f}", cmap: str = "viridis",
+            colorbar: str = "", annotate: bool = True) -> Path:
+    """A matrix as coloured cells, each annotated with its value (NaN cells left blank)."""
+    plt = _pyplot()
+    values = np.asarray(values, dtype=float)
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 + 0.5 * cols) if annotate and cols < 12 else
+                                    max(4, 0.25 * cols + 2), max(2.5, 0.5 * rows + 1.2)))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
+    ax.set_xticks(range(cols), col_labels, rotation=90 if cols > 8 else 0)
+    ax.set_yticks(range(rows), row_labels)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colorbar)
+    if annotate:
+        finite = values[np.isfinite(values)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+        for r in range(rows):
+            for c in range(cols):
+                if np.isfinite(values[r, c]):
+                    ax.text(c, r, fmt.format(values[r, c]), ha="center", va="center", fontsize=8,
+                            color="white" if values[r, c] < middle else "black")
+    return save(fig, path)
+
+
+def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path, *, title: str,
+              xlabel: str, ylabel: str, styles: Mapping[str, str] | None = None,
+              logx: bool = False) -> Path:
+    """One line per named series of (x, y)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, (x, y) in series.items():
+        ax.plot(x, y, (styles or {}).get(label, "-"), marker=".", label=label)
+    if logx:
+        ax.set_xscale("symlog")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def panels(n: int, *, title: str, width: float = 5.0, height: float = 3.6):
+    """A row of `n` axes sharing a title, for side-by-side comparisons; save with `save`."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    fig.suptitle(title)
+    return fig, list(axes[0])

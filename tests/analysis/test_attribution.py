@@ -1,0 +1,264 @@
+"""Gradient attribution: exact against finite differences, IG complete, no side effects, probe."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmscope.analysis.attribution import (
+    BASELINES,
+    METHODS,
+    attribute,
+    attribution_probe,
+)
+from lmscope.analysis.common import CHAR_CLASSES
+from lmscope.errors import LmscopeError
+from lmscope.models.gpt import GPT, GPTConfig
+
+IDS = [3, 1, 4, 1, 5, 9, 2]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_model(dtype=torch.float64):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    return model.to(dtype)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def logp_of(model, emb, target):
+    """The target's log-probability at the last position for embeddings (T, C)."""
+    with torch.no_grad():
+        return float(F.log_softmax(model.forward_embeddings(emb[None])[0, -1], -1)[target])
+
+
+def embeddings(model, ids=IDS):
+    with torch.no_grad():
+        return model.embed(torch.tensor([ids]))[0].clone()
+
+
+def finite_difference_grad(model, ids, target, eps=1e-6):
+    """Central differences of logp w.r.t. every embedding coordinate (all in one batch)."""
+    x = embeddings(model, ids)
+    n = x.numel()
+    step = eps * torch.eye(n, dtype=x.dtype).view(n, *x.shape)  # one coordinate per sample
+    with torch.no_grad():
+        logp = F.log_softmax(model.forward_embeddings(torch.cat([x + step, x - step]))[:, -1], -1)
+    plus, minus = logp[:n, target], logp[n:, target]
+    return x, ((plus - minus) / (2 * eps)).view(x.shape)
+
+
+def baseline_vector(model, name):
+    with torch.no_grad():
+        if name == "zero":
+            return torch.zeros(model.config.n_embd, dtype=torch.float64)
+        if name == "mean":
+            return model.embed(torch.arange(11)[None])[0].mean(0)
+        return model.embed(torch.tensor([[0]]))[0, 0]
+
+
+# --- exactness ------------------------------------------------------------------------------------
+
+def test_gradient_methods_match_finite_differences(model):
+    target = 7
+    x, grad = finite_difference_grad(model, IDS, target)
+    norm = attribute(model, IDS, target, "grad_norm")
+    gxi = attribute(model, IDS, target, "grad_x_input")
+    np.testing.assert_allclose(norm.scores, grad.norm(dim=-1).numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(gxi.scores, (grad * x).sum(-1).numpy(), rtol=0, atol=1e-6)
+    assert norm.scores.shape == (len(IDS),)
+    assert norm.completeness_gap is None and gxi.completeness_gap is None
+    # the last position matters (it is where the prediction is made); nothing is all zero
+    assert np.all(norm.scores > 0)
+
+
+@pytest.mark.parametrize("baseline", BASELINES)
+def test_integrated_gradients_completeness(model, baseline):
+    target = 4
+    x = embeddings(model)
+    b = baseline_vector(model, baseline).expand_as(x)
+    difference = logp_of(model, x, target) - logp_of(model, b, target)
+    gaps = {}
+    for steps in (4, 256):
+        ig = attribute(model, IDS, target, "integrated_gradients", baseline=baseline, steps=steps,
+                       unk_id=0)
+        gap = abs(ig.scores.sum() - difference)
+        assert ig.completeness_gap == pytest.approx(gap, abs=1e-12)
+        gaps[steps] = gap
+    assert gaps[256] < 1e-4  # midpoint rule: the error shrinks as 1/steps^2
+    assert gaps[256] < gaps[4] or gaps[4] < 1e-10
+
+
+def test_integrated_gradients_equals_a_slow_loop(model):
+    target, steps = 2, 16
+    x = embeddings(model)
+    b = baseline_vector(model, "mean").expand_as(x)
+    total = torch.zeros_like(x)
+    for k in range(1, steps + 1):  # one forward/backward per step, midpoint rule
+        point = (b + (k - 0.5) / steps * (x - b)).clone().requires_grad_(True)
+        logp = F.log_softmax(model.forward_embeddings(point[None])[0, -1], -1)[target]
+        total += torch.autograd.grad(logp, point)[0]
+    expected = ((x - b) * total / steps).sum(-1).detach().numpy()
+    ig = attribute(model, IDS, target, "integrated_gradients", baseline="mean", steps=steps)
+    np.testing.assert_allclose(ig.scores, expected, rtol=0, atol=1e-10)
+
+
+def test_unk_baseline_needs_an_unk_id(model):
+    with pytest.raises(LmscopeError, match="unk"):
+        attribute(model, IDS, None, "integrated_gradients", baseline="unk", unk_id=None)
+
+
+# --- side effects and targets ---------------------------------------------------------------------
+
+def test_no_parameter_updates_and_eval_mode_kept():
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for method in METHODS:
+        attribute(model, IDS, None, method, baseline="mean", steps=8)
+    with torch.no_grad():  # works inside no_grad too: it turns gradients on for itself
+        attribute(model, IDS, 1, "grad_norm")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+
+
+def test_target_none_is_the_argmax(model):
+    with torch.no_grad():
+        probs = model(torch.tensor([IDS]))[0, -1].softmax(-1)
+    for method in METHODS:
+        a = attribute(model, IDS, None, method, steps=4)
+        assert a.target_id == int(probs.argmax())
+        assert a.target_prob == pytest.approx(float(probs.max()), rel=1e-9)
+    given = attribute(model, IDS, 5, "grad_norm")
+    assert given.target_id == 5 and given.target_prob == pytest.approx(float(probs[5]), rel=1e-9)
+
+
+def test_float32_model_works():
+    a = attribute(tiny_model(torch.float32), IDS, None, "integrated_gradients", steps=8)
+    assert a.scores.dtype == np.float32 and np.all(np.isfinite(a.scores))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"method": "saliency"}, "grad_norm, grad_x_input, integrated_gradients"),
+    ({"method": "integrated_gradients", "baseline": "noise"}, "zero, mean, unk"),
+    ({"method": "integrated_gradients", "steps": 0}, "steps"),
+    ({"method": "grad_norm", "ids": []}, "1 to 16"),
+    ({"method": "grad_norm", "ids": [1] * 17}, "1 to 16"),
+    ({"method": "grad_norm", "target_id": 11}, "outside the vocabulary"),
+])
+def test_attribute_bad_input(model, kwargs, match):
+    args = {"ids": IDS, "target_id": None, **kwargs}
+    with pytest.raises(LmscopeError, match=match):
+        attribute(model, args.pop("ids"), args.pop("target_id"), args.pop("method"), **args)
+
+
+# --- the probe over a run -------------------------------------------------------------------------
+
+PROMPT = 'name = "a"\ntext = "First Citizen:\\nBefore we"\ndomain = "in"\nexpected = " "\n'
+
+
+def prompt_file(tmp_path, *tables):
+    path = tmp_path / "prompts.toml"
+    path.write_text("".join(f"[[prompt]]\n{t}\n" for t in tables), encoding="utf-8")
+    return path
+
+
+def read_csv(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_probe_end_to_end(tiny_run, tmp_path):
+    other = 'name = "b/c"\ntext = "All:\\nSpeak, speak."\nexpected = "\\n"\n'
+    prompts = prompt_file(tmp_path, PROMPT, other)
+    out = tmp_path / "out"
+    result = attribution_probe(tiny_run, prompts, out, steps=8, target="expected")
+    written = ["attribution.csv", "by_class.csv", "by_class.png", "summary.md",
+               *(f"heatmap_{p}_{m}.png" for p in ("a", "b_c") for m in METHODS)]
+    for name in written:
+        assert (out / name).is_file(), name
+    for name in written:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == PNG
+    assert len(result["heatmaps"]) == 6 and len(result["checkpoints"]) == 3
+
+    rows = read_csv(out / "attribution.csv")
+    positions = len("First Citizen:\nBefore we") + len("All:\nSpeak, speak.")
+    assert len(rows) == 3 * len(METHODS) * positions
+    assert [r["checkpoint"] for r in rows[::len(METHODS) * positions]] == [
+        "iter_0000010", "iter_0000020", "final"]
+    a = [r for r in rows if r["prompt"] == "a"]
+    assert {r["target"] for r in a} == {"<space>"} and {r["domain"] for r in a} == {"in-domain"}
+    assert {r["domain"] for r in rows if r["prompt"] == "b/c"} == {"unknown"}
+    assert a[14]["character"] == "<newline>" and a[14]["char_class"] == "space/newline"
+    for checkpoint in ("iter_0000010", "final"):
+        for method in METHODS:
+            shares = [float(r["normalized"]) for r in a
+                      if r["checkpoint"] == checkpoint and r["method"] == method]
+            assert sum(abs(s) for s in shares) == pytest.approx(1, abs=1e-4)
+    assert all(float(r["score"]) >= 0 for r in rows if r["method"] == "grad_norm")
+
+    by_class = read_csv(out / "by_class.csv")
+    assert {r["char_class"] for r in by_class} <= set(CHAR_CLASSES)
+    assert {r["method"] for r in by_class} == set(METHODS)
+    final_norm = [r for r in by_class if r["checkpoint"] == "final" and r["method"] == "grad_norm"]
+    assert sum(int(r["positions"]) for r in final_norm) == positions
+
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "completeness" in summary and "midpoint" in summary
+    assert set(result["top_class"]) == set(METHODS)
+    assert set(result["top_class"].values()) <= set(CHAR_CLASSES)
+    assert 0 <= result["mean_completeness_gap"] < 0.1
+
+
+def test_probe_one_method_final_only(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    result = attribution_probe(tiny_run, prompt_file(tmp_path, PROMPT), out,
+                               methods=["grad_x_input"], which="final")
+    rows = read_csv(out / "attribution.csv")
+    assert {r["checkpoint"] for r in rows} == {"final"} and {r["method"] for r in rows} == {
+        "grad_x_input"}
+    assert result["mean_completeness_gap"] is None
+    assert not (out / "heatmap_a_grad_norm.png").exists()
+
+
+def test_probe_ig_gap_shrinks_with_steps(tiny_run, tmp_path):
+    prompts = prompt_file(tmp_path, PROMPT)
+    gaps = [attribution_probe(tiny_run, prompts, tmp_path / str(steps), which="final",
+                              methods=["integrated_gradients"], steps=steps,
+                              baseline="mean")["mean_completeness_gap"] for steps in (2, 64)]
+    assert gaps[1] < gaps[0]
+
+
+@pytest.mark.parametrize("tables, kwargs, match", [
+    ((), {}, "no prompts"),
+    (('name = "z"\ntext = "Z~"',), {}, "'z'.*not in the vocabulary"),
+    ((PROMPT,), {"methods": ["grad_norm", "saliency"]}, "unknown method 'saliency'"),
+    ((PROMPT,), {"baseline": "noise"}, "zero, mean, unk"),
+    ((PROMPT,), {"steps": 0}, "steps"),
+    ((PROMPT,), {"target": "true"}, "predicted, expected"),
+    ((PROMPT, 'name = "b"\ntext = "All:"'), {"target": "expected"}, "'b' has no expected"),
+    ((PROMPT.replace('" "', '"Z"'),), {"target": "expected"}, "'a': expected 'Z'"),
+    (('text = "' + "a" * 40 + '"',), {}, "more than the model's context of 32"),
+])
+def test_probe_bad_input(tiny_run, tmp_path, tables, kwargs, match):
+    out = tmp_path / "out"
+    with pytest.raises(LmscopeError, match=match):
+        attribution_probe(tiny_run, prompt_file(tmp_path, *tables), out, **kwargs)
+    assert not out.exists()  # nothing written before the input is known to be good
+
+
+def test_probe_run_without_checkpoints(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LmscopeError, match="no checkpoints"):
+        attribution_probe(empty, prompt_file(tmp_path, PROMPT), tmp_path / "out")

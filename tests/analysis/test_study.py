@@ -1,0 +1,149 @@
+import json
+import os
+import signal
+
+import pytest
+
+from lmscope.analysis.study import load_study, run_study
+from lmscope.errors import LmscopeError
+from tests.conftest import DOMAIN_SETTINGS, MATH_TEXT, PROMPTS, TINY_TEXT
+
+ARTIFACTS = [
+    "stats/table.csv", "stats/table.md", "stats/chars_play.png", "stats/chars_sums.png",
+    "runs/play/checkpoints/final/meta.json", "runs/play/samples.md", "runs/sums/summary.json",
+    "matrix/matrix.csv", "matrix/matrix_bits.csv", "matrix/oov.csv", "matrix/matrix.png",
+    "transfer/summary.csv", "transfer/summary.md", "transfer/play-to-sums/curves.png",
+    "transfer/sums-to-play/samples.md", "softmax/play/softmax.csv", "softmax/sums/entropy.png",
+    "softmax/sums/expected_prob.png", "attribution/play/attribution.csv",
+    "attribution/sums/by_class.png", "attribution/sums/heatmap_sum_grad_norm.png",
+    "timings.json", "study.json",
+]
+
+
+def write_study(tmp_path, extra=""):
+    (tmp_path / "play.txt").write_text(TINY_TEXT, encoding="utf-8")
+    (tmp_path / "sums.txt").write_text(MATH_TEXT, encoding="utf-8")
+    (tmp_path / "prompts.toml").write_text(PROMPTS, encoding="utf-8")
+    model = "\n".join(f"{s.split('=')[0].split('.')[1]} = {s.split('=')[1]}"
+                      for s in DOMAIN_SETTINGS if s.startswith("model."))
+    train = "\n".join(f"{s.split('=')[0].split('.')[1]} = "
+                      f"{'[' + s.split('=')[1] + ']' if 'checkpoint_at' in s else repr(s.split('=')[1]) if s.endswith('cpu') else s.split('=')[1]}"
+                      for s in DOMAIN_SETTINGS if s.startswith("train."))
+    study = tmp_path / "study.toml"
+    study.write_text(f"""
+[study]
+corpora = ["{tmp_path / 'play.txt'}", "{tmp_path / 'sums.txt'}"]
+prompts = "prompts.toml"
+[model]
+{model}
+[train]
+{train}
+[transfer]
+checkpoints = "early,late"
+iters = 6
+eval_every = 3
+eval_iters = 2
+[attribution]
+steps = 4
+{extra}""", encoding="utf-8")
+    return study
+
+
+def test_a_study_makes_every_artifact_and_continues_after_a_stop(tmp_path):
+    study = write_study(tmp_path)
+    out = tmp_path / "out"
+    seen = []
+
+    def stop_at_transfer(message):
+        seen.append(message)
+        if message == "[transfer]":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, out, device="cpu", log=stop_at_transfer)
+    assert (out / "matrix" / ".done").is_file() and not (out / "transfer" / ".done").exists()
+
+    seen.clear()
+    timings = run_study(study, out, device="cpu", log=seen.append)
+    assert "[stats] already complete" in seen and "[matrix] already complete" in seen
+    assert "[transfer]" in seen and "[attribution]" in seen
+    assert set(timings) == {"stats", "train", "matrix", "transfer", "softmax", "attribution"}
+    for name in ARTIFACTS:
+        assert (out / name).is_file(), name
+    matrix = json.loads((out / "matrix" / "matrix.json").read_text())
+    assert matrix["joint_vocabulary"] and matrix["own_domain_lowest"] == {"play": True, "sums": True}
+
+    # a third run does nothing and changes nothing
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    seen.clear()
+    run_study(study, out, device="cpu", log=seen.append)
+    assert all(m.endswith("already complete") for m in seen), seen
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_a_stopped_training_run_is_resumed(tmp_path, monkeypatch):
+    from lmscope.train.trainer import Trainer, TrainingInterrupted
+
+    study = write_study(tmp_path)
+    study.write_text(study.read_text().replace("[study]", '[study]\nsteps = ["train"]'))
+    uninterrupted = run_study(study, tmp_path / "plain", device="cpu", log=lambda m: None)
+    assert set(uninterrupted) == {"train"}
+
+    step = Trainer.step
+
+    def ctrl_c_at_15(self, lr):  # Ctrl-C in the middle of the second run
+        if self.iter == 15 and self.corpus.name == "sums":
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, lr)
+
+    monkeypatch.setattr(Trainer, "step", ctrl_c_at_15)
+    with pytest.raises(TrainingInterrupted):
+        run_study(study, tmp_path / "out", device="cpu", log=lambda m: None)
+    monkeypatch.setattr(Trainer, "step", step)
+    messages = []
+    run_study(study, tmp_path / "out", device="cpu", log=messages.append)
+    assert any(m.startswith("  play: trained") for m in messages)
+    assert any(m.startswith("  sums: resuming") for m in messages)
+    for name in ("play", "sums"):
+        plain = json.loads((tmp_path / "plain" / "runs" / name / "summary.json").read_text())
+        resumed = json.loads((tmp_path / "out" / "runs" / name / "summary.json").read_text())
+        assert resumed["val_loss"] == plain["val_loss"]  # the same trajectory
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    ("[plots]\nx = 1\n", "unknown table [plots]"),
+    ("[softmax]\ntop_kk = 3\n", "did you mean softmax.top_k"),
+    ("[quick.train]\nmax_iters = 3\n", None),
+])
+def test_bad_study_files(tmp_path, extra, fragment):
+    study = write_study(tmp_path, extra)
+    if fragment is None:
+        assert load_study(study, quick=True).train["max_iters"] == 3
+        return
+    with pytest.raises(LmscopeError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        load_study(study)
+
+
+def test_study_file_errors(tmp_path):
+    study = write_study(tmp_path)
+    with pytest.raises(LmscopeError, match="has no \\[quick\\] table"):
+        load_study(study, quick=True)
+    text = study.read_text()
+    study.write_text(text.replace('prompts = "prompts.toml"', 'steps = ["train", "plot"]'))
+    with pytest.raises(LmscopeError, match="unknown step 'plot'"):
+        load_study(study)
+    study.write_text(text.replace('prompts = "prompts.toml"', 'steps = ["softmax"]'))
+    with pytest.raises(LmscopeError, match="needs \\[study\\] prompts"):
+        load_study(study)
+    study.write_text(text.replace("[train]", "[train]\nmax_iterz = 3"))
+    with pytest.raises(LmscopeError, match="did you mean train.max_iters"):
+        load_study(study)
+    with pytest.raises(LmscopeError, match="does not exist"):
+        load_study(tmp_path / "missing.toml")
+    # another study's folder is never overwritten
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(LmscopeError, match="already holds files"):
+        run_study(write_study(tmp_path), tmp_path / "taken", log=lambda m: None)
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"

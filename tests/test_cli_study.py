@@ -1,0 +1,103 @@
+"""The study commands run as a user would: data stats, matrix, transfer, probe, study."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import png
+from tests.test_cli import assert_clean_error, lmscope
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_data_stats(shared_data, tmp_path):
+    r = lmscope("data", "stats", "shakespeare", "wikipedia", "--out", tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    assert "| shakespeare |" in r.stdout and "65" in r.stdout
+    assert png(tmp_path / "s" / "chars_wikipedia.png")
+
+
+def test_matrix_takes_several_runs_and_corpora(domain_runs, tmp_path):
+    play, sums = domain_runs["corpora"]["play"], domain_runs["corpora"]["sums"]
+    r = lmscope("matrix", "--runs", domain_runs["play"], domain_runs["sums"], "--data", play, sums,
+                "--out", tmp_path / "m")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["nats/char", "play", "sums"]
+    assert lines[1].split()[0] == "play" and lines[2].split()[0] == "sums"
+    assert "share one vocabulary" in r.stdout
+    cells = json.loads((tmp_path / "m" / "matrix.json").read_text())["nats_per_char"]
+    assert float(lines[1].split()[1]) == pytest.approx(cells[0][0], abs=1e-4)
+
+
+def test_transfer_and_probes(domain_runs, tmp_path):
+    sums = domain_runs["corpora"]["sums"]
+    r = lmscope("transfer", "--from", domain_runs["play"], "--data", sums, "--checkpoints",
+                "early,late", "--iters", "4", "--eval-every", "2", "--eval-iters", "1",
+                "--out", tmp_path / "t", "--set", "train.batch_size=4", "train.lr=1e-3")
+    assert r.returncode == 0, r.stderr
+    assert "Does partial training make adaptation easier?" in r.stdout
+    config = (tmp_path / "t" / "runs" / "late" / "config.toml").read_text()
+    assert "batch_size = 4" in config and "lr = 0.001" in config
+    for kind in ("softmax", "attribution"):
+        r = lmscope("probe", kind, domain_runs["sums"], "--prompts", domain_runs["prompts"],
+                    "--out", tmp_path / kind, *(["--steps", "4"] if kind == "attribution" else []))
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / kind / "summary.md").is_file()
+
+
+def test_bad_input_to_the_study_commands(domain_runs, tmp_path):
+    run, prompts = domain_runs["play"], domain_runs["prompts"]
+    empty_run = tmp_path / "empty_run"
+    empty_run.mkdir()
+    empty_prompts = tmp_path / "empty.toml"
+    empty_prompts.write_text("")
+    out = tmp_path / "o"
+    cases = [
+        (("data", "stats", "no-such-corpus", "--out", out), ["unknown corpus"]),
+        (("matrix", "--runs", run, "--data", "no-such-corpus", "--out", out), ["unknown corpus"]),
+        (("matrix", "--runs", empty_run, "--data", "shakespeare", "--out", out),
+         ["no checkpoints"]),
+        (("transfer", "--from", empty_run, "--data", "shakespeare", "--out", out),
+         ["no checkpoints"]),
+        (("transfer", "--from", run, "--data", "no-such-corpus", "--checkpoints", "late",
+          "--out", out), ["unknown corpus"]),
+        (("probe", "softmax", run, "--prompts", empty_prompts, "--out", out), ["no prompts"]),
+        (("probe", "attribution", run, "--prompts", empty_prompts, "--out", out), ["no prompts"]),
+        (("probe", "softmax", empty_run, "--prompts", prompts, "--out", out), ["no checkpoints"]),
+        (("probe", "attribution", empty_run, "--prompts", prompts, "--out", out),
+         ["no checkpoints"]),
+        (("study", tmp_path / "missing.toml", "--out", out), ["does not exist"]),
+    ]
+    for args, fragments in cases:
+        assert_clean_error(lmscope(*args), *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_quick_domain_study(shared_data, tmp_path):
+    """`lmscope study studies/domain.toml --quick` on the real corpora: every artifact, and each
+    model is the best on its own domain."""
+    study = tmp_path / "studies"
+    shutil.copytree(REPO / "studies", study)
+    out = tmp_path / "quick"
+    r = lmscope("study", study / "domain.toml", "--quick", "--out", out, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].startswith("done in")
+    corpora = ["shakespeare", "math", "wikipedia"]
+    expected = ["stats/table.md", "stats/non_ascii.csv", "matrix/matrix.csv", "matrix/matrix.png",
+                "matrix/matrix_bits.csv", "matrix/oov.csv", "transfer/summary.md"]
+    for c in corpora:
+        expected += [f"stats/chars_{c}.png", f"runs/{c}/samples.md",
+                     f"softmax/{c}/entropy.png", f"softmax/{c}/expected_prob.png",
+                     f"attribution/{c}/attribution.csv", f"attribution/{c}/by_class.png"]
+        expected += [f"transfer/{c}-to-{t}/curves.png" for t in corpora if t != c]
+    missing = [name for name in expected if not (out / name).is_file()]
+    assert not missing, missing
+    matrix = json.loads((out / "matrix" / "matrix.json").read_text())
+    assert matrix["corpora"] == corpora and matrix["joint_vocabulary"]
+    assert matrix["own_domain_lowest"] == dict.fromkeys(corpora, True)
+    samples = (out / "runs" / "math" / "samples.md").read_text()
+    assert samples.count("## iter_") == 5  # iterations 0, 50, 100, 200, 400, and final
