@@ -16,6 +16,9 @@ ARTIFACTS = [
     "transfer/sums-to-play/samples.md", "softmax/play/softmax.csv", "softmax/sums/entropy.png",
     "softmax/sums/expected_prob.png", "attribution/play/attribution.csv",
     "attribution/sums/by_class.png", "attribution/sums/heatmap_sum_grad_norm.png",
+    "softmax/summary.csv", "softmax/summary.md", "softmax/summary.png",
+    "attribution/by_class_models.csv", "attribution/by_class_models.md",
+    "attribution/by_class_models.png",
     "timings.json", "study.json",
 ]
 

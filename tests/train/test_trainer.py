@@ -155,3 +155,41 @@ def test_a_run_folder_left_by_a_failed_start_can_be_used_again(tiny_corpus, tmp_
         _quiet(_config(tiny_corpus, "model.block_size=512", "data.val_fraction=0.05"), run)
     assert not any(run.iterdir())  # nothing written before the data was checked
     _quiet(_config(tiny_corpus, "train.max_iters=5"), run)
+
+
+def test_init_from_fine_tunes_a_checkpoint_with_its_model_and_tokenizer(tiny_run, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("Speak, speak. First, All: resolved.\n" * 40, encoding="utf-8")
+    source = tiny_run / "checkpoints" / "iter_0000020"
+    # the preset's [model] is replaced by the checkpoint's (n_layer 4 here is ignored)
+    config = _config(other, f"train.init_from={source}", "model.n_layer=4",
+                     "train.max_iters=10",
+                     "train.checkpoint_at=[]", f"train.eval_corpora={tiny_run.parent / 'tiny.txt'}",
+                     "train.final_eval=false")
+    trainer = Trainer(config, tmp_path / "ft", progress=False, log=lambda *a: None)
+    trainer._prepare_run_dir()
+    trainer.setup()
+    start = load_file(source / "model.safetensors")
+    for name, t in trainer.raw_model.state_dict().items():
+        if name in start:
+            assert torch.equal(t, start[name]), name
+    assert config.model.n_layer == 2
+    assert trainer.tokenizer.to_dict() == json.loads((tiny_run / "tokenizer.json").read_text())
+
+    result = _quiet(_config(other, f"train.init_from={source}", "train.max_iters=10",
+                            "train.checkpoint_at=[]",
+                            f"train.eval_corpora={tiny_run.parent / 'tiny.txt'}",
+                            "train.final_eval=false"), tmp_path / "ft2")
+    rows = [json.loads(x) for x in (tmp_path / "ft2" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert all("val_loss:tiny" in r for r in evals)  # the source corpus, for forgetting
+    final = [r for r in rows if r["kind"] == "final"][0]
+    assert "val_loss_full" not in final  # final_eval=false: no whole-split pass
+    summary = json.loads((tmp_path / "ft2" / "summary.json").read_text())
+    assert summary["val_loss_is"] == "estimate" and summary["val_loss"] == result.val_loss
+    assert result.val_loss == evals[-1]["val_loss"]
+
+
+def test_init_from_a_missing_checkpoint_is_a_clear_error(tiny_corpus, tmp_path):
+    with pytest.raises(LmscopeError, match="does not exist"):
+        _quiet(_config(tiny_corpus, f"train.init_from={tmp_path / 'nope'}"), tmp_path / "r")

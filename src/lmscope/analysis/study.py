@@ -21,7 +21,9 @@
     DIR/matrix/           zero-shot cross-domain matrix        (analysis/cross_domain.py)
     DIR/transfer/<a>-to-<b>/ few-shot transfer, every pair     (analysis/transfer.py)
     DIR/softmax/<corpus>/ softmax confidence per model         (analysis/softmax.py)
+    DIR/softmax/summary.* the models side by side, in- vs out-of-domain
     DIR/attribution/<corpus>/ gradient attribution per model   (analysis/attribution.py)
+    DIR/attribution/by_class_models.* the models side by side, by character class
     DIR/timings.json      seconds per step
 
 A step (or part of one: a training run, a transfer pair) that finished leaves a `.done` file and
@@ -293,6 +295,49 @@ class StudyRunner:
             softmax_probe(self.run_dir(corpus), self.study.prompts,
                           self.out / "softmax" / self.run_dir(corpus).name,
                           top_k=self.study.softmax.top_k, device=self.device)
+        self._softmax_across_models()
+
+    def _softmax_across_models(self) -> None:
+        """softmax/summary.csv/.md/.png: mean entropy and p(expected), in- vs out-of-domain,
+        per model and iteration."""
+        from lmscope.report import plots
+
+        rows = []
+        for corpus in self.study.corpora:
+            name = self.run_dir(corpus).name
+            table = _read_csv(self.out / "softmax" / name / "softmax.csv")
+            for it in sorted({int(r["iteration"]) for r in table}):
+                for domain in ("in-domain", "out-of-domain"):
+                    sel = [r for r in table if int(r["iteration"]) == it and r["domain"] == domain]
+                    if sel:
+                        rows.append([name, it, domain, _mean(r["entropy_bits"] for r in sel),
+                                     _mean(r["p_expected"] for r in sel)])
+        header = ["model", "iteration", "domain", "entropy_bits", "p_expected"]
+        write_csv(self.out / "softmax" / "summary.csv", header, rows)
+        last = {}
+        for r in rows:
+            last[r[0]] = max(last.get(r[0], 0), r[1])
+        atomic_write_text(self.out / "softmax" / "summary.md",
+                          "# Softmax confidence across models\n\nMeans over prompts at the final "
+                          "checkpoint (the full curves are in summary.csv).\n\n" + markdown_table(
+                              header, [r for r in rows if r[1] == last[r[0]]]))
+        fig, axes = plots.panels(2, title="Next-character confidence: in-domain (solid) vs "
+                                           "out-of-domain (dashed) prompts")
+        for i, name in enumerate(last):
+            for domain, style in (("in-domain", "-"), ("out-of-domain", "--")):
+                pts = [(r[1], r[3], r[4]) for r in rows if r[0] == name and r[2] == domain]
+                if pts:
+                    its, ent, pexp = zip(*pts, strict=True)
+                    axes[0].plot(its, ent, style, color=f"C{i}", marker=".",
+                                 label=f"{name} model, {domain}")
+                    axes[1].plot(its, pexp, style, color=f"C{i}", marker=".")
+        for ax, label in zip(axes, ("entropy (bits)", "p(expected next character)"), strict=True):
+            ax.set_xscale("symlog", linthresh=100, linscale=0.5)
+            ax.set_xlabel("training iteration")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        plots.save(fig, self.out / "softmax" / "summary.png")
 
     def step_attribution(self) -> None:
         from lmscope.analysis.attribution import attribution_probe
@@ -303,6 +348,57 @@ class StudyRunner:
                               self.out / "attribution" / self.run_dir(corpus).name,
                               methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
                               device="cpu" if self.device == "auto" else self.device)
+        self._attribution_across_models()
+
+    def _attribution_across_models(self) -> None:
+        """attribution/by_class_models.csv/.md/.png: each model's final-checkpoint importance
+        of each character class (mean |normalized score|, over prompts), per method."""
+        from lmscope.analysis.common import CHAR_CLASSES
+        from lmscope.report import plots
+
+        rows = []
+        for corpus in self.study.corpora:
+            name = self.run_dir(corpus).name
+            table = _read_csv(self.out / "attribution" / name / "by_class.csv")
+            final = max(int(r["iteration"]) for r in table)
+            rows += [[name, r["method"], r["char_class"], float(r["mean_abs_normalized"])]
+                     for r in table if int(r["iteration"]) == final]
+        header = ["model", "method", "char_class", "mean_abs_normalized"]
+        write_csv(self.out / "attribution" / "by_class_models.csv", header, rows)
+        models = [self.run_dir(c).name for c in self.study.corpora]
+        methods = list(dict.fromkeys(r[1] for r in rows))
+        value = {(r[0], r[1], r[2]): r[3] for r in rows}
+        md = ["# Attribution by character class, final checkpoints\n\nMean |normalized score| "
+              "of a prompt's characters of each class, averaged over prompts.\n"]
+        for method in methods:
+            md.append(f"\n## {method}\n\n" + markdown_table(
+                ["class", *models],
+                [[c, *(value.get((m, method, c), "") for m in models)] for c in CHAR_CLASSES]))
+        atomic_write_text(self.out / "attribution" / "by_class_models.md", "".join(md))
+        fig, axes = plots.panels(len(methods), title="Importance by character class, per model "
+                                                     "(final checkpoints)", width=5.5)
+        width = 0.8 / len(models)
+        for ax, method in zip(axes, methods, strict=True):
+            for i, model in enumerate(models):
+                ax.bar([k + i * width for k in range(len(CHAR_CLASSES))],
+                       [value.get((model, method, c), 0) for c in CHAR_CLASSES], width,
+                       label=f"{model} model")
+            ax.set_xticks([k + 0.4 - width / 2 for k in range(len(CHAR_CLASSES))],
+                          CHAR_CLASSES, rotation=30, ha="right")
+            ax.set_title(method)
+            ax.set_ylabel("mean |normalized score|")
+        axes[0].legend(fontsize=8)
+        plots.save(fig, self.out / "attribution" / "by_class_models.png")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _mean(values) -> float:
+    numbers = [float(v) for v in values if v not in ("", "nan")]
+    return sum(numbers) / len(numbers) if numbers else float("nan")
 
 
 def run_study(path: str | Path, out_dir: str | Path, *, quick: bool = False, device: str = "auto",
