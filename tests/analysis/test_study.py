@@ -19,7 +19,7 @@ ARTIFACTS = [
     "softmax/summary.csv", "softmax/summary.md", "softmax/summary.png",
     "attribution/by_class_models.csv", "attribution/by_class_models.md",
     "attribution/by_class_models.png",
-    "timings.json", "study.json",
+    "timings.json", "study.json", "README.md",
 ]
 
 
@@ -75,6 +75,12 @@ def test_a_study_makes_every_artifact_and_continues_after_a_stop(tmp_path):
         assert (out / name).is_file(), name
     matrix = json.loads((out / "matrix" / "matrix.json").read_text())
     assert matrix["joint_vocabulary"] and matrix["own_domain_lowest"] == {"play": True, "sums": True}
+    readme = (out / "README.md").read_text()
+    for heading in ("## Corpora", "## Training", "## Zero-shot cross-domain matrix",
+                    "## Few-shot transfer", "## Softmax confidence", "## Gradient attribution"):
+        assert heading in readme, heading
+    for link in readme.split("](")[1:]:
+        assert (out / link.split(")")[0]).is_file(), link
 
     # a third run does nothing and changes nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}

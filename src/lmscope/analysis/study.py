@@ -25,6 +25,7 @@
     DIR/attribution/<corpus>/ gradient attribution per model   (analysis/attribution.py)
     DIR/attribution/by_class_models.* the models side by side, by character class
     DIR/timings.json      seconds per step
+    DIR/README.md         every table in one page, with links to the figures
 
 A step (or part of one: a training run, a transfer pair) that finished leaves a `.done` file and
 is skipped when the study runs again; a stopped training run is resumed. So a study can be
@@ -192,7 +193,46 @@ class StudyRunner:
             self.timings[step] = round(self.timings.get(step, 0) + time.perf_counter() - start, 1)
             self._mark_done(self.out / step if step != "train" else self.out / "runs")
             atomic_write_json(timings_file, self.timings)
+        self._write_readme()
         return self.timings
+
+    def _write_readme(self) -> None:
+        """DIR/README.md: the study's tables in one page, with links to its figures."""
+        study, out = self.study, self.out
+        names = [self.run_dir(c).name for c in study.corpora]
+        parts = [f"# Study: {study.name}\n\nCorpora: {', '.join(names)}; preset "
+                 f"{study.preset or '(defaults)'}; steps: {', '.join(study.steps)}.\n"
+                 f"Seconds per step: {json.dumps(self.timings)}.\n"]
+        if (out / "stats" / "table.md").is_file():
+            parts.append("\n## Corpora\n\n" + _body(out / "stats" / "table.md") +
+                         "".join(f"\n![{n}](stats/chars_{n}.png)" for n in names) + "\n")
+        runs = []
+        for corpus in study.corpora:
+            summary = self.run_dir(corpus) / "summary.json"
+            if summary.is_file():
+                d = json.loads(summary.read_text(encoding="utf-8"))
+                runs.append([self.run_dir(corpus).name, d["iterations"], d["params"],
+                             d["val_loss"], d["val_bits_per_char"], round(d["elapsed_s"])])
+        if runs:
+            parts.append("\n## Training\n\nWhole-split validation loss of each final model "
+                         "(nats and bits per character); samples at every checkpoint in "
+                         "`runs/<corpus>/samples.md`.\n\n" + markdown_table(
+                             ["model", "iterations", "parameters", "val loss", "bits/char",
+                              "seconds"], runs))
+        for title, rel, figures in (
+                ("Zero-shot cross-domain matrix", "matrix/matrix.md", ["matrix/matrix.png"]),
+                ("Few-shot transfer", "transfer/summary.md",
+                 [f"transfer/{self.run_dir(a).name}-to-{self.run_dir(b).name}/curves.png"
+                  for a in study.corpora for b in study.corpora if a != b]),
+                ("Softmax confidence", "softmax/summary.md", ["softmax/summary.png"]),
+                ("Gradient attribution", "attribution/by_class_models.md",
+                 ["attribution/by_class_models.png"])):
+            if (out / rel).is_file():
+                parts.append(f"\n## {title}\n\n{_body(out / rel)}" +
+                             "".join(f"\n![{f}]({f})\n" for f in figures if (out / f).is_file()))
+        text, readme = "".join(parts), out / "README.md"
+        if not readme.is_file() or readme.read_text(encoding="utf-8") != text:
+            atomic_write_text(readme, text)
 
     def _claim_folder(self) -> None:
         """A new folder, or one holding this very study (to continue it); never someone else's."""
@@ -286,7 +326,8 @@ class StudyRunner:
                           f"# Few-shot transfer, every pair, {ts.iters} steps\n\n"
                           "Losses in nats per character (estimates on fixed validation batches); "
                           "gain = before - after on the target, forgetting = after - before on "
-                          "the source.\n\n" + markdown_table(header, rows))
+                          "the source.\n\n" + markdown_table(header, rows) + "\n" +
+                          _transfer_answer(rows))
 
     def step_softmax(self) -> None:
         from lmscope.analysis.softmax import softmax_probe
@@ -389,6 +430,37 @@ class StudyRunner:
             ax.set_ylabel("mean |normalized score|")
         axes[0].legend(fontsize=8)
         plots.save(fig, self.out / "attribution" / "by_class_models.png")
+
+
+def _transfer_answer(rows: list[list]) -> str:
+    """'Does partial training make adaptation easier?', answered from the table: for each
+    starting checkpoint, in how many pairs it ends lowest, gains most and forgets least."""
+    pairs: dict[tuple, list] = {}
+    for row in rows:
+        pairs.setdefault((row[0], row[1]), []).append(row)
+    starts = list(dict.fromkeys(row[2] for row in rows))
+    wins = {start: [0, 0, 0] for start in starts}
+    for group in pairs.values():
+        wins[min(group, key=lambda r: r[5])[2]][0] += 1
+        wins[max(group, key=lambda r: r[6])[2]][1] += 1
+        wins[min(group, key=lambda r: r[9])[2]][2] += 1
+    table = [[start, f"{w[0]} of {len(pairs)}", f"{w[1]} of {len(pairs)}",
+              f"{w[2]} of {len(pairs)}", _mean(r[5] for r in rows if r[2] == start),
+              _mean(r[6] for r in rows if r[2] == start), _mean(r[9] for r in rows if r[2] == start)]
+             for start, w in wins.items()]
+    return ("\n## Does partial training make adaptation easier?\n\nFor each starting checkpoint: "
+            "in how many source-target pairs it reaches the lowest target loss, the largest gain "
+            "and the least forgetting, and its means over pairs.\n\n" + markdown_table(
+                ["start", "lowest target loss", "largest gain", "least forgetting",
+                 "mean target after", "mean gain", "mean forgetting"], table))
+
+
+def _body(markdown_file: Path) -> str:
+    """A Markdown file without its first heading, its sub-headings one level down."""
+    lines = markdown_file.read_text(encoding="utf-8").splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    return "\n".join("#" + line if line.startswith("## ") else line for line in lines).strip() + "\n"
 
 
 def _read_csv(path: Path) -> list[dict]:

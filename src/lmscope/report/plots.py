@@ -58,13 +58,13 @@ def heatmap(values, row_labels: Sequence[str], col_labels: Sequence[str], path, 
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=colorbar)
     if annotate:
-        finite = values[np.isfinite(values)]
-        middle = (finite.min() + finite.max()) / 2 if finite.size else 0
         for r in range(rows):
             for c in range(cols):
                 if np.isfinite(values[r, c]):
+                    red, green, blue, _ = image.cmap(image.norm(values[r, c]))
+                    light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # text readable on it
                     ax.text(c, r, fmt.format(values[r, c]), ha="center", va="center", fontsize=8,
-                            color="white" if values[r, c] < middle else "black")
+                            color="black" if light else "white")
     return save(fig, path)
 
 
