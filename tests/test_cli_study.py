@@ -101,3 +101,43 @@ def test_the_quick_domain_study(shared_data, tmp_path):
     assert matrix["own_domain_lowest"] == dict.fromkeys(corpora, True)
     samples = (out / "runs" / "math" / "samples.md").read_text()
     assert samples.count("## iter_") == 5  # iterations 0, 50, 100, 200, 400, and final
+
+
+def test_sweep_compare_and_attention_commands(tiny_run, domain_runs, tmp_path):
+    r = lmscope("sample", tiny_run, "--prompt", "First", "--sweep-top-p", "0.2,0.5,1.0",
+                "--greedy", "--max-new-tokens", "20", "--seed", "1", "--out", tmp_path / "sw")
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in lines] == ["top-p", "greedy", "0.2", "0.5", "1"]
+    assert (tmp_path / "sw" / "top_p_sweep.csv").is_file()
+    again = lmscope("sample", tiny_run, "--prompt", "First", "--sweep-top-p", "0.2,0.5,1.0",
+                    "--greedy", "--max-new-tokens", "20", "--seed", "1")
+    assert again.stdout.splitlines()[:5] == r.stdout.splitlines()[:5]  # same seed, same rows
+
+    r = lmscope("compare", tiny_run, domain_runs["play"], "--out", tmp_path / "c")
+    assert r.returncode == 0, r.stderr
+    assert "min_val_loss" in r.stdout and "Rule: over-fit" in r.stdout
+
+    r = lmscope("probe", "attention", tiny_run, "--prompt", "First", "--layer", "0", "--heads",
+                "1", "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    assert "| head | previous token |" in r.stdout
+    assert png(tmp_path / "a" / "attention_L0_H1.png")
+
+
+def test_bad_input_to_sampling_and_model_commands(tiny_run, tiny_corpus, tmp_path):
+    cases = [
+        (("sample", tiny_run, "--sweep-top-p", "0.5,1.5"), ["outside (0, 1]"]),
+        (("sample", tiny_run, "--sweep-top-p", "0"), ["outside (0, 1]"]),
+        (("sample", tiny_run, "--out", tmp_path / "x"), ["--sweep-top-p"]),
+        (("train", "--data", tiny_corpus, "--model", "transformerxl", "--out", tmp_path / "r"),
+         ["unknown model 'transformerxl'"]),
+        (("compare", tmp_path, "--out", tmp_path / "c"), ["no metrics.jsonl"]),
+        (("probe", "attention", tiny_run, "--prompt", "First", "--layer", "5", "--out",
+          tmp_path / "a"), ["layer 5 does not exist"]),
+        (("probe", "attention", tiny_run, "--prompt", "First", "--heads", "0,x", "--out",
+          tmp_path / "a"), ["--heads"]),
+    ]
+    for args, fragments in cases:
+        assert_clean_error(lmscope(*args), *fragments)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "a").exists()

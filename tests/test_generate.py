@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -52,6 +54,84 @@ def test_top_p_set_is_a_minimal_top_set_even_with_ties(logits, p):
         assert kept.min() >= dropped.max()  # the most likely tokens are the ones kept
         assert kept.sum() >= p - 1e-9  # together they reach p ...
     assert kept.sum() - kept.min() < p + 1e-9  # ... and dropping the least likely would not
+
+
+# Logits with ties (values drawn from a small pool) and -inf entries (tokens already ruled out,
+# e.g. by top-k), at least one finite; in the dtypes sampling uses.
+_TIE_POOL = [-3.0, -1.0, 0.0, 0.5, 1.0, 2.5]
+_logit = st.one_of(st.floats(-8, 8, width=32), st.sampled_from(_TIE_POOL),
+                   st.just(float("-inf")))
+_rows = st.lists(_logit, min_size=1, max_size=12).filter(lambda xs: any(map(math.isfinite, xs)))
+# p down to the smallest positive float: below ~7e-46 it rounds to 0 in float32 (test below).
+_top_p = st.one_of(st.floats(5e-324, 1.0), st.sampled_from([1.0, 0.5, 1e-9, 1e-46]))
+_dtype = st.sampled_from([torch.float32, torch.float64])
+TOL = 1e-6  # float sums of probabilities (float32 cumsum in filter_logits)
+
+
+def brute_force_nucleus_size(sorted_probs: list[float], p: float) -> int:
+    """How many of the most likely tokens it takes for their mass to reach p."""
+    mass = 0.0
+    for n, q in enumerate(sorted_probs, start=1):
+        mass += q
+        if mass >= p:
+            return n
+    return len(sorted_probs)
+
+
+@settings(max_examples=500, deadline=None)
+@given(logits=_rows, p=_top_p, dtype=_dtype)
+def test_top_p_agrees_with_brute_force_with_ties_and_ruled_out_tokens(logits, p, dtype):
+    t = torch.tensor(logits, dtype=dtype)
+    out = filter_logits(t, top_p=p)
+    keep = out > float("-inf")
+    finite = torch.isfinite(t)
+    probs = t.double().softmax(-1)  # exact reference probabilities of the same logits
+    assert torch.equal(out[keep], t[keep])  # kept logits are untouched
+    assert not torch.any(keep & ~finite)  # ruled-out tokens stay out
+    n = int(keep.sum())
+    assert n >= 1
+    kept, dropped = probs[keep], probs[finite & ~keep]
+    if dropped.numel():
+        assert kept.min() >= dropped.max()  # the most likely tokens are the ones kept
+    assert kept.sum() >= p - TOL  # they reach p ...
+    assert kept.sum() - kept.min() < p + TOL  # ... and without the least likely they would not
+    # The brute-force nucleus: as many tokens, and (ties aside) the same probabilities.
+    ranked = sorted(probs[finite].tolist(), reverse=True)
+    assert sorted(kept.tolist(), reverse=True) == ranked[:n]  # multiset: ties may swap members
+    expected = brute_force_nucleus_size(ranked, p)
+    if n != expected:  # only where the running mass lies within float rounding of p
+        masses = torch.tensor(ranked, dtype=torch.float64).cumsum(0)
+        for k in range(min(n, expected), max(n, expected)):
+            assert abs(float(masses[k - 1]) - p) < TOL, (n, expected, ranked, p)
+
+
+@settings(max_examples=200, deadline=None)
+@given(logits=_rows, dtype=_dtype)
+def test_top_p_of_one_keeps_every_finite_token(logits, dtype):
+    t = torch.tensor(logits, dtype=dtype)
+    assert torch.equal(filter_logits(t, top_p=1.0), t)
+    assert torch.equal(filter_logits(t, top_p=None), t)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), p=_top_p, dtype=_dtype)
+def test_top_p_filters_each_batch_row_on_its_own(data, p, dtype):
+    size = data.draw(st.integers(1, 12))
+    row = st.lists(_logit, min_size=size, max_size=size).filter(
+        lambda xs: any(map(math.isfinite, xs)))
+    rows = data.draw(st.lists(row, min_size=1, max_size=5))
+    batch = torch.tensor(rows, dtype=dtype)
+    out = filter_logits(batch, top_p=p)
+    for i in range(len(rows)):
+        assert torch.equal(out[i], filter_logits(batch[i], top_p=p))
+    stacked = filter_logits(batch[None], top_p=p)[0]  # any leading dims: (1, batch, vocab)
+    assert torch.equal(stacked, out)
+
+
+def test_a_top_p_below_float32_resolution_still_keeps_the_most_likely_token():
+    SamplingConfig(top_p=1e-46).validate()  # accepted as a valid setting
+    kept = filter_logits(torch.tensor([1.0, 2.0]), top_p=1e-46) > float("-inf")
+    assert kept.tolist() == [False, True]
 
 
 def test_top_k_keeps_the_k_largest_even_with_ties():

@@ -113,16 +113,45 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
 @click.option("--precision", type=click.Choice(["float32", "bfloat16", "int8"]),
               default="float32", show_default=True,
               help="Sample from a lower-precision copy of the model (faster, slightly different).")
+@click.option("--sweep-top-p", "sweep", metavar="P1,P2,...",
+              help="One generation per nucleus threshold, from the same seed, as a table "
+                   "(with --greedy, a greedy row first).")
+@click.option("--out", "out", type=click.Path(path_type=Path), metavar="DIR",
+              help="With --sweep-top-p: also write top_p_sweep.md and .csv into DIR.")
 def sample(run, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed, num_samples,
-           device, precision):
-    """Generate text from a run folder or checkpoint, streamed to stdout."""
+           device, precision, sweep, out):
+    """Generate text from a run folder or checkpoint, streamed to stdout.
+
+    \b
+    lmscope sample runs/3seqs --prompt "0 1 2 3 4" --sweep-top-p 0.2,0.5,0.75,0.95,1.0 --greedy
+    """
     from lmscope.api import generate, load
     from lmscope.generate import SamplingConfig
 
     if num_samples < 1:
         raise LmscopeError(f"--num-samples must be at least 1, got {num_samples}")
+    if out is not None and sweep is None:
+        raise LmscopeError("--out is for --sweep-top-p tables; plain samples go to stdout")
     SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                   top_p=top_p, greedy=greedy).validate()
+                   top_p=top_p, greedy=greedy and sweep is None).validate()
+    if sweep is not None:
+        from lmscope.analysis.sampling import (
+            parse_top_ps,
+            sweep_table,
+            top_p_sweep,
+            write_sweep,
+        )
+
+        values = parse_top_ps(sweep)
+        ckpt = load(run, device=device)
+        ckpt.tokenizer.encode(prompt, unknown="error")
+        rows = top_p_sweep(ckpt, prompt, values, greedy=greedy, max_new_tokens=max_new_tokens,
+                           temperature=temperature, seed=seed or 0, precision=precision)
+        click.echo(sweep_table(rows, prompt), nl=False)
+        if out is not None:
+            write_sweep(rows, prompt, out, seed=seed or 0, temperature=temperature)
+            click.echo(f"written to {out}/")
+        return
     ckpt = load(run, device=device)
     ckpt.tokenizer.encode(prompt, unknown="error")  # before anything is printed
     for i in range(num_samples):
@@ -361,6 +390,49 @@ def probe_attribution(run, prompts, out, methods, baseline, steps, target, which
     attribution_probe(run, prompts, out, methods=methods or METHODS, baseline=baseline,
                       steps=steps, which=which, target=target)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
+    click.echo(f"written to {out}/")
+
+
+@probe.command(name="attention")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="The text whose attention is shown.")
+@click.option("--layer", default=-1, show_default="the last", type=int)
+@click.option("--heads", default=None, metavar="H1,H2,...", help="Heads to show (default all).")
+@click.option("--top", default=3, show_default=True, type=click.IntRange(1, 20),
+              help="Keys listed per query.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--device", default="auto", show_default=True)
+def probe_attention(run, prompt, layer, heads, top, out, device):
+    """Attention heatmaps of one layer's heads for a prompt, and the keys each query attends to.
+
+    \b
+    lmscope probe attention runs/shakespeare --prompt "ROMEO:" --layer 3 --heads 0,1,2,3 --out results/attn
+    """
+    from lmscope.analysis.attention import attention_probe
+    from lmscope.api import load
+
+    attention_probe(load(run, device=device), prompt, out, layer=layer, heads=heads, top=top)
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    click.echo(text.split("\nFor each query")[0])
+    click.echo(f"written to {out}/")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN...")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--rise", default=0.02, show_default=True, type=float,
+              help="Over-fit when the final val loss is this far above its minimum (nats).")
+@click.option("--gap", default=0.15, show_default=True, type=float,
+              help="Over-fit when the final val loss is this far above the train loss (nats).")
+@click.option("--falling", default=0.01, show_default=True, type=float,
+              help="Under-fit when the last evaluation still improved val loss by this much.")
+def compare(runs, out, rise, gap, falling):
+    """Overlay the loss curves of several runs; minimum val loss, where, gap and a verdict."""
+    from lmscope.analysis.compare import Rule, compare_runs
+
+    rule = Rule(rise=rise, gap=gap, falling=falling)
+    compare_runs(list(runs), out, rule=rule)
+    click.echo((out / "compare.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
 

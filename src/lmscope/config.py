@@ -61,6 +61,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     max_iters: int = 5000
+    epochs: int = 0  # > 0: train in epochs instead (max_iters = epochs x steps per epoch)
+    max_steps_per_epoch: int = 0  # cap on the steps of an epoch (0: one pass over the train split)
     batch_size: int = 64  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3  # peak learning rate
@@ -94,7 +96,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters",
-                     "checkpoint_every", "sample_tokens"):
+                     "checkpoint_every", "sample_tokens", "epochs", "max_steps_per_epoch"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.lr == 0:

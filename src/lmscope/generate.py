@@ -51,8 +51,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None,
         probs = sorted_logits.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs
         # A token stays if the tokens ranked above it hold less than p: the smallest set reaching p.
-        # The first token always stays (its mass_before is 0).
+        # The first token always stays, even for a p below float32 resolution (0 >= p there).
         drop_sorted = mass_before >= top_p
+        drop_sorted[..., 0] = False
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

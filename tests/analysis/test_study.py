@@ -156,3 +156,57 @@ def test_study_file_errors(tmp_path):
     with pytest.raises(LmscopeError, match="already holds files"):
         run_study(write_study(tmp_path), tmp_path / "taken", log=lambda m: None)
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_an_architecture_study_trains_each_variant_and_compares_them(tmp_path):
+    study = write_study(tmp_path)
+    text = study.read_text()
+    head, _, rest = text.partition("[model]")
+    head = head.replace(f'"{tmp_path / "sums.txt"}"', "").replace('", ]', '"]').replace(
+        '", ]', '"]')
+    variants = '''
+steps = ["train", "compare", "generate", "attention"]
+
+[[variant]]
+name = "pre"
+
+[[variant]]
+name = "post"
+model = { norm_position = "post" }
+
+[[variant]]
+name = "nopos"
+model = { pos_emb = "none" }
+train = { lr = 2e-3 }
+
+[generate]
+prompt = "First"
+top_p = [0.5, 1.0]
+max_new_tokens = 10
+
+[attention]
+prompt = "First Citizen"
+layer = 1
+heads = "0"
+'''
+    study.write_text(head.replace('prompts = "prompts.toml"', 'prompts = "prompts.toml"'
+                                  + variants) + "[model]" + rest.split("[transfer]")[0])
+    loaded = load_study(study)
+    assert [r.name for r in loaded.runs()] == ["pre", "post", "nopos"]
+    assert loaded.run_config(loaded.runs()[1]).model.norm_position == "post"
+    assert loaded.run_config(loaded.runs()[2]).train.lr == 2e-3
+    out = tmp_path / "arch"
+    run_study(study, out, device="cpu", log=lambda m: None)
+    for name in ("compare/compare.csv", "compare/curves.png", "generate/summary.md",
+                 "generate/pre/top_p_sweep.md", "generate/nopos/top_p_sweep.csv",
+                 "attention/post/attention_L1_H0.png", "runs/nopos/loss.png", "README.md"):
+        assert (out / name).is_file(), name
+    rows = (out / "compare" / "compare.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["pre", "post", "nopos"]
+    assert "| post | First" in (out / "generate" / "summary.md").read_text()
+    assert "## Run comparison" in (out / "README.md").read_text()
+
+    study.write_text(study.read_text().replace('steps = ["train", "compare", "generate", '
+                                               '"attention"]', 'steps = ["train", "matrix"]'))
+    with pytest.raises(LmscopeError, match="the matrix step compares one model per corpus"):
+        load_study(study)

@@ -1,13 +1,19 @@
 import itertools
+import math
 
 import pytest
 import torch
 
+import lmscope
 from lmscope.errors import ConfigError
+from lmscope.generate import SamplingConfig, generate_ids
 from lmscope.models import build_model
-from lmscope.models.gpt import GPT, GPTConfig
+from lmscope.models.gpt import GPT, GPTConfig, apply_rotary, rotary_tables
+from lmscope.models.quantize import for_sampling
+from tests.conftest import TINY_SETTINGS
 
-VARIANTS = list(itertools.product(["layernorm", "rmsnorm"], ["pre", "post"], ["learned", "none"]))
+VARIANTS = list(itertools.product(["layernorm", "rmsnorm"], ["pre", "post"],
+                                  ["learned", "none", "rotary"]))
 
 
 def tiny(norm="layernorm", norm_position="pre", pos_emb="learned", **kw) -> GPT:
@@ -17,9 +23,18 @@ def tiny(norm="layernorm", norm_position="pre", pos_emb="learned", **kw) -> GPT:
     return GPT(cfg).eval()
 
 
+def sharpened(model: GPT, scale: float = 20.0) -> GPT:
+    """Scale the query and key weights up: at init attention is nearly uniform, so positions
+    (and a bug in them) would hardly show in the logits."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight[:2 * model.config.n_embd].mul_(scale)
+    return model
+
+
 @pytest.mark.parametrize("norm,position,pos_emb", VARIANTS)
 def test_changing_a_future_token_never_changes_earlier_logits(norm, position, pos_emb):
-    model = tiny(norm, position, pos_emb)
+    model = sharpened(tiny(norm, position, pos_emb))
     idx = torch.randint(0, 17, (3, 16), generator=torch.Generator().manual_seed(1))
     base = model(idx)
     for t in (0, 5, 15):
@@ -32,7 +47,7 @@ def test_changing_a_future_token_never_changes_earlier_logits(norm, position, po
 
 @pytest.mark.parametrize("norm,position,pos_emb", VARIANTS)
 def test_kv_cache_decoding_matches_full_recomputation(norm, position, pos_emb):
-    model = tiny(norm, position, pos_emb)
+    model = sharpened(tiny(norm, position, pos_emb))
     idx = torch.randint(0, 17, (2, 16), generator=torch.Generator().manual_seed(2))
     full = model(idx)
     cache = model.new_cache(2)
@@ -43,8 +58,9 @@ def test_kv_cache_decoding_matches_full_recomputation(norm, position, pos_emb):
     assert cache.length == 16
 
 
-def test_attention_probabilities_are_causal_distributions_and_logits_agree():
-    model = tiny()
+@pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
+def test_attention_probabilities_are_causal_distributions_and_logits_agree(pos_emb):
+    model = tiny(pos_emb=pos_emb)
     idx = torch.randint(0, 17, (2, 10), generator=torch.Generator().manual_seed(3))
     logits, attentions = model.forward_with_attention(idx)
     torch.testing.assert_close(logits, model(idx), rtol=1e-5, atol=1e-5)
@@ -84,9 +100,120 @@ def test_invalid_configs_are_rejected_with_the_reason(field, value, message):
         build_model("gpt", cfg)
 
 
-@pytest.mark.parametrize("pos_emb", ["learned", "none"])
+@pytest.mark.parametrize("pos_emb", ["learned", "none", "rotary"])
 def test_forward_from_embeddings_equals_forward(pos_emb):
     model = tiny(pos_emb=pos_emb)
     idx = torch.randint(0, 17, (2, 9), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(model.forward_embeddings(model.embed(idx)), model(idx),
                                rtol=0, atol=0)
+
+
+# --- rotary position embeddings ---------------------------------------------------------------
+
+def test_rotary_needs_an_even_head_size_and_says_which_settings_to_change():
+    cfg = GPTConfig(vocab_size=10, n_embd=12, n_head=4, pos_emb="rotary")  # head size 3
+    with pytest.raises(ConfigError, match=r"model\.n_embd \(12\) / model\.n_head \(4\) = 3"):
+        build_model("gpt", cfg)
+    cfg.pos_emb = "learned"  # odd head sizes are fine without rotary
+    build_model("gpt", cfg)
+    with pytest.raises(ConfigError, match="model.rope_base"):
+        build_model("gpt", GPTConfig(vocab_size=10, n_embd=16, n_head=2, pos_emb="rotary",
+                                     rope_base=0.0))
+
+
+def test_rotary_matches_the_complex_number_definition():
+    """Rotate-half: element i pairs with i + d/2, the pair turning by m * base^(-2i/d) at m."""
+    d, base = 8, 10000.0
+    cos, sin = rotary_tables(12, d, base)
+    x = torch.randn(3, 12, d, dtype=torch.float64)
+    pairs = torch.complex(x[..., :d // 2], x[..., d // 2:])
+    theta = base ** (-2 * torch.arange(d // 2, dtype=torch.float64) / d)
+    angles = torch.arange(12, dtype=torch.float64)[:, None] * theta
+    turned = pairs * torch.polar(torch.ones_like(angles), angles)
+    expected = torch.cat([turned.real, turned.imag], dim=-1)
+    torch.testing.assert_close(apply_rotary(x, cos.double(), sin.double()), expected)
+    torch.testing.assert_close(apply_rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(apply_rotary(x[:, :1], cos[:1], sin[:1]), x[:, :1])  # m = 0
+    # float32 tables with bfloat16 activations (autocast): the result keeps the activations' dtype
+    assert apply_rotary(x.bfloat16(), cos, sin).dtype == torch.bfloat16
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    d = 16
+    cos, sin = rotary_tables(64, d)
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(d, generator=gen), torch.randn(d, generator=gen)
+
+    def score(m, n):
+        return apply_rotary(q, cos[m], sin[m]) @ apply_rotary(k, cos[n], sin[n])
+
+    for m, n, shift in [(0, 0, 5), (7, 3, 11), (3, 7, 20), (30, 0, 33), (12, 12, 51)]:
+        torch.testing.assert_close(score(m + shift, n + shift), score(m, n), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(score(7, 3), score(7, 4))  # but the distance does matter
+
+
+def test_first_layer_attention_of_a_rotary_model_is_translation_invariant():
+    """On a sequence of one repeated token, layer 0 sees no absolute position: the log-ratio of
+    the attention to the key d back and to itself is the same for every query position."""
+    for pos_emb, invariant in [("rotary", True), ("learned", False)]:
+        model = tiny(pos_emb=pos_emb)
+        _, attentions = model.forward_with_attention(torch.full((1, 16), 4))
+        log_a = attentions[0][0].log()  # (head, query, key)
+        for d in (1, 3, 6):
+            ratios = torch.stack([log_a[:, m, m - d] - log_a[:, m, m] for m in range(d, 16)])
+            assert torch.allclose(ratios, ratios[0].expand_as(ratios), atol=1e-5) == invariant
+
+
+def test_rotary_tables_are_buffers_outside_the_state_dict():
+    model = tiny(pos_emb="rotary")
+    assert {"rope_cos", "rope_sin"} <= dict(model.named_buffers()).keys()
+    assert model.state_dict().keys() == tiny(pos_emb="none").state_dict().keys()
+    assert model.num_params() == tiny(pos_emb="none").num_params()
+    assert model.rope_cos.shape == (16, 8)  # block_size x head_dim
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_rotary_lower_precision_copies_decode_and_stay_close(precision):
+    model = tiny(pos_emb="rotary")
+    idx = torch.randint(0, 17, (2, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fast = for_sampling(model, precision)
+        full = fast(idx)
+        assert full.dtype == torch.bfloat16
+        torch.testing.assert_close(full.float(), model(idx), atol=0.1, rtol=0)
+        cache = fast.new_cache(2)
+        pieces = [fast.decode(idx[:, :9], cache)]
+        pieces += [fast.decode(idx[:, t:t + 1], cache) for t in range(9, 16)]
+        torch.testing.assert_close(torch.cat(pieces, dim=1).float(), full.float(),
+                                   atol=0.05, rtol=0)
+    out = generate_ids(fast, idx[:1, :4], SamplingConfig(max_new_tokens=40, seed=0))
+    assert out.shape == (1, 40)  # past the window too (block_size 16)
+
+
+def test_rotary_works_under_bfloat16_autocast():
+    """Training on CUDA runs under bf16 autocast (tried here on the CPU)."""
+    model = tiny(pos_emb="rotary")
+    idx = torch.randint(0, 17, (2, 16), generator=torch.Generator().manual_seed(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(idx)
+    torch.testing.assert_close(logits.float(), model(idx), atol=0.1, rtol=0)
+
+
+def test_rotary_run_trains_saves_and_reloads(tiny_corpus, tmp_path):
+    config = lmscope.resolve_config(data=str(tiny_corpus),
+                                    overrides=[*TINY_SETTINGS, "model.pos_emb=rotary"])
+    result = lmscope.train(config, tmp_path / "r", progress=False, log=lambda *a: None)
+    from safetensors.torch import load_file
+
+    stored = load_file(tmp_path / "r" / "checkpoints" / "final" / "model.safetensors")
+    assert stored and not any("rope" in key for key in stored)
+    a, b = lmscope.load(tmp_path / "r", device="cpu"), lmscope.load(tmp_path / "r", device="cpu")
+    assert a.model.config.pos_emb == "rotary"
+    # the reloaded model scores the validation split exactly as the trained one did
+    assert lmscope.evaluate(a, str(tiny_corpus)).loss == pytest.approx(result.val_loss, rel=1e-5)
+    assert math.isfinite(result.val_loss)
+    text = lmscope.generate(a, "First", max_new_tokens=40, seed=3)
+    assert len(text) == 40
+    assert lmscope.generate(b, "First", max_new_tokens=40, seed=3) == text
+    ids = torch.tensor([a.tokenizer.encode("First Citizen:")])
+    assert torch.equal(a.model(ids), b.model(ids))

@@ -193,3 +193,19 @@ def test_init_from_fine_tunes_a_checkpoint_with_its_model_and_tokenizer(tiny_run
 def test_init_from_a_missing_checkpoint_is_a_clear_error(tiny_corpus, tmp_path):
     with pytest.raises(LmscopeError, match="does not exist"):
         _quiet(_config(tiny_corpus, f"train.init_from={tmp_path / 'nope'}"), tmp_path / "r")
+
+
+def test_epochs_log_every_step_and_evaluate_after_each_epoch(tiny_corpus, tmp_path):
+    # the tiny corpus has ~3150 train tokens: batches of 8 x 32 tokens make 12 steps an epoch
+    result = _quiet(_config(tiny_corpus, "train.epochs=3", "train.max_steps_per_epoch=5",
+                            "train.checkpoint_at=[]"), tmp_path / "r")
+    assert result.iterations == 15
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows if r["kind"] == "train"] == list(range(1, 16))
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [(r["iter"], r["epoch"]) for r in evals] == [(0, 0), (5, 1), (10, 2), (15, 3)]
+    assert (tmp_path / "r" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    uncapped = _quiet(_config(tiny_corpus, "train.epochs=1", "train.checkpoint_at=[]"),
+                      tmp_path / "u")
+    tokens = len(tiny_corpus.read_text()) * 0.9
+    assert uncapped.iterations == int(tokens // (8 * 32))

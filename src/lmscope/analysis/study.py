@@ -1,29 +1,47 @@
-"""A study: one TOML file that trains a model per corpus and runs the analyses on them, in order.
+"""A study: one TOML file that trains models and runs the analyses on them, in order.
+
+Two kinds. A *domain* study trains one model per corpus and compares them across corpora:
 
     [study]
     corpora = ["shakespeare", "math", "wikipedia"]
     preset = "shakespeare-char-cpu"      # model and training recipe for every corpus
     joint_vocabulary = true              # one character vocabulary over all corpora
     prompts = "domain_prompts.toml"      # for the softmax and attribution probes (path relative to this file)
-    steps = ["stats", "train", "matrix", "transfer", "softmax", "attribution"]
+    steps = ["stats", "train", "matrix", "transfer", "softmax", "attribution"]   # the default
     [model]                              # overrides of the preset, as with --set model.KEY=VALUE
     [train]                              # ... and train.KEY=VALUE
     [transfer]    checkpoints, iters, eval_every, eval_iters
     [softmax]     top_k
     [attribution] methods, baseline, steps
-    [quick]       the same tables again: what --quick changes ([quick.train], [quick.transfer], ...)
+
+An *architecture* study trains several variants on the same corpora and compares the models:
+
+    [[variant]]
+    name = "lstm"
+    model = { name = "lstm", n_hidden = 256 }   # another architecture starts from its defaults
+    train = { lr = 3e-3 }
+    ...
+    steps = ["stats", "train", "compare", "generate", "attention"]               # the default
+    [generate]    prompt, top_p, greedy, max_new_tokens, seed    (a nucleus-sampling table per run)
+    [attention]   prompt, layer, heads                           (attention maps, gpt runs)
+
+Either kind may have [quick]: the same tables again, merged over the others by --quick
+([quick.train], [quick.model], [quick.transfer], ...).
 
 `run_study` writes everything under one folder, a sub-folder per step:
 
     DIR/study.json        the settings the study ran with (a restart must use the same)
     DIR/stats/            corpus statistics                    (analysis/corpus_stats.py)
-    DIR/runs/<corpus>/    one training run per corpus          (lmscope train)
+    DIR/runs/<run>/       one training run per corpus (or variant) (lmscope train)
+    DIR/compare/          curves overlaid, early-stopping point, verdict (analysis/compare.py)
     DIR/matrix/           zero-shot cross-domain matrix        (analysis/cross_domain.py)
     DIR/transfer/<a>-to-<b>/ few-shot transfer, every pair     (analysis/transfer.py)
     DIR/softmax/<corpus>/ softmax confidence per model         (analysis/softmax.py)
     DIR/softmax/summary.* the models side by side, in- vs out-of-domain
     DIR/attribution/<corpus>/ gradient attribution per model   (analysis/attribution.py)
     DIR/attribution/by_class_models.* the models side by side, by character class
+    DIR/generate/<run>/   nucleus-sampling table per run       (analysis/sampling.py)
+    DIR/attention/<run>/  attention maps of a prompt           (analysis/attention.py)
     DIR/timings.json      seconds per step
     DIR/README.md         every table in one page, with links to the figures
 
@@ -47,7 +65,11 @@ from lmscope.config import _suggest, coerce, load_toml, merge
 from lmscope.errors import ConfigError, LmscopeError
 from lmscope.io import atomic_write_json, atomic_write_text
 
-STEPS = ("stats", "train", "matrix", "transfer", "softmax", "attribution")
+STEPS = ("stats", "train", "compare", "matrix", "transfer", "softmax", "attribution", "generate",
+         "attention")
+CORPUS_STEPS = ("matrix", "transfer", "softmax", "attribution")  # one run per corpus
+DEFAULT_STEPS = ("stats", "train", "matrix", "transfer", "softmax", "attribution")
+VARIANT_STEPS = ("stats", "train", "compare", "generate", "attention")
 
 
 @dataclass
@@ -72,31 +94,82 @@ class AttributionSettings:
 
 
 @dataclass
+class GenerateSettings:
+    prompt: str = "\n"
+    top_p: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.75, 0.95, 1.0])
+    greedy: bool = True
+    max_new_tokens: int = 100
+    seed: int = 0
+
+
+@dataclass
+class AttentionSettings:
+    prompt: str = "\n"
+    layer: int = -1
+    heads: str = ""  # all
+
+
+@dataclass
+class Variant:
+    """One model of an architecture study: a name and its [model] / [train] settings."""
+
+    name: str
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunSpec:
+    name: str  # the run folder's name under DIR/runs/
+    corpus: str
+    variant: Variant | None = None
+
+
+@dataclass
 class Study:
     corpora: list[str]
     name: str = "study"
     preset: str = ""
     joint_vocabulary: bool = True
     prompts: str = ""
-    steps: list[str] = field(default_factory=lambda: list(STEPS))
+    steps: list[str] = field(default_factory=list)  # empty: DEFAULT_STEPS, or VARIANT_STEPS
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    variants: list[Variant] = field(default_factory=list)
     transfer: TransferSettings = field(default_factory=TransferSettings)
     softmax: SoftmaxSettings = field(default_factory=SoftmaxSettings)
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
+    attention: AttentionSettings = field(default_factory=AttentionSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def run_config(self, corpus: str):
-        """The training config of the model for one corpus."""
-        from lmscope.config import resolve_config
+    def runs(self) -> list[RunSpec]:
+        """One run per corpus, or per variant and corpus in an architecture study."""
+        from lmscope.analysis.common import corpus_label
 
-        settings = [f"model.{k}={_literal(v)}" for k, v in self.model.items()]
-        settings += [f"train.{k}={_literal(v)}" for k, v in self.train.items()]
-        if self.joint_vocabulary:
-            settings.append(f"data.vocab_from={_literal([c for c in self.corpora if c != corpus])}")
-        return resolve_config(preset=self.preset or None, data=corpus, overrides=settings)
+        if not self.variants:
+            return [RunSpec(corpus_label(c), c) for c in self.corpora]
+        return [RunSpec(v.name if len(self.corpora) == 1 else f"{v.name}-{corpus_label(c)}", c, v)
+                for v in self.variants for c in self.corpora]
+
+    def run_config(self, run: RunSpec):
+        """The training config of one run: preset < [model]/[train] < the variant's tables.
+        A variant with another architecture (model.name) starts from that model's defaults."""
+        from lmscope.config import load_preset, resolve_config
+
+        base = load_preset(self.preset) if self.preset else {}
+        variant = run.variant or Variant("")
+        name = variant.model.get("name")
+        if name is not None and name != base.get("model", {}).get("name", "gpt"):
+            base = {**base, "model": {"name": name}}
+        settings = [f"model.{k}={_literal(v)}" for k, v in {**self.model, **variant.model}.items()]
+        settings += [f"train.{k}={_literal(v)}" for k, v in {**self.train, **variant.train}.items()]
+        if self.joint_vocabulary and len(self.corpora) > 1:
+            others = [c for c in self.corpora if c != run.corpus]
+            settings.append(f"data.vocab_from={_literal(others)}")
+        return resolve_config(base=base, data=run.corpus, overrides=settings)
 
 
 def _literal(value) -> str:
@@ -115,42 +188,70 @@ def load_study(path: str | Path, *, quick: bool = False) -> Study:
         if not quick_raw:
             raise LmscopeError(f"study file {path} has no [quick] table, so it has no --quick mode")
         raw = merge(raw, quick_raw)
-    tables = ("study", "model", "train", "transfer", "softmax", "attribution")
+    settings = {"transfer": TransferSettings, "softmax": SoftmaxSettings,
+                "attribution": AttributionSettings, "generate": GenerateSettings,
+                "attention": AttentionSettings}
+    tables = ("study", "model", "train", "variant", *settings)
     for key, value in raw.items():
         if key not in tables:
             raise ConfigError(f"study file {path}: unknown table [{key}]{_suggest(key, tables)}")
-        if not isinstance(value, dict):
-            raise ConfigError(f"study file {path}: [{key}] must be a table")
+        if not isinstance(value, list if key == "variant" else dict):
+            raise ConfigError(f"study file {path}: [{key}] must be a table"
+                              + (" list ([[variant]])" if key == "variant" else ""))
     head = dict(raw.get("study", {}))
     try:
         study = Study(
-            **_fields(Study, head, "study", skip=("model", "train", "transfer", "softmax",
-                                                  "attribution")),
+            **_fields(Study, head, "study", skip=("model", "train", "variants", *settings)),
             model=raw.get("model", {}), train=raw.get("train", {}),
-            transfer=TransferSettings(**_fields(TransferSettings, raw.get("transfer", {}),
-                                                "transfer")),
-            softmax=SoftmaxSettings(**_fields(SoftmaxSettings, raw.get("softmax", {}), "softmax")),
-            attribution=AttributionSettings(**_fields(AttributionSettings,
-                                                      raw.get("attribution", {}), "attribution")))
+            variants=[_variant(v, path) for v in raw.get("variant", [])],
+            **{key: cls(**_fields(cls, raw.get(key, {}), key)) for key, cls in settings.items()})
     except TypeError:
         raise ConfigError(f"study file {path}: [study] needs corpora = [\"...\", ...]") from None
     if not study.corpora:
         raise ConfigError(f"study file {path}: [study] corpora is empty")
     if len(set(study.corpora)) != len(study.corpora):
         raise ConfigError(f"study file {path}: a corpus is listed twice in corpora")
+    names = [v.name for v in study.variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"study file {path}: two [[variant]] tables have the same name")
+    study.steps = study.steps or list(VARIANT_STEPS if study.variants else DEFAULT_STEPS)
     bad = [s for s in study.steps if s not in STEPS]
     if bad:
         raise ConfigError(f"study file {path}: unknown step {bad[0]!r}{_suggest(bad[0], STEPS)}; "
                           f"steps are {', '.join(STEPS)}")
+    per_corpus = [s for s in study.steps if s in CORPUS_STEPS]
+    if study.variants and per_corpus:
+        raise ConfigError(f"study file {path}: the {per_corpus[0]} step compares one model per "
+                          "corpus; a study with [[variant]] tables runs "
+                          f"{', '.join(VARIANT_STEPS)}")
     needs_prompts = {"softmax", "attribution"} & set(study.steps)
     if needs_prompts and not study.prompts:
         raise ConfigError(f"study file {path}: the {sorted(needs_prompts)[0]} step needs "
                           "[study] prompts = \"FILE.toml\"")
     if study.prompts:
         study.prompts = str((path.parent / study.prompts).resolve())
-    for corpus in study.corpora:
-        study.run_config(corpus)  # every config error shows now, not after an hour of training
+    for run in study.runs():
+        study.run_config(run)  # every config error shows now, not after an hour of training
     return study
+
+
+def _variant(raw, path: Path) -> Variant:
+    import re
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study file {path}: each [[variant]] must be a table")
+    extra = set(raw) - {"name", "model", "train"}
+    if extra:
+        raise ConfigError(f"study file {path}: unknown key {sorted(extra)[0]!r} in [[variant]] "
+                          "(keys: name, model, train)")
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ConfigError(f"study file {path}: a [[variant]] needs name = \"...\" (letters, "
+                          f"digits, - and _), got {name!r}")
+    for key in ("model", "train"):
+        if not isinstance(raw.get(key, {}), dict):
+            raise ConfigError(f"study file {path}: variant {name}: {key} must be a table")
+    return Variant(name, dict(raw.get("model", {})), dict(raw.get("train", {})))
 
 
 def _fields(cls, values: dict, table: str, skip=()) -> dict:
@@ -207,23 +308,25 @@ class StudyRunner:
             parts.append("\n## Corpora\n\n" + _body(out / "stats" / "table.md") +
                          "".join(f"\n![{n}](stats/chars_{n}.png)" for n in names) + "\n")
         runs = []
-        for corpus in study.corpora:
-            summary = self.run_dir(corpus) / "summary.json"
+        for run in study.runs():
+            summary = self.run_dir(run.name) / "summary.json"
             if summary.is_file():
                 d = json.loads(summary.read_text(encoding="utf-8"))
-                runs.append([self.run_dir(corpus).name, d["iterations"], d["params"],
+                runs.append([run.name, d["model"], d["iterations"], d["params"],
                              d["val_loss"], d["val_bits_per_char"], round(d["elapsed_s"])])
         if runs:
             parts.append("\n## Training\n\nWhole-split validation loss of each final model "
                          "(nats and bits per character); samples at every checkpoint in "
                          "`runs/<corpus>/samples.md`.\n\n" + markdown_table(
-                             ["model", "iterations", "parameters", "val loss", "bits/char",
-                              "seconds"], runs))
+                             ["run", "model", "iterations", "parameters", "val loss",
+                              "bits/char", "seconds"], runs))
         for title, rel, figures in (
                 ("Zero-shot cross-domain matrix", "matrix/matrix.md", ["matrix/matrix.png"]),
                 ("Few-shot transfer", "transfer/summary.md",
                  [f"transfer/{self.run_dir(a).name}-to-{self.run_dir(b).name}/curves.png"
                   for a in study.corpora for b in study.corpora if a != b]),
+                ("Run comparison", "compare/compare.md", ["compare/curves.png"]),
+                ("Generation", "generate/summary.md", []),
                 ("Softmax confidence", "softmax/summary.md", ["softmax/summary.png"]),
                 ("Gradient attribution", "attribution/by_class_models.md",
                  ["attribution/by_class_models.png"])):
@@ -272,9 +375,9 @@ class StudyRunner:
     def step_train(self) -> None:
         import lmscope
 
-        for corpus in self.study.corpora:
-            run_dir = self.run_dir(corpus)
-            name = run_dir.name
+        for run in self.study.runs():
+            run_dir = self.run_dir(run.name)
+            name = run.name
             if self._done(run_dir):
                 self.log(f"  {name}: trained ({run_dir})")
                 continue
@@ -282,13 +385,55 @@ class StudyRunner:
             if run_dir.is_dir() and not resume:
                 shutil.rmtree(run_dir)  # this study's own run, stopped before it saved anything
             self.log(f"  {name}: {'resuming' if resume else 'training'} {run_dir}")
-            config = self.study.run_config(corpus)
+            config = self.study.run_config(run)
             config.train.device = self.device if self.device != "auto" else config.train.device
             result = lmscope.train(config, run_dir, resume=resume, progress=False,
                                    log=lambda *a: None)
             self.log(f"  {name}: whole-split val loss {result.val_loss:.4f} after "
                      f"{result.iterations} iterations, {result.elapsed_s:.0f} s")
             self._mark_done(run_dir)
+
+    def step_compare(self) -> None:
+        from lmscope.analysis.compare import compare_runs
+
+        runs = self.study.runs()
+        compare_runs([self.run_dir(r.name) for r in runs], self.out / "compare",
+                     names=[r.name for r in runs])
+
+    def step_generate(self) -> None:
+        """A nucleus-sampling table per run, and every run's greedy continuation side by side."""
+        import lmscope
+        from lmscope.analysis.sampling import top_p_sweep, write_sweep
+
+        g = self.study.generate
+        greedy_rows = []
+        for run in self.study.runs():
+            ckpt = lmscope.load(self.run_dir(run.name), device=self.device)
+            rows = top_p_sweep(ckpt, g.prompt, g.top_p, greedy=g.greedy,
+                               max_new_tokens=g.max_new_tokens, seed=g.seed)
+            write_sweep(rows, g.prompt, self.out / "generate" / run.name, seed=g.seed,
+                        temperature=1.0)
+            greedy_rows.append([run.name, (g.prompt + rows[0][1]).replace("\n", " ⏎ ")])
+        write_csv(self.out / "generate" / "summary.csv", ["run", "generated"], greedy_rows)
+        atomic_write_text(self.out / "generate" / "summary.md",
+                          f"# Generation, every run\n\nPrompt {g.prompt!r}, "
+                          f"{'greedy' if g.greedy else f'top-p {g.top_p[0]:g}'}; one table per "
+                          "run with every top-p setting in generate/<run>/.\n\n"
+                          + markdown_table(["run", "generated"], greedy_rows))
+
+    def step_attention(self) -> None:
+        """Attention maps of the prompt for every run whose model has attention."""
+        import lmscope
+        from lmscope.analysis.attention import attention_probe
+
+        a = self.study.attention
+        for run in self.study.runs():
+            ckpt = lmscope.load(self.run_dir(run.name), device=self.device)
+            if not hasattr(ckpt.model, "forward_with_attention"):
+                self.log(f"  {run.name}: {ckpt.model_name} has no attention, skipped")
+                continue
+            attention_probe(ckpt, a.prompt, self.out / "attention" / run.name, layer=a.layer,
+                            heads=a.heads or None)
 
     def step_matrix(self) -> None:
         from lmscope.analysis.cross_domain import cross_domain_matrix, write_matrix

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from lmscope.errors import ConfigError
 from lmscope.models.gpt import GPT, GPTConfig
+from lmscope.models.kgram import KGram, KGramConfig
+from lmscope.models.lstm import LSTM, LSTMConfig
 
 # name -> (config dataclass, model class)
 MODELS = {
     "gpt": (GPTConfig, GPT),
+    "lstm": (LSTMConfig, LSTM),
+    "kgram": (KGramConfig, KGram),
 }
 
 

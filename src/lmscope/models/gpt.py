@@ -2,6 +2,11 @@
 
     tokens -> token embedding (+ learned positions) -> n_layer x Block -> norm -> linear head (tied) -> logits
 
+Positions enter in one of three ways (`pos_emb`): a learned table added to the token embeddings
+(GPT-2), nothing at all (causal attention alone still tells positions apart, weakly), or rotary
+embeddings (RoPE, Su et al. 2021), which rotate every head's queries and keys by angles that grow
+with the position, so attention scores depend on how far apart two tokens are, not where they are.
+
 Each Block is causal self-attention followed by an MLP, each wrapped in a residual connection,
 with the normalisation either before the sublayer (pre-norm, GPT-2) or after the residual sum
 (post-norm, the original Transformer).
@@ -39,7 +44,8 @@ class GPTConfig:
     bias: bool = False  # biases in Linear and LayerNorm layers
     norm: str = "layernorm"  # layernorm | rmsnorm
     norm_position: str = "pre"  # pre | post
-    pos_emb: str = "learned"  # learned | none
+    pos_emb: str = "learned"  # learned | none | rotary
+    rope_base: float = 10000.0  # rotary only: pair i turns base^(-2i/head_dim) per position
     tie_weights: bool = True  # the output head shares the token embedding matrix
 
     def validate(self) -> None:
@@ -50,10 +56,17 @@ class GPTConfig:
             raise ConfigError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
             )
+        if self.pos_emb == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(
+                f"model.pos_emb=rotary needs an even head size, but model.n_embd ({self.n_embd}) / "
+                f"model.n_head ({self.n_head}) = {self.n_embd // self.n_head}"
+            )
+        if not self.rope_base > 0:
+            raise ConfigError(f"model.rope_base must be positive, got {self.rope_base}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         choices = {"norm": ("layernorm", "rmsnorm"), "norm_position": ("pre", "post"),
-                   "pos_emb": ("learned", "none")}
+                   "pos_emb": ("learned", "none", "rotary")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"model.{name} must be one of {', '.join(allowed)}, "
@@ -76,6 +89,30 @@ def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.n_embd)
     return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+def rotary_tables(n_positions: int, head_dim: int, base: float = 10000.0):
+    """cos and sin of the rotary angles, each (n_positions, head_dim), in float32.
+
+    Pair i of a head turns by m * theta_i at position m, theta_i = base^(-2i/head_dim).
+    Both halves of the last dimension hold the same angles (the rotate-half layout below).
+    """
+    theta = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(n_positions, dtype=torch.float64), theta)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate x (..., time, head_dim) by the angles whose cos/sin are (time, head_dim).
+
+    Rotate-half convention (GPT-NeoX, Llama): element i is paired with element i + head_dim/2,
+    not with its neighbour i + 1 as in the paper, and each pair (a, b) becomes
+    (a cos - b sin, b cos + a sin). Computed in the tables' precision, returned in x's dtype.
+    """
+    a, b = x.chunk(2, dim=-1)
+    rotated_half = torch.cat([-b, a], dim=-1)
+    return (x * cos + rotated_half * sin).to(x.dtype)
 
 
 class KVCache:
@@ -109,11 +146,14 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0, return_attention=False):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, return_attention=False,
+                rope=None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:  # (cos, sin) at these tokens' absolute positions
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # cached keys stay rotated
         past = 0
         if cache is not None:
             past = cache.length
@@ -163,13 +203,13 @@ class Block(nn.Module):
         self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0, return_attention=False):
+    def forward(self, x, cache=None, layer=0, return_attention=False, rope=None):
         if self.pre_norm:
-            a, attn = self.attn(self.norm1(x), cache, layer, return_attention)
+            a, attn = self.attn(self.norm1(x), cache, layer, return_attention, rope)
             x = x + a
             x = x + self.mlp(self.norm2(x))
         else:
-            a, attn = self.attn(x, cache, layer, return_attention)
+            a, attn = self.attn(x, cache, layer, return_attention, rope)
             x = self.norm1(x + a)
             x = self.norm2(x + self.mlp(x))
         return x, attn
@@ -185,6 +225,12 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.pos_emb = (nn.Embedding(config.block_size, config.n_embd)
                         if config.pos_emb == "learned" else None)
+        if config.pos_emb == "rotary":
+            # Fixed tables, rebuilt from the config: non-persistent, so not in the state dict.
+            cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head,
+                                     config.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         # Post-norm blocks already end in a norm; pre-norm needs one before the head.
@@ -220,10 +266,13 @@ class GPT(nn.Module):
             raise ValueError(f"context of {past + T} tokens exceeds block_size {self.config.block_size}")
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(past, past + T, device=x.device))
+        rope = None
+        if self.config.pos_emb == "rotary":
+            rope = (self.rope_cos[past:past + T], self.rope_sin[past:past + T])
         x = self.drop(x)
         attentions = []
         for layer, block in enumerate(self.blocks):
-            x, attn = block(x, cache, layer, return_attention)
+            x, attn = block(x, cache, layer, return_attention, rope)
             attentions.append(attn)
         if cache is not None:
             cache.length += T

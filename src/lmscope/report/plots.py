@@ -93,3 +93,28 @@ def panels(n: int, *, title: str, width: float = 5.0, height: float = 3.6):
     fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
     fig.suptitle(title)
     return fig, list(axes[0])
+
+
+def training_curves(rows: Sequence[Mapping], path, *, title: str) -> Path:
+    """A run's curves from its metrics rows: train loss at every logged step, and the validation
+    (and train) loss estimates at every evaluation, labelled by epoch where the run has epochs."""
+    plt = _pyplot()
+    train = [(r["iter"], r["loss"]) for r in rows if r.get("kind") == "train"]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train, strict=True), color="C0", alpha=0.5, linewidth=0.8,
+                label="train loss (each logged step)")
+    if evals:
+        by_epoch = all("epoch" in r for r in evals)
+        label = "per epoch" if by_epoch else "per evaluation"
+        ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-", color="C3",
+                label=f"validation loss ({label})")
+        ax.plot([r["iter"] for r in evals], [r["train_loss"] for r in evals], "s--", color="C0",
+                markersize=4, label=f"train loss estimate ({label})")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)

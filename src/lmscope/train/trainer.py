@@ -200,6 +200,8 @@ class Trainer:
                     f"corpus {self.corpus.name}: the {split} split has {len(tf.tokens)} tokens, "
                     f"fewer than model.block_size+1 = {self.block_size + 1}; use a smaller "
                     "model.block_size or more text")
+        if tc.epochs:
+            self._plan_epochs()
         if self.dist.is_main:
             if not self.resume:
                 atomic_write_json(tok_file, self.tokenizer.to_dict())
@@ -225,6 +227,19 @@ class Trainer:
         self.elapsed = 0.0  # wall-clock seconds of training so far, over all sessions of the run
         self.step_time = 0.0  # of which in optimizer steps (for tokens/s)
         self.tokens_seen = 0
+
+    def _plan_epochs(self) -> None:
+        """Epoch-style training (the seed's loop): an epoch is as many steps as one pass over the
+        train split takes (batches of random windows), capped by max_steps_per_epoch; the train
+        loss is logged at every step and the validation loss estimated after every epoch."""
+        tc = self.config.train
+        tokens_per_step = tc.batch_size * self.block_size * tc.grad_accum * self.dist.world_size
+        self.steps_per_epoch = max(1, len(self.train_tokens.tokens) // tokens_per_step)
+        if tc.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, tc.max_steps_per_epoch)
+        tc.max_iters = tc.epochs * self.steps_per_epoch
+        tc.eval_interval = self.steps_per_epoch
+        tc.log_interval = 1
 
     def _init_checkpoint(self):
         """The checkpoint train.init_from names; the run takes its model config (and tokenizer)."""
@@ -434,6 +449,20 @@ class Trainer:
                          f"```text\n{text}\n```\n")
         atomic_write_text(self.run_dir / "samples.md", "\n".join(parts))
 
+    def _plot_curves(self) -> None:
+        """RUN/loss.png: the run's train and validation curves (rank 0, at the end)."""
+        from lmscope.report.plots import training_curves
+
+        self.metrics.flush()
+        rows = []
+        for line in (self.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        training_curves(rows, self.run_dir / "loss.png",
+                        title=f"{self.run_dir.name}: {self.config.model_name} on {self.corpus.name}")
+
     # --- the loop --------------------------------------------------------------------------------
     def step(self, lr: float) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; returns the last micro-batch's loss."""
@@ -511,6 +540,8 @@ class Trainer:
                            "val_loss": losses["val"], "lr": self.lr_at(min(it, tc.max_iters - 1)),
                            "elapsed_s": round(self.elapsed, 3),
                            **{k: v for k, v in losses.items() if k.startswith("val_loss:")}}
+                    if tc.epochs:
+                        row["epoch"] = it // tc.eval_interval
                     self._write_metrics(row)
                     others = "".join(f", {k[9:]} val loss {v:.4f}" for k, v in losses.items()
                                      if k.startswith("val_loss:"))
@@ -584,6 +615,7 @@ class Trainer:
                     "val_loss_is": "whole split" if full else "estimate",
                     "params": n_params, "corpus": self.corpus.name, "model": cfg.model_name,
                     "processes": self.dist.world_size})
+                self._plot_curves()
             what = "whole-split" if full else "estimated"
             log(f"done: {what} val loss {val_loss:.4f} nats/token "
                 f"({summary.val_bits_per_char:.4f} bits/char) after {self.iter} iterations, "

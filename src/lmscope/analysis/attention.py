@@ -1,0 +1,123 @@
+"""Attention maps of one prompt: where each head of a layer looks.
+
+For a prompt of T tokens the model returns, for each layer, the attention probabilities
+A[h, q, k] (head h, query position q, key position k <= q; each row sums to 1). This module writes
+a heatmap per head (prompt tokens on both axes), a table of the keys each query attends to most,
+and for each head three scores (means over the queries that have such a key):
+
+    previous-token   A[q, q-1]          the head copies from the token just before
+    self             A[q, q]            the head looks at the current token
+    first-token      A[q, 0]            the head rests on the first token (a common 'sink')
+    mean distance    sum_k A[q, k] (q - k)   how far back the head looks
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmscope.analysis.common import markdown_table, visible, write_csv
+from lmscope.errors import LmscopeError
+from lmscope.io import atomic_write_text
+from lmscope.report import plots
+
+
+@torch.no_grad()
+def attention_probabilities(checkpoint, prompt: str) -> tuple[list[str], list[np.ndarray]]:
+    """The prompt's tokens (as text) and, per layer, its attention (heads, T, T) as numpy."""
+    model = checkpoint.model
+    if not hasattr(model, "forward_with_attention"):
+        raise LmscopeError(f"model {checkpoint.model_name!r} has no attention to show "
+                           "(attention maps are for gpt models)")
+    ids = checkpoint.tokenizer.encode(prompt, unknown="error")
+    if not 0 < len(ids) <= model.context_length:
+        raise LmscopeError(f"the prompt has {len(ids)} tokens: give 1 to {model.context_length} "
+                           "(the model's context length)")
+    device = next(model.parameters()).device
+    _, attentions = model.forward_with_attention(torch.tensor([ids], device=device))
+    tokens = [visible(checkpoint.tokenizer.decode([i])) for i in ids]
+    return tokens, [a[0].float().cpu().numpy() for a in attentions]
+
+
+def head_scores(attn: np.ndarray) -> dict[str, float]:
+    """previous-token, self, first-token and mean distance of one head's (T, T) map."""
+    T = attn.shape[0]
+    q = np.arange(T)
+    distance = (attn * (q[:, None] - q[None, :]).clip(min=0)).sum(-1)
+    return {"previous_token": float(attn[q[1:], q[1:] - 1].mean()) if T > 1 else float("nan"),
+            "self": float(attn[q, q].mean()),
+            "first_token": float(attn[1:, 0].mean()) if T > 1 else float("nan"),
+            "mean_distance": float(distance.mean())}
+
+
+def parse_heads(text: str | None, n_head: int) -> list[int]:
+    if not text:
+        return list(range(n_head))
+    try:
+        heads = [int(h) for h in text.split(",") if h.strip()]
+    except ValueError:
+        raise LmscopeError(f"--heads takes head numbers like 0,1,2, got {text!r}") from None
+    bad = [h for h in heads if not 0 <= h < n_head]
+    if bad or not heads:
+        raise LmscopeError(f"head {bad[0] if bad else text!r} does not exist: this model has "
+                           f"heads 0 to {n_head - 1}")
+    return heads
+
+
+def attention_probe(checkpoint, prompt: str, out_dir, *, layer: int = -1,
+                    heads: str | None = None, top: int = 3) -> dict:
+    """Write attention_L<l>_H<h>.png per head, attention_L<l>.png (all chosen heads),
+    top_keys.csv and summary.md into out_dir."""
+    tokens, layers = attention_probabilities(checkpoint, prompt)
+    n_layer = len(layers)
+    if not -n_layer <= layer < n_layer:
+        raise LmscopeError(f"layer {layer} does not exist: this model has layers 0 to "
+                           f"{n_layer - 1}")
+    layer = layer % n_layer
+    attn = layers[layer]
+    chosen = parse_heads(heads, attn.shape[0])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    T = len(tokens)
+    labels = [f"{t}" for t in tokens]
+    files = []
+    for h in chosen:
+        files.append(plots.heatmap(attn[h], labels, labels, out / f"attention_L{layer}_H{h}.png",
+                                   title=f"Layer {layer}, head {h}", xlabel="key (attended to)",
+                                   ylabel="query", cmap="Blues", fmt="{:.2f}",
+                                   annotate=T <= 16, colorbar="attention"))
+    fig, axes = plots.panels(len(chosen), title=f"Layer {layer}", width=4.2, height=4.2)
+    for ax, h in zip(axes, chosen, strict=True):
+        ax.imshow(attn[h], cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(f"head {h}")
+        if T <= 40:
+            ax.set_xticks(range(T), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(T), labels, fontsize=6)
+    files.append(plots.save(fig, out / f"attention_L{layer}.png"))
+
+    rows = []
+    for h in chosen:
+        for q in range(T):
+            order = np.argsort(-attn[h, q, : q + 1], kind="stable")[:top]
+            rows.append([layer, h, q, tokens[q], *sum(
+                ([int(k), tokens[k], float(attn[h, q, k])] for k in order), []),
+                *([""] * 3 * (top - len(order)))])
+    header = ["layer", "head", "query_pos", "query"] + sum(
+        ([f"key{i}_pos", f"key{i}", f"weight{i}"] for i in range(1, top + 1)), [])
+    files.append(write_csv(out / "top_keys.csv", header, rows))
+    scores = [[h, *head_scores(attn[h]).values()] for h in chosen]
+    text = (f"# Attention, layer {layer}\n\nPrompt {prompt!r} ({T} tokens), checkpoint "
+            f"{checkpoint.path}.\n\nPer head: mean attention to the previous token, to itself and "
+            "to the first token, and the mean distance looked back (tokens).\n\n"
+            + markdown_table(["head", "previous token", "self", "first token", "mean distance"],
+                             scores)
+            + "\nFor each query, the keys it attends to most (top_keys.csv):\n\n"
+            + markdown_table(["head", "query", "keys (weight)"],
+                             [[r[1], f"{r[2]} {r[3]}", ", ".join(
+                                 f"{r[5 + 3 * i]}@{r[4 + 3 * i]} {r[6 + 3 * i]:.2f}"
+                                 for i in range(top) if r[4 + 3 * i] != "")] for r in rows]))
+    atomic_write_text(out / "summary.md", text)
+    files.append(out / "summary.md")
+    return {"files": [str(f) for f in files], "scores": scores, "layer": layer}
