@@ -141,3 +141,24 @@ def test_bad_input_to_sampling_and_model_commands(tiny_run, tiny_corpus, tmp_pat
     for args, fragments in cases:
         assert_clean_error(lmscope(*args), *fragments)
     assert not (tmp_path / "r").exists() and not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+def test_the_quick_architectures_study(shared_data, tmp_path):
+    """`lmscope study studies/architectures.toml --quick`: every variant trains, is compared,
+    generates from "0 1 2 3 4", and the attention models draw their maps."""
+    study = tmp_path / "studies"
+    shutil.copytree(REPO / "studies", study)
+    out = tmp_path / "arch"
+    r = lmscope("study", study / "architectures.toml", "--quick", "--out", out, timeout=1200)
+    assert r.returncode == 0, r.stderr
+    variants = ["lstm", "kgram-onehot", "kgram-embedding", "gpt", "gpt-post-norm",
+                "gpt-rmsnorm", "gpt-rotary", "gpt-no-pos"]
+    rows = (out / "compare" / "compare.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == variants
+    for v in variants:
+        assert (out / "runs" / v / "loss.png").is_file()
+        sweep = (out / "generate" / v / "top_p_sweep.md").read_text()
+        assert "| greedy | 0 1 2 3 4" in sweep and "| 0.95 |" in sweep
+        has_attention = (out / "attention" / v / "summary.md").is_file()
+        assert has_attention == v.startswith("gpt"), v
