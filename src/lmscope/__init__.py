@@ -5,10 +5,10 @@ from lmscope.config import RunConfig, resolve_config
 from lmscope.errors import LmscopeError
 from lmscope.evaluate import EvalResult, evaluate
 from lmscope.train.checkpoint import Checkpoint
-from lmscope.train.trainer import TrainResult, train
+from lmscope.train.trainer import TrainResult, read_metrics, train
 
 __all__ = [
     "Checkpoint", "EvalResult", "LmscopeError", "RunConfig", "TrainResult",
-    "evaluate", "generate", "load", "logits", "resolve_config", "train",
+    "evaluate", "generate", "load", "logits", "read_metrics", "resolve_config", "train",
 ]
 __version__ = "0.1.0"

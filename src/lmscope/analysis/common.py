@@ -39,9 +39,8 @@ def run_checkpoints(run: str | Path, which: str = "all") -> list[Path]:
 
 def corpus_label(corpus: str) -> str:
     """A short name for a corpus given by registry name or path ('shakespeare', 'notes')."""
-    from lmscope.data.corpora import short_name
-
-    return short_name(corpus)
+    path = Path(corpus)
+    return path.stem if path.suffix else path.name or corpus
 
 
 def trained_on(checkpoint) -> str:

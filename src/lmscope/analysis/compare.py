@@ -15,7 +15,6 @@ All losses are the trainer's periodic estimates (the same fixed batches at every
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,15 +57,12 @@ class RunCurves:
 
 
 def read_curves(run) -> RunCurves:
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
+    import lmscope
+
+    if not (Path(run) / "metrics.jsonl").is_file():
         raise LmscopeError(f"{run} is not a run folder: it has no metrics.jsonl")
     curves = RunCurves(Path(run).name, [], [], [], [], [])
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by a crash
-            continue
+    for row in lmscope.read_metrics(run):
         if row.get("kind") == "train" and isinstance(row.get("loss"), (int, float)):
             curves.train_steps.append(row["iter"])
             curves.train_loss.append(row["loss"])

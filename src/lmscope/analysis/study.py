@@ -448,6 +448,8 @@ class StudyRunner:
         from lmscope.analysis.transfer import transfer
 
         ts = self.study.transfer
+        header = ["source", "target", "start", "start_iter", "target_before", "target_after",
+                  "target_gain", "source_before", "source_after", "forgetting"]
         rows = []
         for source in self.study.corpora:
             for target in self.study.corpora:
@@ -460,12 +462,10 @@ class StudyRunner:
                              iters=ts.iters, eval_every=ts.eval_every, eval_iters=ts.eval_iters,
                              device=self.device, log=lambda m: self.log(f"    {m}"))
                     self._mark_done(folder)
-                with open(folder / "summary.csv", encoding="utf-8", newline="") as f:
-                    for row in list(csv.reader(f))[1:]:
-                        rows.append([corpus_label(source), corpus_label(target), row[0],
-                                     int(row[1]), *map(float, row[2:])])
-        header = ["source", "target", "start", "start_iter", "target_before", "target_after",
-                  "target_gain", "source_before", "source_after", "forgetting"]
+                numbers = header[4:]
+                rows += [[corpus_label(source), corpus_label(target), r["start"],
+                          int(r["start_iter"]), *(float(r[k]) for k in numbers)]
+                         for r in _read_csv(folder / "summary.csv")]
         write_csv(self.out / "transfer" / "summary.csv", header, rows)
         atomic_write_text(self.out / "transfer" / "summary.md",
                           f"# Few-shot transfer, every pair, {ts.iters} steps\n\n"

@@ -14,7 +14,6 @@ source loss rose by.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from lmscope.data import corpora
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.report import plots
+from lmscope.train.checkpoint import read_meta
 
 NAMED = ("early", "mid", "late")
 
@@ -34,8 +34,6 @@ def pick_checkpoints(run, spec: str) -> dict[str, Path]:
     early is the first kept checkpoint after iteration 0 (iteration 0 is the untrained model;
     ask for it as "0"), late is the final one, mid the one nearest to half of late's iteration.
     """
-    from lmscope.train.checkpoint import read_meta
-
     found = run_checkpoints(run)
     iters = {p: int(read_meta(p).get("iter", 0)) for p in found}
     late = found[-1]
@@ -91,6 +89,10 @@ def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", 
 
     if iters < 1 or eval_every < 1 or eval_iters < 1:
         raise LmscopeError("--iters, --eval-every and --eval-iters must be at least 1")
+    for item in overrides:
+        if not item.startswith("train."):
+            raise LmscopeError(f"transfer settings are train.KEY=VALUE (the model and data come "
+                               f"from the checkpoint and --data), got {item!r}")
     picked = pick_checkpoints(run, checkpoints)
     corpora.resolve(target)  # an unknown target is an error before anything is written
     first = lmscope.load(next(iter(picked.values())), device="cpu")
@@ -112,8 +114,7 @@ def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", 
             final_eval=False,
             eval_corpora=[source_corpus], log_interval=max(1, min(eval_every, 10)))
         base["data"].update(corpus=target, vocab_from=[])
-        config = resolve_config(base=base, overrides=[
-            o if o.startswith("train.") else _only_train(o) for o in overrides])
+        config = resolve_config(base=base, overrides=list(overrides))
         if (run_dir / "summary.json").is_file():
             log(f"{name}: fine-tuning already done ({run_dir})")
         else:
@@ -124,21 +125,15 @@ def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", 
             log(f"{name}: fine-tuning from {ckpt_path} on {target} for {iters} steps")
             lmscope.train(config, run_dir, resume=resume, progress=False, log=lambda *a: None)
         curve = []
-        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in lmscope.read_metrics(run_dir):
             if row.get("kind") == "eval":
                 curve.append({"step": row["iter"], "target_loss": row["val_loss"],
                               "source_loss": row.get(f"val_loss:{source}", math.nan)})
-        results.append(TransferRun(name, ckpt_path, int(lmscope.load(ckpt_path, "cpu").iteration),
+        results.append(TransferRun(name, ckpt_path, int(read_meta(ckpt_path).get("iter", 0)),
                                    run_dir, curve))
     _write(results, out, source=source, target=target, prompt=sample_prompt,
            sample_tokens=sample_tokens, seed=seed)
     return results
-
-
-def _only_train(item: str) -> str:
-    raise LmscopeError(f"transfer settings are train.KEY=VALUE (the model and data come from the "
-                       f"checkpoint and --data), got {item!r}")
 
 
 def _write(results: list[TransferRun], out: Path, *, source: str, target: str, prompt: str,
@@ -205,12 +200,11 @@ def _sample(ckpt, prompt: str, tokens: int, seed: int) -> str:
 
     try:
         ckpt.tokenizer.encode(prompt, unknown="error")
-    except LmscopeError:
-        prompt = "\n" if "\n" in getattr(ckpt.tokenizer, "stoi", {"\n": 0}) else prompt[:0]
-    return prompt + lmscope.generate(ckpt, prompt or "\n", max_new_tokens=tokens,
-                                     temperature=0.8, seed=seed)
+    except LmscopeError:  # characters the model does not know: start from a newline instead
+        prompt = "\n"
+    return prompt + lmscope.generate(ckpt, prompt, max_new_tokens=tokens, temperature=0.8,
+                                     seed=seed)
 
 
 def _corpus_name(run_dir: Path) -> str:
-    meta = run_dir / "checkpoints" / "final" / "meta.json"
-    return json.loads(meta.read_text(encoding="utf-8")).get("corpus", "")
+    return read_meta(run_dir / "checkpoints" / "final").get("corpus", "")

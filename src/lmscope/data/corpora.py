@@ -302,12 +302,6 @@ def list_corpora() -> list[CorpusSpec]:
 # Resolution
 
 
-def short_name(corpus: str) -> str:
-    """A short name for a corpus given by registry name or path: 'shakespeare', 'notes'."""
-    path = Path(corpus)
-    return path.stem if path.suffix else path.name or corpus
-
-
 def resolve(spec: str, *, val_fraction: float = 0.1, download: bool = True) -> Corpus:
     """Turn a corpus name or a path into local files and split byte ranges.
 

@@ -77,6 +77,17 @@ class TrainResult:
     tokens_per_s: float
 
 
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl, oldest first; a line torn by a crash is skipped."""
+    rows = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def pick_device(name: str) -> torch.device:
     """A torch device from "auto" (cuda, else mps, else cpu), "cpu", "cuda", "cuda:N" or "mps"."""
     if name != "auto":
@@ -362,43 +373,30 @@ class Trainer:
 
     @torch.no_grad()
     def estimate_loss(self) -> dict[str, float]:
-        """Mean loss over eval_iters fixed random batches of each split."""
-        tc = self.config.train
-        out = {}
+        """Mean loss over eval_iters fixed random batches of each split (and of eval_corpora)."""
+        seed = self.config.train.seed + 1000  # fixed batches, apart from the training batches
         self.eval_model.eval()
-        for offset, (split, tf) in enumerate((("train", self.train_tokens),
-                                              ("val", self.val_tokens))):
-            # Fixed batches (the same at every evaluation), apart from the training batches.
-            sampler = BatchSampler(tf.tokens, self.block_size, tc.batch_size,
-                                   seed=tc.seed + 1000 + offset)
-            total = torch.zeros((), device=self.device)
-            for i in range(tc.eval_iters):
-                batch = sampler.sample()  # drawn by every process, so all stay in step
-                if i % self.dist.world_size != self.dist.rank:
-                    continue  # data-parallel: each process takes every world_size-th batch
-                x, y = (t.to(self.device) for t in batch)
-                with self.autocast:
-                    logits = self.eval_model(x)
-                total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            out[split] = float(self.dist.sum(total)) / tc.eval_iters
+        out = {"train": self._estimate(self.train_tokens, seed),
+               "val": self._estimate(self.val_tokens, seed + 1)}
+        # other corpora: characters outside the vocabulary are left out, as in evaluate()
         for offset, (label, tf) in enumerate(self.other_val_tokens.items(), start=2):
-            out[f"val_loss:{label}"] = self._estimate(tf, seed=tc.seed + 1000 + offset)
+            out[f"val_loss:{label}"] = self._estimate(tf, seed + offset, ignore_unknown=True)
         self.eval_model.train()
         return out
 
-    def _estimate(self, tf, seed: int) -> float:
-        """Mean loss over eval_iters fixed random batches of a token file (other characters than
-        the model knows are left out, as in whole-split evaluation)."""
+    def _estimate(self, tf, seed: int, ignore_unknown: bool = False) -> float:
+        """Mean loss per token over eval_iters batches drawn from `seed` (the same batches at every
+        evaluation); with ignore_unknown, `<unk>` targets are not scored."""
         tc = self.config.train
         sampler = BatchSampler(tf.tokens, self.block_size, tc.batch_size, seed=seed)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
-        unk = self.tokenizer.unk_id
+        unk = self.tokenizer.unk_id if ignore_unknown else None
         for i in range(tc.eval_iters):
-            x, y = sampler.sample()
+            batch = sampler.sample()  # drawn by every process, so all stay in step
             if i % self.dist.world_size != self.dist.rank:
-                continue
-            x, y = x.to(self.device), y.to(self.device)
+                continue  # data-parallel: each process takes every world_size-th batch
+            x, y = (t.to(self.device) for t in batch)
             if unk is not None:
                 y = y.masked_fill(y == unk, -1)
             with self.autocast:
@@ -454,13 +452,7 @@ class Trainer:
         from lmscope.report.plots import training_curves
 
         self.metrics.flush()
-        rows = []
-        for line in (self.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        training_curves(rows, self.run_dir / "loss.png",
+        training_curves(read_metrics(self.run_dir), self.run_dir / "loss.png",
                         title=f"{self.run_dir.name}: {self.config.model_name} on {self.corpus.name}")
 
     # --- the loop --------------------------------------------------------------------------------
