@@ -59,6 +59,22 @@ def test_train_sample_eval_round_trip(tiny_corpus, tmp_path):
     assert rows[-1]["iter"] == 35
 
 
+def test_training_on_a_weighted_mixture_with_bpe(shared_data, tmp_path):
+    """The seed's `tinystories_weight` + `input_files`: token-level (BPE) training on a mixture."""
+    run = tmp_path / "mix"
+    r = lmscope("train", "--data", "tinystories:0.7", "--data", "3seqs:0.3", "--out", run,
+                "--set", *TINY_SETTINGS, "data.tokenizer=bpe", "data.bpe_vocab_size=512",
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "corpus tinystories:0.7+3seqs:0.3" in r.stdout
+    assert "tinystories val loss" in r.stdout and "3seqs val loss" in r.stdout
+    final = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"val_loss_full:tinystories", "val_loss_full:3seqs"} <= set(final)
+    s = lmscope("sample", run, "--prompt", "Once upon a time", "--max-new-tokens", "5",
+                "--seed", "0")
+    assert s.returncode == 0 and s.stdout.startswith("Once upon a time"), s.stderr
+
+
 def test_data_list_and_info(shared_data):
     r = lmscope("data", "list")
     assert r.returncode == 0
@@ -102,6 +118,10 @@ def bad_files(tmp_path):
     (["sample", "{tmp}", "--prompt", "x"], ["holds no checkpoints"]),
     (["eval", "{tmp}/no_run", "--data", "shakespeare"], ["does not exist"]),
     (["data", "info", "shakespear"], ["did you mean 'shakespeare'"]),
+    (["train", "--data", "{tmp}/short.txt:0", "--data", "shakespeare:1"],
+     ["weight of", "must be a positive number, got 0"]),
+    (["train", "--data", "{tmp}/short.txt:0.5", "--data", "nosuchcorpus:0.5", "--out", "{tmp}/r"],
+     ["nosuchcorpus"]),
 ])
 def test_bad_input_gives_one_line_error(bad_files, args, fragments):
     args = [a.replace("{tmp}", str(bad_files)) for a in args]

@@ -24,7 +24,9 @@ def cli():
 # --- train ---------------------------------------------------------------------------------------
 
 def _default_run_dir(corpus: str, name: str) -> Path:
-    stem = f"{Path(corpus).stem}-{name}"
+    from lmscope.analysis.common import corpus_label
+
+    stem = f"{corpus_label(corpus).replace(':', '').replace('+', '-')}-{name}"
     path = Path("runs") / stem
     n = 2
     while path.exists():
@@ -34,8 +36,10 @@ def _default_run_dir(corpus: str, name: str) -> Path:
 
 
 @cli.command()
-@click.option("--data", "data", metavar="CORPUS",
-              help="Corpus name (see `lmscope data list`) or path to a text file or folder.")
+@click.option("--data", "data", metavar="CORPUS[:WEIGHT]", multiple=True,
+              help="Corpus name (see `lmscope data list`) or path to a text file or folder; "
+                   "repeat with weights to train on a mixture: --data tinystories:0.7 "
+                   "--data 3seqs:0.3.")
 @click.option("--out", "out", type=click.Path(path_type=Path), metavar="RUN_DIR",
               help="Run folder to write (default: runs/<corpus>-<preset or model>).")
 @click.option("--model", "model", metavar="NAME", help="Architecture (default gpt).")
@@ -53,6 +57,7 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
     \b
     lmscope train --data shakespeare --preset shakespeare-char-cpu --out runs/shakespeare
     lmscope train --data notes.txt --set model.n_layer=2 train.max_iters=500
+    lmscope train --data tinystories:0.7 --data 3seqs:0.3 --set data.tokenizer=bpe
     lmscope train --out runs/shakespeare --resume
     """
     from lmscope.config import load_toml, preset_names, resolve_config
@@ -62,6 +67,7 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
         if "=" not in item:
             raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
     overrides = [*overrides, *more_overrides]
+    data = "+".join(data) or None  # several --data: one mixture spec, a:0.7+b:0.3
     if resume:
         if out is None:
             raise LmscopeError("--resume needs --out RUN_DIR, the run to continue")

@@ -30,7 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lmscope.errors import ConfigError
+from lmscope.data import corpora
+from lmscope.errors import ConfigError, LmscopeError
 from lmscope.models import MODELS, model_config_class
 
 if sys.version_info >= (3, 11):
@@ -41,7 +42,9 @@ else:  # pragma: no cover
 
 @dataclass
 class DataConfig:
-    corpus: str = "shakespeare"  # a registry name (`lmscope data list`) or a path to a text file/folder
+    # a registry name (`lmscope data list`) or a path to a text file/folder, or a mixture of them
+    # with sampling weights, "tinystories:0.7+3seqs:0.3" (--data tinystories:0.7 --data 3seqs:0.3)
+    corpus: str = "shakespeare"
     tokenizer: str = "char"  # char | byte | bpe
     bpe_vocab_size: int = 1024  # vocabulary size a BPE tokenizer is trained to
     vocab_from: list[str] = field(default_factory=list)  # more corpora whose characters join the char vocabulary
@@ -56,6 +59,10 @@ class DataConfig:
             raise ConfigError(f"data.bpe_vocab_size must be at least 257, got {self.bpe_vocab_size}")
         if not self.corpus:
             raise ConfigError("data.corpus is empty: give --data CORPUS")
+        try:
+            corpora.parse_mixture(self.corpus)
+        except LmscopeError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass

@@ -102,7 +102,7 @@ def test_a_stopped_training_run_is_resumed(tmp_path, monkeypatch):
     step = Trainer.step
 
     def ctrl_c_at_15(self, lr):  # Ctrl-C in the middle of the second run
-        if self.iter == 15 and self.corpus.name == "sums":
+        if self.iter == 15 and self.corpus_name == "sums":
             os.kill(os.getpid(), signal.SIGINT)
         return step(self, lr)
 
@@ -210,3 +210,40 @@ heads = "0"
                                                '"attention"]', 'steps = ["train", "matrix"]'))
     with pytest.raises(LmscopeError, match="the matrix step compares one model per corpus"):
         load_study(study)
+
+
+def test_data_tables_and_quick_variant_tables(tmp_path):
+    (tmp_path / "a.txt").write_text(TINY_TEXT, encoding="utf-8")
+    (tmp_path / "b.txt").write_text(MATH_TEXT, encoding="utf-8")
+    study = tmp_path / "study.toml"
+    study.write_text(f"""
+[study]
+corpora = ["{tmp_path / 'a.txt'}"]
+steps = ["train", "compare"]
+[data]
+tokenizer = "byte"
+[train]
+max_iters = 50
+[[variant]]
+name = "plain"
+[[variant]]
+name = "mix"
+data = {{ corpus = "{tmp_path / 'a.txt'}:0.5+{tmp_path / 'b.txt'}:0.5" }}
+train = {{ max_iters = 80 }}
+[quick.train]
+max_iters = 5
+[quick.variants.mix]
+train = {{ max_iters = 7 }}
+""")
+    full = load_study(study)
+    plain, mix = (full.run_config(r) for r in full.runs())
+    assert plain.data.tokenizer == mix.data.tokenizer == "byte"
+    assert "+" in mix.data.corpus and mix.train.max_iters == 80 and plain.train.max_iters == 50
+    quick = load_study(study, quick=True)
+    plain, mix = (quick.run_config(r) for r in quick.runs())
+    assert (plain.train.max_iters, mix.train.max_iters) == (5, 7)
+
+    study.write_text(study.read_text().replace("[quick.variants.mix]", "[quick.variants.mixx]"))
+    with pytest.raises(LmscopeError, match=r"\[quick.variants.mixx\] names no \[\[variant\]\] \("
+                                           "did you mean mix"):
+        load_study(study, quick=True)

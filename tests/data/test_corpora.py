@@ -599,3 +599,36 @@ def test_download_keeps_good_files_and_fetches_only_missing(tmp_path, server):
     del server.routes["/a"]  # a.txt is already there and correct: not fetched again
     assert download(spec, dest, progress=False) == dest
     assert (dest / "b.txt").read_bytes() == b
+
+
+# --- mixtures ----------------------------------------------------------------------------------
+
+def test_a_mixture_spec_parses_into_normalised_weights():
+    assert corpora.parse_mixture("shakespeare") == [("shakespeare", 1.0)]
+    assert corpora.parse_mixture("tinystories:0.7+3seqs:0.3") == [("tinystories", 0.7),
+                                                                  ("3seqs", 0.3)]
+    assert corpora.parse_mixture("a:1+b:3") == [("a", 0.25), ("b", 0.75)]
+    assert corpora.parse_mixture("a+b") == [("a", 0.5), ("b", 0.5)]
+    assert corpora.mixture_spec([("a", 0.25), ("b", 0.75)]) == "a:0.25+b:0.75"
+    assert corpora.mixture_spec([("shakespeare", 1.0)]) == "shakespeare"
+
+
+def test_an_existing_path_is_one_corpus_whatever_its_name(tmp_path):
+    odd = tmp_path / "notes+more:0.5.txt"
+    odd.write_text("text\n")
+    assert corpora.parse_mixture(str(odd)) == [(str(odd), 1.0)]
+    # inside a mixture, a part with no number after its last colon is all name
+    assert corpora.parse_mixture("c:/x+b:2") == [("c:/x", 1 / 3), ("b", 2 / 3)]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("a:0+b", "weight of a must be a positive number, got 0"),
+    ("a:-1+b:1", "weight of a must be a positive number"),
+    ("a:inf+b", "weight of a must be a positive number"),
+    ("a:nan", "weight of a must be a positive number"),
+    ("+a", "empty corpus name"),
+    ("a+a", "names a twice"),
+])
+def test_a_bad_mixture_spec_is_a_clear_error(spec, message):
+    with pytest.raises(LmscopeError, match=message):
+        corpora.parse_mixture(spec)

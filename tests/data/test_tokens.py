@@ -13,6 +13,7 @@ from lmscope.data.corpora import ByteRange
 from lmscope.data.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer, char_vocab
 from lmscope.data.tokens import (
     BatchSampler,
+    MixtureSampler,
     TokenFile,
     encode_to_file,
     eval_windows,
@@ -293,6 +294,45 @@ def test_sampler_reads_a_token_file(tmp_path):
     for row_x, row_y in zip(x.tolist(), y.tolist(), strict=True):
         window = tok.decode(row_x + row_y[-1:])
         assert window in TEXT and tok.decode(row_y) == window[1:]
+
+
+def test_a_mixture_draws_rows_from_each_source_by_weight():
+    a = np.arange(0, 1000, dtype=np.uint16)
+    b = np.arange(5000, 5100, dtype=np.uint16)  # a tenth of a's size: weight, not size, decides
+    sampler = MixtureSampler([a, b], [0.7, 0.3], block_size=8, batch_size=4000, seed=0)
+    x, y = sampler.sample()
+    assert torch.equal(y[:, :-1], x[:, 1:])
+    from_b = x[:, 0] >= 5000
+    # every row is a window of one source, never straddling the two
+    assert torch.equal(x, x[:, :1] + torch.arange(8))
+    assert int(x[from_b].max()) + 1 <= 5099 and int(x[~from_b].max()) + 1 <= 999
+    share = float(from_b.float().mean())  # binomial(4000, 0.3): standard deviation 0.0072
+    assert abs(share - 0.3) < 0.03, share
+    # every start of the small source is reachable
+    assert set(x[from_b, 0].tolist()) == set(range(5000, 5100 - 8))
+
+
+def test_a_mixture_resumes_and_slices_one_global_batch():
+    a, b = np.arange(500, dtype=np.uint16), np.arange(1000, 1300, dtype=np.uint16)
+    s = MixtureSampler([a, b], [1, 3], block_size=4, batch_size=6, seed=5)
+    s.sample()
+    state = json.loads(json.dumps(s.state_dict()))
+    expected = [s.sample() for _ in range(3)]
+    resumed = MixtureSampler([a, b], [1, 3], block_size=4, batch_size=6, seed=0)
+    resumed.load_state_dict(state)
+    assert same_batches(expected, [resumed.sample() for _ in range(3)])
+    # two data-parallel ranks together see the batch of one process with twice the rows
+    whole = MixtureSampler([a, b], [1, 3], block_size=4, batch_size=12, seed=9).sample()
+    halves = [MixtureSampler([a, b], [1, 3], block_size=4, batch_size=6, seed=9, rank=r,
+                             world_size=2).sample() for r in (0, 1)]
+    assert torch.equal(torch.cat([h[0] for h in halves]), whole[0])
+    assert torch.equal(torch.cat([h[1] for h in halves]), whole[1])
+
+
+def test_every_source_of_a_mixture_must_hold_a_window():
+    with pytest.raises(LmscopeError, match="split has 5 tokens"):
+        MixtureSampler([np.arange(100), np.arange(5)], [0.5, 0.5], block_size=8, batch_size=2,
+                       seed=0)
 
 
 # --- eval_windows ----------------------------------------------------------------------

@@ -209,3 +209,58 @@ def test_epochs_log_every_step_and_evaluate_after_each_epoch(tiny_corpus, tmp_pa
                       tmp_path / "u")
     tokens = len(tiny_corpus.read_text()) * 0.9
     assert uncapped.iterations == int(tokens // (8 * 32))
+
+
+def test_a_mixture_trains_on_both_corpora_and_reports_each(tiny_corpus, tmp_path):
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_text(" ".join(str(i % 50) for i in range(3000)) + "\n", encoding="utf-8")
+    spec = f"{tiny_corpus}:0.75+{numbers}:0.25"
+    result = _quiet(_config(spec, "train.checkpoint_at=[]"), tmp_path / "mix")
+    run = tmp_path / "mix"
+    tokenizer = json.loads((run / "tokenizer.json").read_text())
+    assert "7" in json.dumps(tokenizer) and "Z" not in json.dumps(tokenizer)  # digits join
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    for r in evals:  # the mixture's val loss is the weighted mean of each part's
+        parts = r["val_loss:tiny"], r["val_loss:numbers"]
+        assert r["val_loss"] == pytest.approx(0.75 * parts[0] + 0.25 * parts[1])
+    final = rows[-1]
+    assert final["val_loss_full"] == pytest.approx(
+        0.75 * final["val_loss_full:tiny"] + 0.25 * final["val_loss_full:numbers"])
+    assert result.val_loss == final["val_loss_full"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["corpus"] == "tiny:0.75+numbers:0.25"
+    meta = json.loads((run / "checkpoints" / "final" / "meta.json").read_text())
+    assert meta["corpus"] == "tiny:0.75+numbers:0.25"
+
+    # resuming checks the mixture: other weights are other training text
+    with pytest.raises(LmscopeError, match="cannot change the|not the text this run"):
+        _quiet(_config(f"{tiny_corpus}:0.5+{numbers}:0.5", "train.max_iters=40"), run,
+               resume=True)
+    _quiet(_config(spec, "train.checkpoint_at=[]", "train.max_iters=40"), run, resume=True)
+
+
+def test_a_stopped_mixture_run_resumes_bit_identically(tiny_corpus, tmp_path, monkeypatch):
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_text(" ".join(str(i % 50) for i in range(3000)) + "\n", encoding="utf-8")
+    spec = f"{tiny_corpus}:0.6+{numbers}:0.4"
+    settings = ("train.max_iters=16", "train.log_interval=1", "train.eval_interval=8",
+                "train.checkpoint_at=[]", "train.checkpoint_every=1000")
+    _quiet(_config(spec, *settings), tmp_path / "straight")
+    real_step = Trainer.step
+
+    def step_then_interrupt(self, lr):
+        loss = real_step(self, lr)
+        if self.iter == 6:
+            self._stop_requested = True
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", step_then_interrupt)
+    with pytest.raises(TrainingInterrupted):
+        Trainer(_config(spec, *settings), tmp_path / "resumed", progress=False,
+                log=lambda *a: None).run()
+    monkeypatch.setattr(Trainer, "step", real_step)
+    _quiet(_config(spec, *settings), tmp_path / "resumed", resume=True)
+    assert _train_rows(tmp_path / "resumed") == _train_rows(tmp_path / "straight")
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)

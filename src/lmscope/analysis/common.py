@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmscope.data import corpora
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 
@@ -38,9 +39,16 @@ def run_checkpoints(run: str | Path, which: str = "all") -> list[Path]:
 
 
 def corpus_label(corpus: str) -> str:
-    """A short name for a corpus given by registry name or path ('shakespeare', 'notes')."""
-    path = Path(corpus)
-    return path.stem if path.suffix else path.name or corpus
+    """A short name for a corpus given by registry name or path ('shakespeare', 'notes'); a
+    mixture's parts are each shortened ('tinystories:0.7+notes:0.3')."""
+    try:
+        parts = corpora.parse_mixture(corpus)
+    except LmscopeError:
+        parts = [(corpus, 1.0)]
+    if len(parts) > 1:
+        return corpora.mixture_spec([(corpus_label(name), w) for name, w in parts])
+    path = Path(parts[0][0])
+    return path.stem if path.suffix else path.name or parts[0][0]
 
 
 def trained_on(checkpoint) -> str:

@@ -10,6 +10,7 @@ Two kinds. A *domain* study trains one model per corpus and compares them across
     steps = ["stats", "train", "matrix", "transfer", "softmax", "attribution"]   # the default
     [model]                              # overrides of the preset, as with --set model.KEY=VALUE
     [train]                              # ... and train.KEY=VALUE
+    [data]                               # ... and data.KEY=VALUE (tokenizer = "bpe", ...)
     [transfer]    checkpoints, iters, eval_every, eval_iters
     [softmax]     top_k
     [attribution] methods, baseline, steps
@@ -20,13 +21,15 @@ An *architecture* study trains several variants on the same corpora and compares
     name = "lstm"
     model = { name = "lstm", n_hidden = 256 }   # another architecture starts from its defaults
     train = { lr = 3e-3 }
+    data = { corpus = "tinystories:0.7+3seqs:0.3" }   # e.g. a mixture instead of the corpus
     ...
     steps = ["stats", "train", "compare", "generate", "attention"]               # the default
     [generate]    prompt, top_p, greedy, max_new_tokens, seed    (a nucleus-sampling table per run)
     [attention]   prompt, layer, heads                           (attention maps, gpt runs)
 
 Either kind may have [quick]: the same tables again, merged over the others by --quick
-([quick.train], [quick.model], [quick.transfer], ...).
+([quick.train], [quick.model], [quick.transfer], ...), and [quick.variants.NAME] merged over
+the variant of that name (a variant's own tables win over [quick.train]).
 
 `run_study` writes everything under one folder, a sub-folder per step:
 
@@ -111,11 +114,12 @@ class AttentionSettings:
 
 @dataclass
 class Variant:
-    """One model of an architecture study: a name and its [model] / [train] settings."""
+    """One model of an architecture study: a name and its [model] / [train] / [data] settings."""
 
     name: str
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -135,6 +139,7 @@ class Study:
     steps: list[str] = field(default_factory=list)  # empty: DEFAULT_STEPS, or VARIANT_STEPS
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # e.g. tokenizer = "bpe"
     variants: list[Variant] = field(default_factory=list)
     transfer: TransferSettings = field(default_factory=TransferSettings)
     softmax: SoftmaxSettings = field(default_factory=SoftmaxSettings)
@@ -149,13 +154,16 @@ class Study:
         """One run per corpus, or per variant and corpus in an architecture study."""
         from lmscope.analysis.common import corpus_label
 
+        def folder(corpus: str) -> str:  # a mixture a:0.7+b:0.3 gives a0.7-b0.3
+            return corpus_label(corpus).replace(":", "").replace("+", "-")
+
         if not self.variants:
-            return [RunSpec(corpus_label(c), c) for c in self.corpora]
-        return [RunSpec(v.name if len(self.corpora) == 1 else f"{v.name}-{corpus_label(c)}", c, v)
+            return [RunSpec(folder(c), c) for c in self.corpora]
+        return [RunSpec(v.name if len(self.corpora) == 1 else f"{v.name}-{folder(c)}", c, v)
                 for v in self.variants for c in self.corpora]
 
     def run_config(self, run: RunSpec):
-        """The training config of one run: preset < [model]/[train] < the variant's tables.
+        """The training config of one run: preset < [model]/[train]/[data] < the variant's.
         A variant with another architecture (model.name) starts from that model's defaults."""
         from lmscope.config import load_preset, resolve_config
 
@@ -166,6 +174,7 @@ class Study:
             base = {**base, "model": {"name": name}}
         settings = [f"model.{k}={_literal(v)}" for k, v in {**self.model, **variant.model}.items()]
         settings += [f"train.{k}={_literal(v)}" for k, v in {**self.train, **variant.train}.items()]
+        settings += [f"data.{k}={_literal(v)}" for k, v in {**self.data, **variant.data}.items()]
         if self.joint_vocabulary and len(self.corpora) > 1:
             others = [c for c in self.corpora if c != run.corpus]
             settings.append(f"data.vocab_from={_literal(others)}")
@@ -187,11 +196,20 @@ def load_study(path: str | Path, *, quick: bool = False) -> Study:
     if quick:
         if not quick_raw:
             raise LmscopeError(f"study file {path} has no [quick] table, so it has no --quick mode")
+        quick_raw = dict(quick_raw)
+        per_variant = quick_raw.pop("variants", {})  # [quick.variants.NAME]: into that variant
         raw = merge(raw, quick_raw)
+        names = [v.get("name") for v in raw.get("variant", []) if isinstance(v, dict)]
+        for name, tables in per_variant.items():
+            if name not in names:
+                raise ConfigError(f"study file {path}: [quick.variants.{name}] names no "
+                                  f"[[variant]]{_suggest(name, names)}")
+            i = names.index(name)
+            raw["variant"][i] = merge(raw["variant"][i], tables)
     settings = {"transfer": TransferSettings, "softmax": SoftmaxSettings,
                 "attribution": AttributionSettings, "generate": GenerateSettings,
                 "attention": AttentionSettings}
-    tables = ("study", "model", "train", "variant", *settings)
+    tables = ("study", "model", "train", "data", "variant", *settings)
     for key, value in raw.items():
         if key not in tables:
             raise ConfigError(f"study file {path}: unknown table [{key}]{_suggest(key, tables)}")
@@ -201,8 +219,9 @@ def load_study(path: str | Path, *, quick: bool = False) -> Study:
     head = dict(raw.get("study", {}))
     try:
         study = Study(
-            **_fields(Study, head, "study", skip=("model", "train", "variants", *settings)),
-            model=raw.get("model", {}), train=raw.get("train", {}),
+            **_fields(Study, head, "study", skip=("model", "train", "data", "variants",
+                                                  *settings)),
+            model=raw.get("model", {}), train=raw.get("train", {}), data=raw.get("data", {}),
             variants=[_variant(v, path) for v in raw.get("variant", [])],
             **{key: cls(**_fields(cls, raw.get(key, {}), key)) for key, cls in settings.items()})
     except TypeError:
@@ -240,18 +259,19 @@ def _variant(raw, path: Path) -> Variant:
 
     if not isinstance(raw, dict):
         raise ConfigError(f"study file {path}: each [[variant]] must be a table")
-    extra = set(raw) - {"name", "model", "train"}
+    extra = set(raw) - {"name", "model", "train", "data"}
     if extra:
         raise ConfigError(f"study file {path}: unknown key {sorted(extra)[0]!r} in [[variant]] "
-                          "(keys: name, model, train)")
+                          "(keys: name, model, train, data)")
     name = raw.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ConfigError(f"study file {path}: a [[variant]] needs name = \"...\" (letters, "
                           f"digits, - and _), got {name!r}")
-    for key in ("model", "train"):
+    for key in ("model", "train", "data"):
         if not isinstance(raw.get(key, {}), dict):
             raise ConfigError(f"study file {path}: variant {name}: {key} must be a table")
-    return Variant(name, dict(raw.get("model", {})), dict(raw.get("train", {})))
+    return Variant(name, dict(raw.get("model", {})), dict(raw.get("train", {})),
+                   dict(raw.get("data", {})))
 
 
 def _fields(cls, values: dict, table: str, skip=()) -> dict:

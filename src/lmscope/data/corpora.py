@@ -353,6 +353,48 @@ def resolve(spec: str, *, val_fraction: float = 0.1, download: bool = True) -> C
     )
 
 
+def parse_mixture(spec: str) -> list[tuple[str, float]]:
+    """Split a training-data spec into (corpus, weight) parts whose weights sum to 1.
+
+    `"shakespeare"` is one corpus with weight 1; `"tinystories:0.7+3seqs:0.3"` is a mixture
+    whose batches draw each sequence from tinystories with probability 0.7 and from 3seqs with
+    0.3 (a part without `:WEIGHT` weighs 1; weights are normalised). A spec that is an existing
+    path is always one corpus, whatever characters its name has.
+    """
+    if not spec or Path(spec).expanduser().exists():
+        return [(spec, 1.0)]
+    parts: list[tuple[str, float]] = []
+    for item in spec.split("+"):
+        name, sep, weight_text = item.rpartition(":")
+        weight = None
+        if sep and name:
+            try:
+                weight = float(weight_text)
+            except ValueError:
+                weight = None
+        if weight is None:
+            name, weight = item, 1.0
+        name = name.strip()
+        if not name:
+            raise LmscopeError(f"data spec {spec!r} has an empty corpus name; "
+                               "write it as CORPUS or CORPUS:WEIGHT+CORPUS:WEIGHT")
+        if not (weight > 0 and weight != float("inf")):
+            raise LmscopeError(f"data spec {spec!r}: the weight of {name} must be a positive "
+                               f"number, got {weight_text}")
+        if any(name == seen for seen, _ in parts):
+            raise LmscopeError(f"data spec {spec!r} names {name} twice")
+        parts.append((name, weight))
+    total = sum(w for _, w in parts)
+    return [(name, w / total) for name, w in parts]
+
+
+def mixture_spec(parts: Sequence[tuple[str, float]]) -> str:
+    """The spec string of (corpus, weight) parts; one part with weight 1 is just its name."""
+    if len(parts) == 1 and parts[0][1] == 1.0:
+        return parts[0][0]
+    return "+".join(f"{name}:{weight:g}" for name, weight in parts)
+
+
 def _unknown(spec: str) -> LmscopeError:
     known = ", ".join(REGISTRY)
     if "/" in spec or os.sep in spec or spec.startswith(("~", ".")) or Path(spec).suffix:

@@ -12,7 +12,7 @@ for evaluation.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -28,6 +28,7 @@ from lmscope.io import atomic_write, atomic_write_json, cache_dir
 
 __all__ = [
     "BatchSampler",
+    "MixtureSampler",
     "TokenFile",
     "encode_to_file",
     "eval_windows",
@@ -269,6 +270,38 @@ class BatchSampler:
         if state.get("bit_generator") != "PCG64":
             raise LmscopeError(f"sampler state is for {state.get('bit_generator')!r}, not PCG64")
         self.rng.bit_generator.state = state
+
+
+class MixtureSampler(BatchSampler):
+    """Training windows from several token arrays: each row of a batch first picks its source
+    with probability `weights[i]`, then a uniform window inside it (the seed's
+    `tinystories_weight`). One generator draws both, so the state is as small and resumable as
+    BatchSampler's, and data-parallel processes again slice one global batch."""
+
+    def __init__(self, sources: Sequence[np.ndarray], weights: Sequence[float], block_size: int,
+                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if len(sources) != len(weights) or not sources:
+            raise ValueError("give one weight per source, and at least one source")
+        super().__init__(sources[0], block_size, batch_size, seed, rank, world_size)
+        for tokens in sources[1:]:  # each source must hold a window
+            BatchSampler(tokens, block_size, batch_size, seed)
+        self.sources = list(sources)
+        self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.batch_size * self.world_size
+        which = self.rng.choice(len(self.sources), size=n, p=self.weights)
+        highs = np.array([len(t) - self.block_size for t in self.sources])
+        starts = self.rng.integers(0, highs[which])  # one draw per row, its own source's range
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        which, starts = which[mine], starts[mine]
+        x = torch.empty(self.batch_size, self.block_size, dtype=torch.int64)
+        y = torch.empty_like(x)
+        for i, tokens in enumerate(self.sources):
+            rows = np.flatnonzero(which == i)
+            if len(rows):
+                x[rows], y[rows] = _windows(tokens, starts[rows], self.block_size)
+        return x, y
 
 
 def eval_windows(

@@ -18,6 +18,7 @@ same trajectory as an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -46,7 +47,7 @@ from lmscope.data.tokenizers import (
     char_vocab,
     tokenizer_from_dict,
 )
-from lmscope.data.tokens import BatchSampler, encode_to_file
+from lmscope.data.tokens import BatchSampler, MixtureSampler, encode_to_file
 from lmscope.errors import CheckpointError, LmscopeError
 from lmscope.evaluate import evaluate_token_file
 from lmscope.generate import SamplingConfig, generate
@@ -112,15 +113,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def build_tokenizer(config: RunConfig, corpus: corpora.Corpus) -> Tokenizer:
-    """The run's tokenizer, built from its corpus (char vocabulary, or BPE trained on the train split)."""
+def build_tokenizer(config: RunConfig, corpus: corpora.Corpus | list[corpora.Corpus]) -> Tokenizer:
+    """The run's tokenizer, built from its corpus or the corpora of a mixture (char vocabulary,
+    or BPE trained on the train splits)."""
     data = config.data
+    parts = corpus if isinstance(corpus, list) else [corpus]
     if data.tokenizer == "byte":
         return ByteTokenizer()
     if data.tokenizer == "bpe":
-        return BPETokenizer.train(corpora.iter_text(corpus.splits["train"]), data.bpe_vocab_size)
-    # char: every character of the corpus (all splits) plus those of the vocab_from corpora
-    sources = [corpus] + [corpora.resolve(c, val_fraction=data.val_fraction) for c in data.vocab_from]
+        train_text = itertools.chain.from_iterable(
+            corpora.iter_text(c.splits["train"]) for c in parts)
+        return BPETokenizer.train(train_text, data.bpe_vocab_size)
+    # char: every character of the corpora (all splits) plus those of the vocab_from corpora
+    sources = parts + [corpora.resolve(c, val_fraction=data.val_fraction) for c in data.vocab_from]
     chunks = itertools.chain.from_iterable(
         corpora.iter_text(tuple(itertools.chain.from_iterable(c.splits.values()))) for c in sources)
     return CharTokenizer(char_vocab(chunks))
@@ -129,6 +134,14 @@ def build_tokenizer(config: RunConfig, corpus: corpora.Corpus) -> Tokenizer:
 def _absolute_if_path(corpus: str) -> str:
     path = Path(corpus).expanduser()
     return str(path.resolve()) if path.exists() else corpus
+
+
+def _absolute_spec(spec: str) -> str:
+    """A data spec with each corpus given as a path made absolute (weights kept as written)."""
+    parts = corpora.parse_mixture(spec)
+    if len(parts) == 1:
+        return _absolute_if_path(spec)
+    return corpora.mixture_spec([(_absolute_if_path(name), w) for name, w in parts])
 
 
 class Trainer:
@@ -178,37 +191,49 @@ class Trainer:
                          else nullcontext())
 
         # A corpus given as a path is kept as an absolute path, so the run resumes from anywhere.
-        cfg.data.corpus = _absolute_if_path(cfg.data.corpus)
+        cfg.data.corpus = _absolute_spec(cfg.data.corpus)
         cfg.data.vocab_from = [_absolute_if_path(c) for c in cfg.data.vocab_from]
         tc.eval_corpora = [_absolute_if_path(c) for c in tc.eval_corpora]
         source = self._init_checkpoint() if tc.init_from and not self.resume else None
         if not self.dist.is_main:
             self.dist.barrier()  # rank 0 prepares the data (tokenizer, token files) first
-        self.corpus = corpora.resolve(cfg.data.corpus, val_fraction=cfg.data.val_fraction)
-        self.corpus_fingerprint = self.corpus.fingerprint()  # saved with, and checked on, resume
+        # the training text: one corpus, or a mixture whose batches draw rows by weight
+        spec = corpora.parse_mixture(cfg.data.corpus)
+        self.parts = [corpora.resolve(name, val_fraction=cfg.data.val_fraction)
+                      for name, _ in spec]
+        self.weights = [w for _, w in spec]
+        named = [(c.name, w) for c, w in zip(self.parts, self.weights, strict=True)]
+        self.corpus_name = self.parts[0].name if len(spec) == 1 else corpora.mixture_spec(named)
+        self.corpus_fingerprint = self._fingerprint()  # saved with, and checked on, resume
         tok_file = self.run_dir / "tokenizer.json"
         if (self.resume or not self.dist.is_main) and tok_file.is_file():
             self.tokenizer = tokenizer_from_dict(json.loads(tok_file.read_text(encoding="utf-8")))
         elif source is not None:
             self.tokenizer = source.tokenizer
         else:
-            self.tokenizer = build_tokenizer(cfg, self.corpus)
+            self.tokenizer = build_tokenizer(cfg, self.parts)
         show = self.progress if self.progress is not None else sys.stderr.isatty()
-        self.train_tokens = encode_to_file(self.corpus, "train", self.tokenizer, progress=show)
-        self.val_tokens = encode_to_file(self.corpus, "val", self.tokenizer, progress=show)
+        self.train_tokens = [encode_to_file(c, "train", self.tokenizer, progress=show)
+                             for c in self.parts]
+        self.val_tokens = [encode_to_file(c, "val", self.tokenizer, progress=show)
+                           for c in self.parts]
         # validation splits of other corpora, estimated at every evaluation (e.g. forgetting)
         self.other_val_tokens = {}
         for other in tc.eval_corpora:
             found = corpora.resolve(other, val_fraction=cfg.data.val_fraction)
-            self.other_val_tokens[found.name] = encode_to_file(
-                found, "val", self.tokenizer, progress=show)
+            if found.name not in (c.name for c in self.parts):
+                self.other_val_tokens[found.name] = encode_to_file(
+                    found, "val", self.tokenizer, progress=show)
 
         self.block_size = cfg.model.block_size
-        for split, tf in (("train", self.train_tokens), ("val", self.val_tokens),
-                          *((f"val split of {k}: the", v) for k, v in self.other_val_tokens.items())):
+        splits = [(c.name, split, t) for split, files in (("train", self.train_tokens),
+                                                          ("val", self.val_tokens))
+                  for c, t in zip(self.parts, files, strict=True)]
+        splits += [(name, "val", t) for name, t in self.other_val_tokens.items()]
+        for name, split, tf in splits:
             if len(tf.tokens) < self.block_size + 1:
                 raise LmscopeError(
-                    f"corpus {self.corpus.name}: the {split} split has {len(tf.tokens)} tokens, "
+                    f"corpus {name}: the {split} split has {len(tf.tokens)} tokens, "
                     f"fewer than model.block_size+1 = {self.block_size + 1}; use a smaller "
                     "model.block_size or more text")
         if tc.epochs:
@@ -230,14 +255,31 @@ class Trainer:
                 self.eval_model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = self._make_optimizer()
-        self.sampler = BatchSampler(self.train_tokens.tokens, self.block_size, tc.batch_size,
-                                    seed=tc.seed, rank=self.dist.rank,
-                                    world_size=self.dist.world_size)
+        self.sampler = self._sampler([t.tokens for t in self.train_tokens], tc.seed,
+                                     rank=self.dist.rank, world_size=self.dist.world_size)
         self.iter = 0
         self.best_val = math.inf
         self.elapsed = 0.0  # wall-clock seconds of training so far, over all sessions of the run
         self.step_time = 0.0  # of which in optimizer steps (for tokens/s)
         self.tokens_seen = 0
+
+    def _fingerprint(self) -> str:
+        """The training text's fingerprint: the corpus's own, or one over a mixture's parts."""
+        if len(self.parts) == 1:
+            return self.parts[0].fingerprint()
+        h = hashlib.sha256(b"lmscope-mixture-v1\n")
+        for corpus, weight in zip(self.parts, self.weights, strict=True):
+            h.update(f"{corpus.fingerprint()} {weight!r}\n".encode())
+        return h.hexdigest()
+
+    def _sampler(self, sources: list, seed: int, rank: int = 0, world_size: int = 1):
+        """Random windows of one token array, or of a mixture's arrays drawn by weight."""
+        tc = self.config.train
+        if len(sources) == 1:
+            return BatchSampler(sources[0], self.block_size, tc.batch_size, seed=seed,
+                                rank=rank, world_size=world_size)
+        return MixtureSampler(sources, self.weights, self.block_size, tc.batch_size, seed=seed,
+                              rank=rank, world_size=world_size)
 
     def _plan_epochs(self) -> None:
         """Epoch-style training (the seed's loop): an epoch is as many steps as one pass over the
@@ -245,7 +287,8 @@ class Trainer:
         loss is logged at every step and the validation loss estimated after every epoch."""
         tc = self.config.train
         tokens_per_step = tc.batch_size * self.block_size * tc.grad_accum * self.dist.world_size
-        self.steps_per_epoch = max(1, len(self.train_tokens.tokens) // tokens_per_step)
+        n_train = sum(len(t.tokens) for t in self.train_tokens)
+        self.steps_per_epoch = max(1, n_train // tokens_per_step)
         if tc.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, tc.max_steps_per_epoch)
         tc.max_iters = tc.epochs * self.steps_per_epoch
@@ -315,7 +358,7 @@ class Trainer:
         try:
             info = json.loads((last / "train_state.json").read_text(encoding="utf-8"))
             if info.get("corpus_fingerprint") != self.corpus_fingerprint:
-                raise LmscopeError(f"cannot resume: corpus {self.corpus.name} is not the text this "
+                raise LmscopeError(f"cannot resume: corpus {self.corpus_name} is not the text this "
                                    "run was trained on (its content changed)")
             tensors = load_file(last / "train_state.safetensors")
             state: dict = {}
@@ -373,22 +416,32 @@ class Trainer:
 
     @torch.no_grad()
     def estimate_loss(self) -> dict[str, float]:
-        """Mean loss over eval_iters fixed random batches of each split (and of eval_corpora)."""
+        """Mean loss over eval_iters fixed random batches of each split (and of eval_corpora).
+
+        A mixture's train batches are drawn by weight like the training batches; its val loss is
+        the weighted mean of each part's own val estimate, which are reported too."""
         seed = self.config.train.seed + 1000  # fixed batches, apart from the training batches
         self.eval_model.eval()
-        out = {"train": self._estimate(self.train_tokens, seed),
-               "val": self._estimate(self.val_tokens, seed + 1)}
+        out = {"train": self._estimate([t.tokens for t in self.train_tokens], seed)}
+        if len(self.parts) == 1:
+            out["val"] = self._estimate([self.val_tokens[0].tokens], seed + 1)
+        else:
+            for corpus, tf in zip(self.parts, self.val_tokens, strict=True):
+                out[f"val_loss:{corpus.name}"] = self._estimate([tf.tokens], seed + 1)
+            out["val"] = sum(w * out[f"val_loss:{c.name}"]
+                             for c, w in zip(self.parts, self.weights, strict=True))
         # other corpora: characters outside the vocabulary are left out, as in evaluate()
         for offset, (label, tf) in enumerate(self.other_val_tokens.items(), start=2):
-            out[f"val_loss:{label}"] = self._estimate(tf, seed + offset, ignore_unknown=True)
+            out[f"val_loss:{label}"] = self._estimate([tf.tokens], seed + offset,
+                                                      ignore_unknown=True)
         self.eval_model.train()
         return out
 
-    def _estimate(self, tf, seed: int, ignore_unknown: bool = False) -> float:
+    def _estimate(self, sources: list, seed: int, ignore_unknown: bool = False) -> float:
         """Mean loss per token over eval_iters batches drawn from `seed` (the same batches at every
         evaluation); with ignore_unknown, `<unk>` targets are not scored."""
         tc = self.config.train
-        sampler = BatchSampler(tf.tokens, self.block_size, tc.batch_size, seed=seed)
+        sampler = self._sampler(sources, seed)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         unk = self.tokenizer.unk_id if ignore_unknown else None
@@ -406,6 +459,20 @@ class Trainer:
             count += (y >= 0).sum()
         return float(self.dist.sum(total)) / max(float(self.dist.sum(count)), 1.0)
 
+    def _final_eval(self) -> dict[str, float]:
+        """Whole-split validation loss (every process computes the same number); a mixture's is
+        the weighted mean of its parts', each reported as val_loss_full:<corpus>."""
+        full = {"val_loss_full": 0.0, "val_bits_per_char_full": 0.0}
+        for corpus, weight, tf in zip(self.parts, self.weights, self.val_tokens, strict=True):
+            result = evaluate_token_file(self.raw_model, tf, block_size=self.block_size,
+                                         unk_id=self.tokenizer.unk_id, corpus=corpus.name,
+                                         split="val")
+            full["val_loss_full"] += weight * result.loss
+            full["val_bits_per_char_full"] += weight * result.bits_per_char
+            if len(self.parts) > 1:
+                full[f"val_loss_full:{corpus.name}"] = result.loss
+        return full
+
     def _sample(self) -> str | None:
         tc = self.config.train
         if tc.sample_tokens == 0:
@@ -414,14 +481,14 @@ class Trainer:
         try:
             self.tokenizer.encode(prompt, unknown="error")
         except LmscopeError:
-            prompt = self.tokenizer.decode([self.train_tokens.tokens[0]])
+            prompt = self.tokenizer.decode([self.train_tokens[0].tokens[0]])
         cfg = SamplingConfig(max_new_tokens=tc.sample_tokens, temperature=0.8, seed=tc.seed)
         return prompt + generate(self.raw_model, self.tokenizer, prompt, cfg)
 
     def _save(self, name: str, losses: dict, *, sample: bool, train_state: bool = False) -> None:
         if not self.dist.is_main:
             return
-        meta = {"iter": self.iter, "corpus": self.corpus.name,
+        meta = {"iter": self.iter, "corpus": self.corpus_name,
                 "train_loss": losses.get("train"), "val_loss": losses.get("val"),
                 "elapsed_s": round(self.elapsed, 3), "tokens_seen": self.tokens_seen,
                 "run_config": self.config.to_dict()}
@@ -453,7 +520,7 @@ class Trainer:
 
         self.metrics.flush()
         training_curves(read_metrics(self.run_dir), self.run_dir / "loss.png",
-                        title=f"{self.run_dir.name}: {self.config.model_name} on {self.corpus.name}")
+                        title=f"{self.run_dir.name}: {self.config.model_name} on {self.corpus_name}")
 
     # --- the loop --------------------------------------------------------------------------------
     def step(self, lr: float) -> torch.Tensor:
@@ -505,9 +572,9 @@ class Trainer:
         self._open_metrics()
         n_params = self.raw_model.num_params()
         self.log(f"{cfg.model_name}: {n_params / 1e6:.2f}M parameters, vocabulary "
-                 f"{self.tokenizer.vocab_size} ({self.tokenizer.kind}), corpus {self.corpus.name} "
-                 f"({len(self.train_tokens.tokens):,} train / {len(self.val_tokens.tokens):,} val "
-                 f"tokens), device {self.device}"
+                 f"{self.tokenizer.vocab_size} ({self.tokenizer.kind}), corpus {self.corpus_name} "
+                 f"({sum(map(len, self.train_tokens)):,} train / "
+                 f"{sum(map(len, self.val_tokens)):,} val tokens), device {self.device}"
                  + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""))
         tokens_per_iter = tc.batch_size * self.block_size * tc.grad_accum * self.dist.world_size
         in_main = threading.current_thread() is threading.main_thread()
@@ -582,13 +649,7 @@ class Trainer:
                         f"lmscope train --out {self.run_dir} --resume")
             # -- the end: whole-split validation loss (every process computes the same number),
             # final checkpoint, summary
-            full = {}
-            if tc.final_eval:
-                result = evaluate_token_file(self.raw_model, self.val_tokens,
-                                             block_size=self.block_size,
-                                             unk_id=self.tokenizer.unk_id,
-                                             corpus=self.corpus.name, split="val")
-                full = {"val_loss_full": result.loss, "val_bits_per_char_full": result.bits_per_char}
+            full = self._final_eval() if tc.final_eval else {}
             final_losses = {**losses, **full}
             self._write_metrics({"kind": "final", "iter": self.iter, **full,
                                  "elapsed_s": round(self.elapsed, 3)})
@@ -605,7 +666,7 @@ class Trainer:
                     **{k: (str(v) if isinstance(v, Path) else v)
                        for k, v in vars(summary).items()},
                     "val_loss_is": "whole split" if full else "estimate",
-                    "params": n_params, "corpus": self.corpus.name, "model": cfg.model_name,
+                    "params": n_params, "corpus": self.corpus_name, "model": cfg.model_name,
                     "processes": self.dist.world_size})
                 self._plot_curves()
             what = "whole-split" if full else "estimated"
