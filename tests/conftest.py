@@ -128,3 +128,20 @@ def domain_runs(tmp_path_factory) -> dict:
 
 def png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def stop_after(monkeypatch, iteration: int):
+    """Make training stop as on Ctrl-C right after the step that reaches `iteration`; returns a
+    function that restores the normal step."""
+    from lmscope.train.trainer import Trainer
+
+    real_step = Trainer.step
+
+    def step_then_interrupt(self, lr):
+        loss = real_step(self, lr)
+        if self.iter == iteration:
+            self._stop_requested = True
+        return loss
+
+    monkeypatch.setattr(Trainer, "step", step_then_interrupt)
+    return lambda: monkeypatch.setattr(Trainer, "step", real_step)

@@ -166,3 +166,37 @@ def test_the_quick_architectures_study(shared_data, tmp_path):
         assert "| greedy | 0 1 2 3 4" in sweep and "| 0.95 |" in sweep
         has_attention = (out / "attention" / v / "summary.md").is_file()
         assert has_attention == v.startswith("gpt"), v
+
+
+@pytest.mark.slow
+def test_the_quick_attention_study_with_two_seeds(shared_data, tmp_path):
+    out = tmp_path / "attention"
+    r = lmscope("study", REPO / "studies" / "attention.toml", "--quick", "--seeds", "0,1",
+                "--out", out, timeout=900)
+    assert r.returncode == 0, r.stderr
+    results = json.loads((out / "seeds" / "results.json").read_text())
+    assert set(results) == {"shakespeare", "wikipedia"}
+    for dataset, entry in results.items():
+        for q in ("final_train_loss", "best_val_loss", "total_train_time",
+                  "avg_inference_tokens_per_second"):
+            for key in (f"{q}_mean", f"{q}_stderr"):
+                assert isinstance(entry[key], float) and entry[key] == entry[key], (dataset, key)
+        for kind in ("train_loss", "val_loss", "attention_metrics", "layer_similarity"):
+            assert png(out / "seeds" / f"{kind}_{dataset}.png"), (kind, dataset)
+        assert (out / "seeds" / f"correlation_{dataset}.md").is_file()
+    for run in ("shakespeare-s0", "shakespeare-s1", "wikipedia-s0", "wikipedia-s1"):
+        rows = [json.loads(x) for x in (out / "runs" / run / "attention.jsonl").open()]
+        assert len(rows) == 13 and all(x["entropy_bits"] == x["entropy_bits"] for x in rows)
+        assert (out / "generation" / run / "correlation_samples.csv").is_file()
+        assert (out / "generation" / run / "correlation_loss.csv").is_file()
+    # attention entropy falls as the model learns shakespeare: in every seed, in every layer
+    for seed in (0, 1):
+        rows = [json.loads(x) for x in (out / "runs" / f"shakespeare-s{seed}" /
+                                        "attention.jsonl").open()]
+        assert rows[-1]["entropy_bits"] < rows[0]["entropy_bits"] - 0.5
+        for layer in range(rows[0]["n_layers"]):
+            first, last = (sum(r["layers"][layer]["entropy_bits"]) for r in (rows[0], rows[-1]))
+            assert last < first
+    assert "## Means over seeds" in (out / "README.md").read_text()
+    assert_clean_error(lmscope("study", REPO / "studies" / "attention.toml", "--seeds", "a,b",
+                               "--out", tmp_path / "x"), "--seeds")

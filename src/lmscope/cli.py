@@ -423,6 +423,34 @@ def probe_attention(run, prompt, layer, heads, top, out, device):
     click.echo(f"written to {out}/")
 
 
+@probe.command(name="generation")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--num-samples", default=8, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--prompt", default="\n", show_default="a newline", help="Text every sample continues.")
+@click.option("--temperature", default=0.8, show_default=True,
+              type=click.FloatRange(0, min_open=True))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@_WHICH
+@click.option("--device", default="auto", show_default=True)
+def probe_generation(run, num_samples, max_new_tokens, prompt, temperature, seed, out, which,
+                     device):
+    """Generation quality (distinct-n, repetition, coherence), speed and generation-time
+    attention at each checkpoint, and their correlations.
+
+    \b
+    lmscope probe generation runs/shakespeare --num-samples 8 --out results/generation
+    """
+    from lmscope.analysis.generation import generation_probe, write_generation
+
+    result = generation_probe(run, num_samples=num_samples, prompt=prompt,
+                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                              which=which, device=device, log=click.echo)
+    write_generation(result, out, title=f"of {Path(run).name}")
+    click.echo(f"written to {out}/")
+
+
 @cli.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN...")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
@@ -446,8 +474,10 @@ def compare(runs, out, rise, gap, falling):
 @click.argument("study_file", type=click.Path(path_type=Path), metavar="STUDY.toml")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--quick", is_flag=True, help="The study's [quick] settings: every artifact, fast.")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="Train every run once per seed (replaces the file's [study] seeds).")
 @click.option("--device", default="auto", show_default=True)
-def study(study_file, out, quick, device):
+def study(study_file, out, quick, seeds, device):
     """Run a study file's steps in order (stats, train, matrix, transfer, softmax, attribution).
 
     Finished steps are skipped, a stopped training run is resumed: run the same command again
@@ -455,10 +485,21 @@ def study(study_file, out, quick, device):
 
     \b
     lmscope study studies/domain.toml --quick --out results/domain-quick
+    lmscope study studies/attention.toml --seeds 0,1,2 --out results/attention
     """
     from lmscope.analysis.study import run_study
 
-    timings = run_study(study_file, out, quick=quick, device=device, log=click.echo)
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise LmscopeError(f"--seeds takes whole numbers separated by commas, got "
+                               f"{seeds!r}") from None
+        if not seed_list or min(seed_list) < 0:
+            raise LmscopeError(f"--seeds takes one or more seeds >= 0, got {seeds!r}")
+    timings = run_study(study_file, out, quick=quick, seeds=seed_list, device=device,
+                        log=click.echo)
     click.echo(f"done in {sum(timings.values()):.0f} s ("
                + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"); see {out}/")
 
@@ -469,7 +510,17 @@ def main(argv: list[str] | None = None) -> None:
     from lmscope.train.trainer import TrainingInterrupted
 
     try:
-        cli.main(args=argv, prog_name="lmscope", standalone_mode=True)
+        code = cli.main(args=argv, prog_name="lmscope", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except click.exceptions.Abort:  # Ctrl-C outside training
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as e:  # `lmscope` alone: the help, as text
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+        sys.exit(0)
+    except click.ClickException as e:  # a usage error: one line, like every other error
+        click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        sys.exit(e.exit_code)
     except TrainingInterrupted as e:
         click.echo(f"{e}", err=True)
         sys.exit(130)

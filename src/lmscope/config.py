@@ -10,6 +10,8 @@ A config file mirrors the dataclasses, one table per section:
     [train]
     max_iters = 2000
 
+A [track] table sets what is measured during training besides the loss (attention metrics).
+
 Layers, later wins: defaults < preset < --config file < --data/--model flags < --set overrides.
 Every key is checked against the dataclasses; an unknown key is an error that suggests the nearest
 valid one, and every value is checked against its field's type.
@@ -134,11 +136,29 @@ class TrainConfig:
 
 
 @dataclass
+class TrackConfig:
+    """What is measured during training besides the loss (see train/tracking.py)."""
+
+    attention_every: int = 100  # attention metrics on a fixed probe batch every N iterations (0: off)
+    attention_batch: int = 4  # sequences in the probe batch (windows of the validation split)
+    save_maps: bool = False  # also keep the raw attention maps (large) under RUN/attention/
+
+    def validate(self) -> None:
+        if self.attention_every < 0:
+            raise ConfigError(f"track.attention_every must not be negative, got "
+                              f"{self.attention_every}")
+        if self.attention_batch < 1:
+            raise ConfigError(f"track.attention_batch must be at least 1, got "
+                              f"{self.attention_batch}")
+
+
+@dataclass
 class RunConfig:
     model_name: str = "gpt"
     model: Any = None  # the architecture's own config dataclass, e.g. GPTConfig
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self):
         if self.model is None:
@@ -148,12 +168,13 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        self.track.validate()
 
     def to_dict(self) -> dict:
         model = {"name": self.model_name, **dataclasses.asdict(self.model)}
         model.pop("vocab_size", None)  # derived from the tokenizer, never configured
         return {"model": model, "data": dataclasses.asdict(self.data),
-                "train": dataclasses.asdict(self.train)}
+                "train": dataclasses.asdict(self.train), "track": dataclasses.asdict(self.track)}
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
@@ -161,7 +182,7 @@ class RunConfig:
 
 # --- building configs from nested dicts ----------------------------------------------------------
 
-SECTIONS = ("model", "data", "train")
+SECTIONS = ("model", "data", "train", "track")
 
 
 def config_from_dict(raw: dict) -> RunConfig:
@@ -185,6 +206,7 @@ def config_from_dict(raw: dict) -> RunConfig:
         model=_build(model_config_class(name), model_raw, "model"),
         data=_build(DataConfig, raw.get("data", {}), "data"),
         train=_build(TrainConfig, raw.get("train", {}), "train"),
+        track=_build(TrackConfig, raw.get("track", {}), "track"),
     )
     config.validate()
     return config
@@ -312,7 +334,8 @@ def parse_override(item: str) -> dict:
 
 
 def _suggest_full_key(key: str) -> str:
-    keys = [f"{s}.{f.name}" for s, cls in (("data", DataConfig), ("train", TrainConfig))
+    keys = [f"{s}.{f.name}" for s, cls in (("data", DataConfig), ("train", TrainConfig),
+                                           ("track", TrackConfig))
             for f in dataclasses.fields(cls)]
     for name in MODELS:
         keys += [f"model.{f.name}" for f in dataclasses.fields(model_config_class(name))]

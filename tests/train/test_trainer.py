@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from lmscope.config import resolve_config
 from lmscope.errors import LmscopeError
 from lmscope.train.trainer import Trainer, TrainingInterrupted, train
-from tests.conftest import TINY_SETTINGS
+from tests.conftest import TINY_SETTINGS, stop_after
 
 
 def _config(corpus, *extra):
@@ -247,19 +247,11 @@ def test_a_stopped_mixture_run_resumes_bit_identically(tiny_corpus, tmp_path, mo
     settings = ("train.max_iters=16", "train.log_interval=1", "train.eval_interval=8",
                 "train.checkpoint_at=[]", "train.checkpoint_every=1000")
     _quiet(_config(spec, *settings), tmp_path / "straight")
-    real_step = Trainer.step
-
-    def step_then_interrupt(self, lr):
-        loss = real_step(self, lr)
-        if self.iter == 6:
-            self._stop_requested = True
-        return loss
-
-    monkeypatch.setattr(Trainer, "step", step_then_interrupt)
+    restore = stop_after(monkeypatch, 6)
     with pytest.raises(TrainingInterrupted):
         Trainer(_config(spec, *settings), tmp_path / "resumed", progress=False,
                 log=lambda *a: None).run()
-    monkeypatch.setattr(Trainer, "step", real_step)
+    restore()
     _quiet(_config(spec, *settings), tmp_path / "resumed", resume=True)
     assert _train_rows(tmp_path / "resumed") == _train_rows(tmp_path / "straight")
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")

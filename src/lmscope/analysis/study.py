@@ -11,6 +11,7 @@ Two kinds. A *domain* study trains one model per corpus and compares them across
     [model]                              # overrides of the preset, as with --set model.KEY=VALUE
     [train]                              # ... and train.KEY=VALUE
     [data]                               # ... and data.KEY=VALUE (tokenizer = "bpe", ...)
+    [track]                              # ... and track.KEY=VALUE (attention_every = 100, ...)
     [transfer]    checkpoints, iters, eval_every, eval_iters
     [softmax]     top_k
     [attribution] methods, baseline, steps
@@ -26,6 +27,16 @@ An *architecture* study trains several variants on the same corpora and compares
     steps = ["stats", "train", "compare", "generate", "attention"]               # the default
     [generate]    prompt, top_p, greedy, max_new_tokens, seed    (a nucleus-sampling table per run)
     [attention]   prompt, layer, heads                           (attention maps, gpt runs)
+
+Either kind may train every run with several seeds (`seeds = [0, 1, 2]` in [study], or
+`lmscope study FILE --seeds 0,1,2`): runs are named <run>-s<seed>, and the `seeds` step reports
+means over seeds with standard errors. A corpus may have its own settings, merged over
+[model]/[train]/[data] for its runs only:
+
+    [corpus.enwik8]
+    data = { tokenizer = "byte" }
+    train = { lr = 5e-4 }
+    [generation]  num_samples, max_new_tokens, prompt, temperature, checkpoints (all | final)
 
 Either kind may have [quick]: the same tables again, merged over the others by --quick
 ([quick.train], [quick.model], [quick.transfer], ...), and [quick.variants.NAME] merged over
@@ -45,6 +56,8 @@ the variant of that name (a variant's own tables win over [quick.train]).
     DIR/attribution/by_class_models.* the models side by side, by character class
     DIR/generate/<run>/   nucleus-sampling table per run       (analysis/sampling.py)
     DIR/attention/<run>/  attention maps of a prompt           (analysis/attention.py)
+    DIR/generation/<run>/ generation quality, speed and attention per checkpoint (generation.py)
+    DIR/seeds/            means over seeds +- standard error, curves with bands (analysis/seeds.py)
     DIR/timings.json      seconds per step
     DIR/README.md         every table in one page, with links to the figures
 
@@ -69,7 +82,7 @@ from lmscope.errors import ConfigError, LmscopeError
 from lmscope.io import atomic_write_json, atomic_write_text
 
 STEPS = ("stats", "train", "compare", "matrix", "transfer", "softmax", "attribution", "generate",
-         "attention")
+         "attention", "generation", "seeds")
 CORPUS_STEPS = ("matrix", "transfer", "softmax", "attribution")  # one run per corpus
 DEFAULT_STEPS = ("stats", "train", "matrix", "transfer", "softmax", "attribution")
 VARIANT_STEPS = ("stats", "train", "compare", "generate", "attention")
@@ -106,6 +119,15 @@ class GenerateSettings:
 
 
 @dataclass
+class GenerationSettings:
+    num_samples: int = 8
+    max_new_tokens: int = 200
+    prompt: str = "\n"
+    temperature: float = 0.8
+    checkpoints: str = "all"  # all | final
+
+
+@dataclass
 class AttentionSettings:
     prompt: str = "\n"
     layer: int = -1
@@ -127,6 +149,7 @@ class RunSpec:
     name: str  # the run folder's name under DIR/runs/
     corpus: str
     variant: Variant | None = None
+    seed: int | None = None  # train.seed, in a multi-seed study
 
 
 @dataclass
@@ -140,12 +163,16 @@ class Study:
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # e.g. tokenizer = "bpe"
+    track: dict = field(default_factory=dict)  # e.g. attention_every = 100
+    seeds: list[int] = field(default_factory=list)  # train every run once per seed
+    corpus: dict = field(default_factory=dict)  # [corpus.NAME]: model/train/data for one corpus
     variants: list[Variant] = field(default_factory=list)
     transfer: TransferSettings = field(default_factory=TransferSettings)
     softmax: SoftmaxSettings = field(default_factory=SoftmaxSettings)
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     attention: AttentionSettings = field(default_factory=AttentionSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -158,12 +185,18 @@ class Study:
             return corpus_label(corpus).replace(":", "").replace("+", "-")
 
         if not self.variants:
-            return [RunSpec(folder(c), c) for c in self.corpora]
-        return [RunSpec(v.name if len(self.corpora) == 1 else f"{v.name}-{folder(c)}", c, v)
-                for v in self.variants for c in self.corpora]
+            runs = [RunSpec(folder(c), c) for c in self.corpora]
+        else:
+            runs = [RunSpec(v.name if len(self.corpora) == 1 else f"{v.name}-{folder(c)}", c, v)
+                    for v in self.variants for c in self.corpora]
+        if not self.seeds:
+            return runs
+        return [dataclasses.replace(r, name=f"{r.name}-s{seed}", seed=seed)
+                for r in runs for seed in self.seeds]
 
     def run_config(self, run: RunSpec):
-        """The training config of one run: preset < [model]/[train]/[data] < the variant's.
+        """The training config of one run: preset < [model]/[train]/[data] < [corpus.NAME] <
+        the variant's tables < the run's seed.
         A variant with another architecture (model.name) starts from that model's defaults."""
         from lmscope.config import load_preset, resolve_config
 
@@ -172,9 +205,14 @@ class Study:
         name = variant.model.get("name")
         if name is not None and name != base.get("model", {}).get("name", "gpt"):
             base = {**base, "model": {"name": name}}
-        settings = [f"model.{k}={_literal(v)}" for k, v in {**self.model, **variant.model}.items()]
-        settings += [f"train.{k}={_literal(v)}" for k, v in {**self.train, **variant.train}.items()]
-        settings += [f"data.{k}={_literal(v)}" for k, v in {**self.data, **variant.data}.items()]
+        own = self.corpus.get(run.corpus, {})
+        settings = []
+        for section in ("model", "train", "data", "track"):
+            values = {**getattr(self, section), **own.get(section, {}),
+                      **getattr(variant, section, {})}
+            settings += [f"{section}.{k}={_literal(v)}" for k, v in values.items()]
+        if run.seed is not None:
+            settings.append(f"train.seed={run.seed}")
         if self.joint_vocabulary and len(self.corpora) > 1:
             others = [c for c in self.corpora if c != run.corpus]
             settings.append(f"data.vocab_from={_literal(others)}")
@@ -188,8 +226,9 @@ def _literal(value) -> str:
     return _toml_value(value)
 
 
-def load_study(path: str | Path, *, quick: bool = False) -> Study:
-    """Read and check a study file; with quick=True its [quick] tables are merged over the rest."""
+def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None = None) -> Study:
+    """Read and check a study file; with quick=True its [quick] tables are merged over the rest;
+    `seeds` (the command line's --seeds) replaces [study] seeds."""
     path = Path(path)
     raw = load_toml(path, "study file")
     quick_raw = raw.pop("quick", {})
@@ -208,8 +247,10 @@ def load_study(path: str | Path, *, quick: bool = False) -> Study:
             raw["variant"][i] = merge(raw["variant"][i], tables)
     settings = {"transfer": TransferSettings, "softmax": SoftmaxSettings,
                 "attribution": AttributionSettings, "generate": GenerateSettings,
-                "attention": AttentionSettings}
-    tables = ("study", "model", "train", "data", "variant", *settings)
+                "attention": AttentionSettings, "generation": GenerationSettings}
+    if seeds is not None:
+        raw = merge(raw, {"study": {"seeds": seeds}})
+    tables = ("study", "model", "train", "data", "track", "corpus", "variant", *settings)
     for key, value in raw.items():
         if key not in tables:
             raise ConfigError(f"study file {path}: unknown table [{key}]{_suggest(key, tables)}")
@@ -219,9 +260,11 @@ def load_study(path: str | Path, *, quick: bool = False) -> Study:
     head = dict(raw.get("study", {}))
     try:
         study = Study(
-            **_fields(Study, head, "study", skip=("model", "train", "data", "variants",
-                                                  *settings)),
+            **_fields(Study, head, "study", skip=("model", "train", "data", "track", "variants",
+                                                  "corpus", *settings)),
             model=raw.get("model", {}), train=raw.get("train", {}), data=raw.get("data", {}),
+            track=raw.get("track", {}),
+            corpus=raw.get("corpus", {}),
             variants=[_variant(v, path) for v in raw.get("variant", [])],
             **{key: cls(**_fields(cls, raw.get(key, {}), key)) for key, cls in settings.items()})
     except TypeError:
@@ -230,6 +273,19 @@ def load_study(path: str | Path, *, quick: bool = False) -> Study:
         raise ConfigError(f"study file {path}: [study] corpora is empty")
     if len(set(study.corpora)) != len(study.corpora):
         raise ConfigError(f"study file {path}: a corpus is listed twice in corpora")
+    from lmscope.data.corpora import REGISTRY
+
+    for name, tables in study.corpus.items():
+        # a corpus a [quick] table dropped from corpora may keep its table
+        if name not in study.corpora and name not in REGISTRY:
+            raise ConfigError(f"study file {path}: [corpus.{name}] is not one of the corpora"
+                              f"{_suggest(name, study.corpora)}")
+        if not isinstance(tables, dict) or set(tables) - {"model", "train", "data", "track"} or \
+                not all(isinstance(t, dict) for t in tables.values()):
+            raise ConfigError(f"study file {path}: [corpus.{name}] may hold only model, train, "
+                              "data and track tables")
+    if len(set(study.seeds)) != len(study.seeds):
+        raise ConfigError(f"study file {path}: a seed is listed twice in seeds")
     names = [v.name for v in study.variants]
     if len(set(names)) != len(names):
         raise ConfigError(f"study file {path}: two [[variant]] tables have the same name")
@@ -239,6 +295,10 @@ def load_study(path: str | Path, *, quick: bool = False) -> Study:
         raise ConfigError(f"study file {path}: unknown step {bad[0]!r}{_suggest(bad[0], STEPS)}; "
                           f"steps are {', '.join(STEPS)}")
     per_corpus = [s for s in study.steps if s in CORPUS_STEPS]
+    if study.seeds and per_corpus:
+        raise ConfigError(f"study file {path}: the {per_corpus[0]} step compares one model per "
+                          "corpus; a study with seeds runs train, compare, generate, attention, "
+                          "generation and seeds")
     if study.variants and per_corpus:
         raise ConfigError(f"study file {path}: the {per_corpus[0]} step compares one model per "
                           "corpus; a study with [[variant]] tables runs "
@@ -347,6 +407,10 @@ class StudyRunner:
                   for a in study.corpora for b in study.corpora if a != b]),
                 ("Run comparison", "compare/compare.md", ["compare/curves.png"]),
                 ("Generation", "generate/summary.md", []),
+                ("Means over seeds", "seeds/results.md",
+                 [f"seeds/{kind}_{self.run_dir(c).name}.png" for c in study.corpora
+                  for kind in ("train_loss", "val_loss", "attention_metrics",
+                               "layer_similarity")]),
                 ("Softmax confidence", "softmax/summary.md", ["softmax/summary.png"]),
                 ("Gradient attribution", "attribution/by_class_models.md",
                  ["attribution/by_class_models.png"])):
@@ -454,6 +518,38 @@ class StudyRunner:
                 continue
             attention_probe(ckpt, a.prompt, self.out / "attention" / run.name, layer=a.layer,
                             heads=a.heads or None)
+
+    def step_generation(self) -> None:
+        """Generation quality, speed and generation-time attention of every run, per checkpoint
+        (analysis/generation.py)."""
+        from lmscope.analysis.generation import generation_probe, write_generation
+
+        g = self.study.generation
+        for run in self.study.runs():
+            folder = self.out / "generation" / run.name
+            if self._done(folder):
+                continue
+            result = generation_probe(self.run_dir(run.name), num_samples=g.num_samples,
+                                      prompt=g.prompt, max_new_tokens=g.max_new_tokens,
+                                      temperature=g.temperature, which=g.checkpoints,
+                                      device=self.device,
+                                      log=lambda m, name=run.name: self.log(f"  {name} {m}"))
+            write_generation(result, folder, title=f"of {run.name}")
+            self._mark_done(folder)
+
+    def step_seeds(self) -> None:
+        """Means over seeds with standard errors, and their plots (analysis/seeds.py)."""
+        from lmscope.analysis.common import corpus_label
+        from lmscope.analysis.seeds import aggregate_seeds
+
+        groups: dict[str, dict[str, list[Path]]] = {}
+        for run in self.study.runs():
+            variant = run.variant.name if run.variant else self.study.name
+            groups.setdefault(corpus_label(run.corpus), {}).setdefault(variant, []).append(
+                self.run_dir(run.name))
+        generation = self.out / "generation"
+        aggregate_seeds(groups, self.out / "seeds",
+                        generation_dir=generation if generation.is_dir() else None)
 
     def step_matrix(self) -> None:
         from lmscope.analysis.cross_domain import cross_domain_matrix, write_matrix
@@ -638,7 +734,9 @@ def _mean(values) -> float:
     return sum(numbers) / len(numbers) if numbers else float("nan")
 
 
-def run_study(path: str | Path, out_dir: str | Path, *, quick: bool = False, device: str = "auto",
+def run_study(path: str | Path, out_dir: str | Path, *, quick: bool = False,
+              seeds: list[int] | None = None, device: str = "auto",
               log=print) -> dict[str, float]:
     """Run (or continue) the study in `path`, writing into `out_dir`; returns seconds per step."""
-    return StudyRunner(load_study(path, quick=quick), out_dir, device=device, log=log).run()
+    return StudyRunner(load_study(path, quick=quick, seeds=seeds), out_dir, device=device,
+                       log=log).run()

@@ -91,7 +91,7 @@ def panels(n: int, *, title: str, width: float = 5.0, height: float = 3.6):
     """A row of `n` axes sharing a title, for side-by-side comparisons; save with `save`."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.02)  # above the axes titles
     return fig, list(axes[0])
 
 

@@ -5,6 +5,7 @@ A run folder holds everything about one training run:
     RUN/config.toml       the full resolved config (train it again with --config RUN/config.toml)
     RUN/tokenizer.json    the tokenizer (also inside every checkpoint)
     RUN/metrics.jsonl     one JSON object per line: {"kind": "train"|"eval", "iter", losses, "lr", ...}
+    RUN/attention.jsonl   attention metrics every track.attention_every iterations (gpt; tracking.py)
     RUN/samples.md        the sample written at each checkpoint, oldest first
     RUN/summary.json      final figures, written when the run ends
     RUN/checkpoints/      iter_NNNNNNN/, best/, final/, last/ (see checkpoint.py)
@@ -61,6 +62,7 @@ from lmscope.train.checkpoint import (
     save_checkpoint,
 )
 from lmscope.train.distributed import Distributed, init_distributed, shutdown
+from lmscope.train.tracking import AttentionTracker, probe_batch
 
 
 class TrainingInterrupted(LmscopeError):
@@ -257,6 +259,12 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.sampler = self._sampler([t.tokens for t in self.train_tokens], tc.seed,
                                      rank=self.dist.rank, world_size=self.dist.world_size)
+        self.tracker = None  # attention metrics on a fixed probe batch (gpt models, rank 0)
+        if cfg.track.attention_every and self.dist.is_main and \
+                hasattr(self.raw_model, "forward_with_attention"):
+            probe = probe_batch(self.val_tokens[0].tokens, self.block_size,
+                                cfg.track.attention_batch)
+            self.tracker = AttentionTracker(self.run_dir, probe, save_maps=cfg.track.save_maps)
         self.iter = 0
         self.best_val = math.inf
         self.elapsed = 0.0  # wall-clock seconds of training so far, over all sessions of the run
@@ -387,6 +395,10 @@ class Trainer:
         tc = self.config.train
         return it % tc.eval_interval == 0 or it >= tc.max_iters or it in self.checkpoint_iters
 
+    def _tracks_at(self, it: int) -> bool:
+        every = self.config.track.attention_every
+        return self.tracker is not None and (it % every == 0 or it >= self.config.train.max_iters)
+
     def _open_metrics(self) -> None:
         self.metrics = None
         if not self.dist.is_main:
@@ -407,6 +419,9 @@ class Trainer:
                     kept.append(line)
         atomic_write_text(path, "".join(line + "\n" for line in kept))
         self.metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in run())
+        if self.tracker is not None:  # the same for attention.jsonl
+            self.tracker.keep_rows(lambda it: self.resume and (
+                it < self.iter or (it == self.iter and not self._tracks_at(it))))
 
     def _write_metrics(self, row: dict) -> None:
         if self.metrics is None:
@@ -593,6 +608,9 @@ class Trainer:
                 self.elapsed = elapsed_before + time.perf_counter() - session_start
                 # -- evaluate and keep checkpoints at this point (state after `it` steps)
                 at_end = it >= tc.max_iters
+                if self._tracks_at(it):
+                    row = self.tracker.capture(self.raw_model, it)
+                    window_t += row["seconds"]  # tokens/s counts optimizer steps only
                 if self._evaluates_at(it):
                     losses = self.estimate_loss()
                     row = {"kind": "eval", "iter": it, "train_loss": losses["train"],
@@ -667,7 +685,9 @@ class Trainer:
                        for k, v in vars(summary).items()},
                     "val_loss_is": "whole split" if full else "estimate",
                     "params": n_params, "corpus": self.corpus_name, "model": cfg.model_name,
-                    "processes": self.dist.world_size})
+                    "processes": self.dist.world_size,
+                    "attention_tracking_s": round(self.tracker.seconds, 3) if self.tracker
+                    else None})
                 self._plot_curves()
             what = "whole-split" if full else "estimated"
             log(f"done: {what} val loss {val_loss:.4f} nats/token "

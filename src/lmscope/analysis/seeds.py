@@ -1,0 +1,232 @@
+"""Multi-seed results: the same runs trained with several seeds, reported as means with standard
+errors (the AI-Scientist nanoGPT template's final_info and plots, from ordinary run folders).
+
+`aggregate_seeds(groups, out_dir)` takes, for each dataset, the runs of each variant (one run
+folder per seed) and writes:
+
+    results.json                  per dataset (and variant, when a dataset has several):
+                                  final_train_loss, best_val_loss, total_train_time,
+                                  avg_inference_tokens_per_second, each as <name>_mean and
+                                  <name>_stderr, plus the per-seed values
+    results.md                    the same as a table
+    train_loss_<dataset>.png      train loss per iteration: mean over seeds, shaded +-1 SE
+    val_loss_<dataset>.png        validation loss estimates, the same way
+    attention_metrics_<dataset>.png  attention entropy and 90% span per layer over iterations
+    layer_similarity_<dataset>.png   Jensen-Shannon divergence (and cosine similarity) between
+                                  the head-averaged maps of each pair of layers, over iterations
+    correlation_<dataset>.csv/.md  attention metrics vs validation loss, every seed's points pooled
+
+The standard error of n values is their sample standard deviation (ddof 1) over sqrt(n); with one
+seed it is left empty. Curves are averaged at the iterations every seed has.
+
+Where the numbers come from, per run: final_train_loss is the train-loss estimate of the last
+evaluation (metrics.jsonl), best_val_loss the lowest validation estimate (summary.json),
+total_train_time the run's wall-clock training seconds (summary.json), and
+avg_inference_tokens_per_second the sampling speed of the final checkpoint measured by the
+generation step (generation/<run>/generation.csv; empty when that step did not run).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lmscope.analysis.common import markdown_table
+from lmscope.analysis.correlation import (
+    ATTENTION_METRICS,
+    correlate,
+    read_jsonl,
+    write_correlations,
+)
+from lmscope.io import atomic_write_json, atomic_write_text
+from lmscope.report import plots
+
+QUANTITIES = ("final_train_loss", "best_val_loss", "total_train_time",
+              "avg_inference_tokens_per_second")
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error (ddof 1) of the finite values; None where undefined."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, None
+    return mean, float(np.std(xs, ddof=1) / math.sqrt(len(xs)))
+
+
+def run_figures(run_dir: Path, generation_csv: Path | None = None) -> dict:
+    """The four quantities of one run (see the module docstring)."""
+    from lmscope.train.trainer import read_metrics
+
+    rows = read_metrics(run_dir)
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    speed = None
+    if generation_csv is not None and generation_csv.is_file():
+        with open(generation_csv, encoding="utf-8", newline="") as f:
+            table = list(csv.DictReader(f))
+        if table:
+            speed = float(table[-1]["tokens_per_s"])  # the last checkpoint: the final model
+    return {"final_train_loss": evals[-1]["train_loss"] if evals else None,
+            "best_val_loss": summary.get("best_val_loss"),
+            "total_train_time": summary.get("elapsed_s"),
+            "avg_inference_tokens_per_second": speed}
+
+
+def _curve(runs: Sequence[Path], pick) -> tuple[list[int], np.ndarray]:
+    """Per-seed curves (iteration -> value) aligned on the iterations all seeds have."""
+    curves = [dict(pick(run)) for run in runs]
+    shared = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return shared, np.array([[c[i] for i in shared] for c in curves], dtype=np.float64)
+
+
+def _band(ax, iters, values: np.ndarray, label: str, color: str) -> None:
+    """Mean line with a shaded +-1 standard error band (no band for one seed)."""
+    if not iters:
+        return
+    mean = values.mean(axis=0)
+    ax.plot(iters, mean, color=color, label=label)
+    if len(values) > 1:
+        se = values.std(axis=0, ddof=1) / math.sqrt(len(values))
+        ax.fill_between(iters, mean - se, mean + se, color=color, alpha=0.25)
+
+
+def _losses(kind: str, key: str):
+    from lmscope.train.trainer import read_metrics
+
+    def pick(run):
+        return [(r["iter"], r[key]) for r in read_metrics(run)
+                if r.get("kind") == kind and r.get(key) is not None and math.isfinite(r[key])]
+    return pick
+
+
+def _attention(key, layer=None, pair=None):
+    def pick(run):
+        path = run / "attention.jsonl"
+        rows = read_jsonl(path) if path.is_file() else []
+        if layer is not None:
+            return [(r["iter"], float(np.mean(r["layers"][layer][key]))) for r in rows]
+        i, j = pair
+        return [(r["iter"], r[key][i][j]) for r in rows]
+    return pick
+
+
+def _n_layers(runs: Sequence[Path]) -> int:
+    for run in runs:
+        path = run / "attention.jsonl"
+        if path.is_file():
+            rows = read_jsonl(path)
+            if rows:
+                return int(rows[0]["n_layers"])
+    return 0
+
+
+def aggregate_seeds(groups: Mapping[str, Mapping[str, Sequence[Path]]], out_dir: str | Path, *,
+                    generation_dir: Path | None = None) -> dict:
+    """groups: dataset -> variant -> run folders (one per seed). Returns what results.json holds."""
+    out_dir = Path(out_dir)
+    results: dict = {}
+    table = []
+    for dataset, variants in groups.items():
+        results[dataset] = {}
+        for variant, runs in variants.items():
+            per_seed = [run_figures(run, generation_dir / run.name / "generation.csv"
+                                    if generation_dir else None) for run in runs]
+            entry: dict = {"n_seeds": len(runs), "runs": [run.name for run in runs]}
+            for q in QUANTITIES:
+                mean, se = mean_stderr([s[q] for s in per_seed])
+                entry[f"{q}_mean"], entry[f"{q}_stderr"] = mean, se
+                entry[q] = [s[q] for s in per_seed]
+            results[dataset][variant] = entry
+        if len(variants) == 1:  # one model per dataset: its figures directly under the dataset
+            (variant,) = variants
+            results[dataset] = {"variant": variant, **results[dataset][variant]}
+            table.append([dataset, variant, len(runs),
+                          *(_pm(entry[f"{q}_mean"], entry[f"{q}_stderr"]) for q in QUANTITIES)])
+        _plot_dataset(dataset, variants, out_dir)
+        pooled = [run for runs in variants.values() for run in runs]
+        rows = [r for run in pooled for r in _attention_with_loss(run)]
+        if rows:
+            write_correlations(
+                correlate({m: [r.get(m) for r in rows] for m in ATTENTION_METRICS},
+                          {"val_loss": [r["val_loss"] for r in rows]}),
+                out_dir, f"correlation_{dataset}",
+                f"{dataset}: attention metrics vs validation loss (all seeds' points)")
+    atomic_write_json(out_dir / "results.json", results)
+    atomic_write_text(out_dir / "results.md", "# Means over seeds (+- standard error)\n\n" +
+                      markdown_table(["dataset", "variant", "seeds", *QUANTITIES], table))
+    return results
+
+
+def _pm(mean, se) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.4g}" + (f" ± {se:.2g}" if se is not None else "")
+
+
+def _attention_with_loss(run: Path) -> list[dict]:
+    from lmscope.train.trainer import read_metrics
+
+    path = run / "attention.jsonl"
+    if not path.is_file():
+        return []
+    val = {r["iter"]: r["val_loss"] for r in read_metrics(run) if r.get("kind") == "eval"}
+    return [{**r, "val_loss": val[r["iter"]]} for r in read_jsonl(path) if r["iter"] in val]
+
+
+def _plot_dataset(dataset: str, variants: Mapping[str, Sequence[Path]], out_dir: Path) -> None:
+    for kind, key, name, label in (("train", "loss", "train_loss", "train loss"),
+                                   ("eval", "val_loss", "val_loss", "validation loss")):
+        fig, axes = plots.panels(1, title=f"{dataset}: {label}, mean over seeds +- 1 SE",
+                                 width=7, height=4)
+        for i, (variant, runs) in enumerate(variants.items()):
+            iters, values = _curve(runs, _losses(kind, key))
+            _band(axes[0], iters, values, f"{variant} ({len(runs)} seeds)", f"C{i}")
+        _finish(axes, f"{label} (nats/token)")
+        plots.save(fig, out_dir / f"{name}_{dataset}.png")
+
+    runs_all = [run for runs in variants.values() for run in runs]
+    n_layers = _n_layers(runs_all)
+    fig, axes = plots.panels(2, title=f"{dataset}: attention over training, per layer "
+                                      "(mean over heads; +- 1 SE over seeds)")
+    for i, (variant, runs) in enumerate(variants.items()):
+        for layer in range(n_layers):
+            style = f"C{layer}" if len(variants) == 1 else f"C{i}"
+            tag = f"layer {layer}" if len(variants) == 1 else f"{variant} L{layer}"
+            for ax, key in zip(axes, ("entropy_bits", "span90"), strict=True):
+                iters, values = _curve(runs, _attention(key, layer=layer))
+                _band(ax, iters, values, tag, style)
+    axes[0].set_title("attention entropy (bits)")
+    axes[1].set_title("90% attention span (tokens)")
+    _finish(axes, "")
+    plots.save(fig, out_dir / f"attention_metrics_{dataset}.png")
+
+    fig, axes = plots.panels(2, title=f"{dataset}: similarity of layers' head-averaged "
+                                      "attention (+- 1 SE over seeds)")
+    pairs = [(a, b) for a in range(n_layers) for b in range(a + 1, n_layers)]
+    for k, (a, b) in enumerate(pairs):
+        for ax, key in zip(axes, ("layer_js", "layer_cosine"), strict=True):
+            for runs in variants.values():
+                iters, values = _curve(runs, _attention(key, pair=(a, b)))
+                _band(ax, iters, values, f"L{a}-L{b}", f"C{k % 10}")
+    axes[0].set_title("Jensen-Shannon divergence (bits)")
+    axes[1].set_title("cosine similarity")
+    _finish(axes, "")
+    plots.save(fig, out_dir / f"layer_similarity_{dataset}.png")
+
+
+def _finish(axes, ylabel: str) -> None:
+    for ax in axes:
+        ax.set_xlabel("iteration")
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
