@@ -91,6 +91,8 @@ class TrainConfig:
     sample_prompt: str = "\n"  # prompt of the sample written at each checkpoint
     sample_tokens: int = 200  # its length in tokens (0: no samples)
     final_eval: bool = True  # whole-split validation loss at the end (else the last estimate)
+    skip_nonfinite: bool = False  # skip (and count) steps with a non-finite loss or gradient
+    # instead of stopping the run there
     init_from: str = ""  # a checkpoint (or run folder) to fine-tune; its model and tokenizer are used
     eval_corpora: list[str] = field(default_factory=list)  # more corpora whose val loss is estimated
     seed: int = 1337

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -256,3 +257,51 @@ def test_a_stopped_mixture_run_resumes_bit_identically(tiny_corpus, tmp_path, mo
     assert _train_rows(tmp_path / "resumed") == _train_rows(tmp_path / "straight")
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _poison_training_forward(monkeypatch, calls: set[int]):
+    """Make the model's training forward passes number `calls` (1-based) return NaN logits."""
+    from lmscope.models.gpt import GPT
+
+    real_forward = GPT.forward
+    seen = {"n": 0}
+
+    def forward(self, idx, *args, **kwargs):
+        logits = real_forward(self, idx, *args, **kwargs)
+        if self.training:
+            seen["n"] += 1
+            if seen["n"] in calls:
+                return logits * float("nan")
+        return logits
+
+    monkeypatch.setattr(GPT, "forward", forward)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_state(
+        tiny_corpus, tmp_path, monkeypatch):
+    _poison_training_forward(monkeypatch, {17})
+    run = tmp_path / "r"
+    with pytest.raises(LmscopeError, match="non-finite loss at iteration 17; the last good state"):
+        _quiet(_config(tiny_corpus, "train.checkpoint_at=[]"), run)
+    last = run / "checkpoints" / "last"
+    assert json.loads((last / "train_state.json").read_text())["iter"] == 10
+    weights = _weights(run, "last")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["iter"] for r in rows) == 15  # nothing logged past the last good step
+    monkeypatch.undo()
+    _quiet(_config(tiny_corpus, "train.checkpoint_at=[]"), run, resume=True)  # and it resumes
+
+
+def test_skip_nonfinite_skips_and_counts_bad_steps(tiny_corpus, tmp_path, monkeypatch):
+    _poison_training_forward(monkeypatch, {5, 6, 21})
+    run = tmp_path / "r"
+    result = _quiet(_config(tiny_corpus, "train.skip_nonfinite=true", "train.log_interval=1"),
+                    run)
+    assert math.isfinite(result.val_loss)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = {r["iter"]: r for r in rows if r["kind"] == "train" and r["iter"] > 0}
+    assert train_rows[5]["loss"] is None and train_rows[5]["skipped_steps"] == 1
+    assert train_rows[30]["skipped_steps"] == 3
+    assert json.loads((run / "summary.json").read_text())["skipped_steps"] == 3
+    assert all(torch.isfinite(w).all() for w in _weights(run).values())

@@ -99,7 +99,8 @@ def training_curves(rows: Sequence[Mapping], path, *, title: str) -> Path:
     """A run's curves from its metrics rows: train loss at every logged step, and the validation
     (and train) loss estimates at every evaluation, labelled by epoch where the run has epochs."""
     plt = _pyplot()
-    train = [(r["iter"], r["loss"]) for r in rows if r.get("kind") == "train"]
+    train = [(r["iter"], r["loss"]) for r in rows
+             if r.get("kind") == "train" and r.get("loss") is not None]  # None: a skipped step
     evals = [r for r in rows if r.get("kind") == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:

@@ -270,6 +270,7 @@ class Trainer:
         self.elapsed = 0.0  # wall-clock seconds of training so far, over all sessions of the run
         self.step_time = 0.0  # of which in optimizer steps (for tokens/s)
         self.tokens_seen = 0
+        self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient
 
     def _fingerprint(self) -> str:
         """The training text's fingerprint: the corpus's own, or one over a mixture's parts."""
@@ -354,6 +355,7 @@ class Trainer:
         info = {
             "iter": self.iter, "best_val": self.best_val, "elapsed_s": self.elapsed,
             "step_time_s": self.step_time, "tokens_seen": self.tokens_seen,
+            "skipped_steps": self.skipped_steps,
             "corpus_fingerprint": self.corpus_fingerprint, "param_groups": sd["param_groups"],
             "optimizer_scalars": opt_state, "sampler": self.sampler.state_dict(),
         }
@@ -386,6 +388,7 @@ class Trainer:
             self.iter, self.best_val = info["iter"], info["best_val"]
             self.elapsed, self.tokens_seen = info["elapsed_s"], info["tokens_seen"]
             self.step_time = info["step_time_s"]
+            self.skipped_steps = info.get("skipped_steps", 0)
         except (OSError, ValueError, KeyError, SafetensorError) as e:
             raise CheckpointError(f"cannot resume: the training state in {last} is corrupt or "
                                   f"incomplete ({type(e).__name__}: {e})") from None
@@ -553,8 +556,20 @@ class Trainer:
                     logits = self.model(x)
                     loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
                 (loss / tc.grad_accum).backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), tc.grad_clip)
+        # the global gradient norm (clipped to grad_clip when set): not finite when the loss or
+        # any gradient is not (every process has the same reduced gradients, so the same answer)
+        norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(),
+                                              tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        if not bool(torch.isfinite(norm) & torch.isfinite(loss.detach())):
+            self.optimizer.zero_grad(set_to_none=True)
+            what = "loss" if not torch.isfinite(loss.detach()) else "gradient"
+            if not tc.skip_nonfinite:
+                raise LmscopeError(
+                    f"training stopped: non-finite {what} at iteration {self.iter + 1}; the last "
+                    f"good state is in {self.run_dir / 'checkpoints' / 'last'} (try a lower "
+                    "train.lr, or --set train.skip_nonfinite=true to skip such steps)")
+            self.skipped_steps += 1  # the weights and optimizer state stay as they were
+            return loss.detach()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
@@ -647,17 +662,16 @@ class Trainer:
                 bar.update(1)
                 if self.iter % tc.log_interval == 0 or self.iter == tc.max_iters:
                     last_loss = self.dist.mean(loss).item()
-                    if not math.isfinite(last_loss):
-                        raise LmscopeError(
-                            f"training diverged: the loss is {last_loss} at iteration {self.iter}; "
-                            f"the last good state is in {self.run_dir / 'checkpoints' / 'last'} "
-                            "(try a lower train.lr)")
                     now = time.perf_counter()
                     tps = window_tokens / max(now - window_t, 1e-9)
                     window_t, window_tokens = now, 0
-                    self._write_metrics({"kind": "train", "iter": self.iter, "loss": last_loss,
-                                         "lr": lr, "tokens_per_s": round(tps, 1),
-                                         "elapsed_s": round(self.elapsed, 3)})
+                    row = {"kind": "train", "iter": self.iter,
+                           "loss": last_loss if math.isfinite(last_loss) else None,
+                           "lr": lr, "tokens_per_s": round(tps, 1),
+                           "elapsed_s": round(self.elapsed, 3)}
+                    if tc.skip_nonfinite:
+                        row["skipped_steps"] = self.skipped_steps
+                    self._write_metrics(row)
                     bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tps:,.0f}")
                 if self.dist.any(self._stop_requested, self.device):
                     self._save("last", {}, sample=False, train_state=True)
@@ -687,7 +701,7 @@ class Trainer:
                     "params": n_params, "corpus": self.corpus_name, "model": cfg.model_name,
                     "processes": self.dist.world_size,
                     "attention_tracking_s": round(self.tracker.seconds, 3) if self.tracker
-                    else None})
+                    else None, "skipped_steps": self.skipped_steps})
                 self._plot_curves()
             what = "whole-split" if full else "estimated"
             log(f"done: {what} val loss {val_loss:.4f} nats/token "
