@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.conftest import TINY_SETTINGS
 
 
@@ -91,65 +89,6 @@ def test_eval_reports_characters_outside_the_vocabulary(tiny_run, tmp_path):
     r = lmscope("eval", tiny_run, "--data", foreign, "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["n_unknown"] > 0
-
-
-@pytest.fixture
-def bad_files(tmp_path):
-    (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "short.txt").write_text("too short\n")
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 500)
-    (tmp_path / "bad.toml").write_text("[train\nmax_iters = 3")
-    return tmp_path
-
-
-@pytest.mark.parametrize("args,fragments", [
-    (["train", "--data", "{tmp}/missing.txt", "--out", "{tmp}/r"], ["missing.txt"]),
-    (["train", "--data", "{tmp}/empty.txt", "--out", "{tmp}/r"], ["empty"]),
-    (["train", "--data", "{tmp}/short.txt", "--out", "{tmp}/r"], ["block_size"]),
-    (["train", "--data", "{tmp}/latin1.txt", "--out", "{tmp}/r"], ["UTF-8", "data.tokenizer=byte"]),
-    (["train", "--data", "nosuchcorpus", "--out", "{tmp}/r"], ["nosuchcorpus"]),
-    (["train", "--data", "{tmp}/short.txt", "--set", "model.n_head=5"], ["divisible"]),
-    (["train", "--data", "{tmp}/short.txt", "--set", "train.max_iter=5"],
-     ["did you mean train.max_iters"]),
-    (["train", "--data", "{tmp}/short.txt", "--preset", "nope"], ["unknown preset"]),
-    (["train", "--data", "{tmp}/short.txt", "--config", "{tmp}/bad.toml"], ["not valid TOML"]),
-    (["train", "--out", "{tmp}/nothing", "--resume"], ["cannot resume"]),
-    (["sample", "{tmp}/no_run", "--prompt", "x"], ["does not exist"]),
-    (["sample", "{tmp}", "--prompt", "x"], ["holds no checkpoints"]),
-    (["eval", "{tmp}/no_run", "--data", "shakespeare"], ["does not exist"]),
-    (["data", "info", "shakespear"], ["did you mean 'shakespeare'"]),
-    (["train", "--data", "{tmp}/short.txt", "--set", "track.attention_evry=5"],
-     ["did you mean track.attention_every"]),
-    (["train", "--data", "{tmp}/short.txt", "--set", "track.attention_every=-1"],
-     ["track.attention_every must not be negative"]),
-    (["probe", "generation", "{tmp}", "--num-samples", "0", "--out", "{tmp}/g"],
-     ["--num-samples", "0 is not in the range"]),
-    (["train", "--data", "{tmp}/short.txt:0", "--data", "shakespeare:1"],
-     ["weight of", "must be a positive number, got 0"]),
-    (["train", "--data", "{tmp}/short.txt:0.5", "--data", "nosuchcorpus:0.5", "--out", "{tmp}/r"],
-     ["nosuchcorpus"]),
-])
-def test_bad_input_gives_one_line_error(bad_files, args, fragments):
-    args = [a.replace("{tmp}", str(bad_files)) for a in args]
-    assert_clean_error(lmscope(*args, cwd=bad_files), *fragments)
-
-
-def test_bad_inputs_against_a_trained_run(tiny_run, tmp_path):
-    assert_clean_error(lmscope("sample", tiny_run, "--prompt", "Zebra {}"), "not in the vocabulary")
-    assert_clean_error(lmscope("sample", tiny_run, "--top-p", "1.5"), "--top-p")
-    assert_clean_error(lmscope("sample", tiny_run, "--temperature", "0"), "--temperature")
-    assert_clean_error(lmscope("eval", tiny_run, "--data", tmp_path / "absent.txt"),
-                       "absent.txt")
-    assert_clean_error(lmscope("eval", tiny_run, "--data", tiny_run / "config.toml", "--split",
-                               "test"), "no split 'test'")
-    assert_clean_error(lmscope("sample", tiny_run, "--device", "foo"), "unknown device")
-    # a corrupt checkpoint
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    for f in (tiny_run / "checkpoints" / "final").iterdir():
-        (broken / f.name).write_bytes(f.read_bytes())
-    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
-    assert_clean_error(lmscope("sample", broken, "--prompt", "A"), "model.safetensors")
 
 
 def test_training_into_an_existing_run_keeps_its_files(tiny_corpus, tmp_path):

@@ -110,6 +110,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, model_name: str, mode
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         replace_dir(tmp, path)
+    except SafetensorError as e:  # safetensors reports a full disk as its own error
+        raise OSError(f"cannot write the checkpoint {path} ({e})") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from lmscope.analysis.attention_metrics import attention_summary
@@ -67,8 +68,11 @@ class AttentionTracker:
         if self.maps_dir is not None:
             tensors = {f"layer_{i}": a.to(torch.float16).cpu().contiguous()
                        for i, a in enumerate(attentions)}
-            atomic_write(self.maps_dir / f"iter_{it:07d}.safetensors",
-                         lambda tmp: save_file(tensors, str(tmp)))
+            path = self.maps_dir / f"iter_{it:07d}.safetensors"
+            try:
+                atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+            except SafetensorError as e:  # e.g. a full disk
+                raise OSError(f"cannot write {path} ({e})") from None
         row["seconds"] = round(time.perf_counter() - start, 4)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

@@ -1,0 +1,283 @@
+"""Every bad input we know of, for every command: one `error:` line, a non-zero exit, no
+traceback, and nothing already on disk changed. This table is also docs/errors.md:
+
+    LMSCOPE_WRITE_ERRORS_DOC=1 pytest tests/test_errors.py     # rewrites docs/errors.md
+
+and a test checks that the document lists every case, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import resource
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROMPTS, TINY_SETTINGS, TINY_TEXT
+from tests.test_cli import assert_clean_error
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    command: str  # the command, for the table
+    bad: str  # what is wrong with the input
+    args: tuple[str, ...]  # {w}: a folder of bad files, {run}: a trained run
+    expect: tuple[str, ...]  # fragments of the error line
+    file_limit: int | None = None  # bytes: a process that may write no more (a full disk)
+
+
+C = Case
+CASES = [
+    # --- train: the training text
+    C("train-missing-file", "train", "a corpus file that does not exist",
+      ("train", "--data", "{w}/missing.txt", "--out", "{w}/out"), ("missing.txt",)),
+    C("train-empty-file", "train", "an empty corpus file",
+      ("train", "--data", "{w}/empty.txt", "--out", "{w}/out"), ("empty",)),
+    C("train-short-file", "train", "a corpus shorter than one block",
+      ("train", "--data", "{w}/short.txt", "--out", "{w}/out"), ("block_size",)),
+    C("train-latin1", "train", "a non-UTF-8 (Latin-1) text file",
+      ("train", "--data", "{w}/latin1.txt", "--out", "{w}/out"), ("UTF-8", "tokenizer=byte")),
+    C("train-binary", "train", "a binary file (every byte value)",
+      ("train", "--data", "{w}/binary.bin", "--out", "{w}/out"), ("UTF-8",)),
+    C("train-empty-folder", "train", "a folder with no text files",
+      ("train", "--data", "{w}/nothing", "--out", "{w}/out"), ("nothing",)),
+    C("train-unknown-corpus", "train", "an unknown corpus name",
+      ("train", "--data", "nosuchcorpus", "--out", "{w}/out"), ("nosuchcorpus",)),
+    C("train-mixture-weight", "train", "a mixture weight of 0",
+      ("train", "--data", "{w}/tiny.txt:0", "--data", "shakespeare:1"),
+      ("must be a positive number, got 0",)),
+    C("train-mixture-unknown", "train", "a mixture with an unknown corpus",
+      ("train", "--data", "{w}/tiny.txt:0.5", "--data", "nosuchcorpus:0.5", "--out", "{w}/out"),
+      ("nosuchcorpus",)),
+    # --- train: configuration
+    C("set-unknown-key", "train", "a misspelt --set key",
+      ("train", "--data", "{w}/tiny.txt", "--set", "train.max_iter=5"),
+      ("did you mean train.max_iters",)),
+    C("set-unknown-section", "train", "an unknown --set section",
+      ("train", "--data", "{w}/tiny.txt", "--set", "trian.max_iters=5"), ("trian",)),
+    C("set-no-section", "train", "a --set key without a section",
+      ("train", "--data", "{w}/tiny.txt", "--set", "max_iters=5"), ("section.name",)),
+    C("set-no-value", "train", "a --set without =value",
+      ("train", "--data", "{w}/tiny.txt", "--set", "train.max_iters"), ("key=value",)),
+    C("set-bad-type", "train", "a value of the wrong type",
+      ("train", "--data", "{w}/tiny.txt", "--set", "train.max_iters=many"),
+      ("train.max_iters must be an integer",)),
+    C("set-bad-range", "train", "a value out of range",
+      ("train", "--data", "{w}/tiny.txt", "--set", "train.lr=-1"), ("train.lr",)),
+    C("set-heads", "train", "heads that do not divide the width",
+      ("train", "--data", "{w}/tiny.txt", "--set", "model.n_head=5"), ("divisible",)),
+    C("set-track", "train", "a negative tracking interval",
+      ("train", "--data", "{w}/tiny.txt", "--set", "track.attention_every=-1"),
+      ("track.attention_every must not be negative",)),
+    C("set-other-model-key", "train", "a key of another architecture",
+      ("train", "--data", "{w}/tiny.txt", "--model", "lstm", "--set", "model.n_head=4"),
+      ("unknown config key model.n_head",)),
+    C("unknown-model", "train", "an unknown model name",
+      ("train", "--data", "{w}/tiny.txt", "--model", "transformerxl"),
+      ("unknown model 'transformerxl'",)),
+    C("kgram-k", "train", "a k-gram model with k < 1",
+      ("train", "--data", "{w}/tiny.txt", "--model", "kgram", "--set", "model.k=0"),
+      ("model.k must be at least 1",)),
+    C("unknown-preset", "train", "an unknown preset",
+      ("train", "--data", "{w}/tiny.txt", "--preset", "nope"), ("unknown preset",)),
+    C("config-invalid", "train", "a config file that is not TOML",
+      ("train", "--data", "{w}/tiny.txt", "--config", "{w}/bad.toml"), ("not valid TOML",)),
+    C("config-missing", "train", "a config file that does not exist",
+      ("train", "--data", "{w}/tiny.txt", "--config", "{w}/absent.toml"), ("absent.toml",)),
+    C("unknown-option", "train", "an unknown option",
+      ("train", "--data", "{w}/tiny.txt", "--bogus"), ("No such option",)),
+    # --- train: the run folder
+    C("out-is-file", "train", "--out naming a file",
+      ("train", "--data", "{w}/tiny.txt", "--out", "{w}/tiny.txt"), ("is a file",)),
+    C("out-under-file", "train", "--out inside a file (an unwritable place)",
+      ("train", "--data", "{w}/tiny.txt", "--out", "{w}/tiny.txt/run", "--set", *TINY_SETTINGS),
+      ("tiny.txt",)),
+    C("out-taken", "train", "--out a folder holding other files",
+      ("train", "--data", "{w}/tiny.txt", "--out", "{w}/taken"), ("--resume",)),
+    C("resume-nothing", "train", "--resume of a folder that is not a run",
+      ("train", "--out", "{w}/taken", "--resume"), ("cannot resume",)),
+    C("resume-preset", "train", "--resume with --preset",
+      ("train", "--out", "{run}", "--resume", "--preset", "shakespeare-char-cpu"), ("--preset",)),
+    C("resume-model-change", "train", "--resume changing the model",
+      ("train", "--out", "{run}", "--resume", "--set", "model.n_layer=3"), ("[model]",)),
+    C("disk-full", "train", "a full disk (the process may write at most 64 KB)",
+      ("train", "--data", "{w}/tiny.txt", "--out", "{w}/full", "--set", *TINY_SETTINGS),
+      ("File too large",), file_limit=64 * 1024),
+    # --- sample
+    C("sample-missing-run", "sample", "a run folder that does not exist",
+      ("sample", "{w}/no_run", "--prompt", "x"), ("does not exist",)),
+    C("sample-no-checkpoints", "sample", "a folder with no checkpoints",
+      ("sample", "{w}/taken", "--prompt", "x"), ("holds no checkpoints",)),
+    C("sample-wrong-kind", "sample", "a file that is not a checkpoint",
+      ("sample", "{run}/config.toml", "--prompt", "x"), ("config.toml",)),
+    C("sample-unknown-chars", "sample", "a prompt with characters outside the vocabulary",
+      ("sample", "{run}", "--prompt", "Zebra {}"), ("not in the vocabulary",)),
+    C("sample-empty-prompt", "sample", "an empty prompt",
+      ("sample", "{run}", "--prompt", ""), ("empty",)),
+    C("sample-top-p", "sample", "--top-p above 1", ("sample", "{run}", "--top-p", "1.5"),
+      ("--top-p",)),
+    C("sample-temperature", "sample", "--temperature 0", ("sample", "{run}", "--temperature", "0"),
+      ("--temperature",)),
+    C("sample-tokens", "sample", "a negative --max-new-tokens",
+      ("sample", "{run}", "--max-new-tokens", "-1"), ("max-new-tokens",)),
+    C("sample-seed", "sample", "a seed beyond 64 bits", ("sample", "{run}", "--seed", str(2**70)),
+      ("--seed",)),
+    C("sample-device", "sample", "an unknown device", ("sample", "{run}", "--device", "foo"),
+      ("unknown device",)),
+    C("sample-sweep", "sample", "a top-p sweep value outside (0, 1]",
+      ("sample", "{run}", "--sweep-top-p", "0.5,1.5"), ("outside (0, 1]",)),
+    C("sample-out-alone", "sample", "--out without --sweep-top-p",
+      ("sample", "{run}", "--out", "{w}/sweep"), ("--sweep-top-p",)),
+    C("checkpoint-truncated", "sample", "a truncated model.safetensors",
+      ("sample", "{w}/truncated", "--prompt", "A"), ("model.safetensors",)),
+    C("checkpoint-pickle", "sample", "a pickle planted as model.safetensors (never run)",
+      ("sample", "{w}/pickled", "--prompt", "A"), ("model.safetensors",)),
+    C("checkpoint-meta", "sample", "a meta.json that is not JSON",
+      ("sample", "{w}/badmeta", "--prompt", "A"), ("meta.json",)),
+    # --- eval, data, matrix, transfer
+    C("eval-missing-corpus", "eval", "a corpus file that does not exist",
+      ("eval", "{run}", "--data", "{w}/absent.txt"), ("absent.txt",)),
+    C("eval-missing-run", "eval", "a run folder that does not exist",
+      ("eval", "{w}/no_run", "--data", "shakespeare"), ("does not exist",)),
+    C("eval-split", "eval", "a split the corpus does not have",
+      ("eval", "{run}", "--data", "{w}/tiny.txt", "--split", "test"), ("no split 'test'",)),
+    C("data-typo", "data info", "a misspelt corpus name",
+      ("data", "info", "shakespear"), ("did you mean 'shakespeare'",)),
+    C("stats-unknown", "data stats", "an unknown corpus",
+      ("data", "stats", "no-such-corpus", "--out", "{w}/stats"), ("unknown corpus",)),
+    C("matrix-unknown", "matrix", "an unknown corpus",
+      ("matrix", "--runs", "{run}", "--data", "no-such-corpus", "--out", "{w}/m"),
+      ("unknown corpus",)),
+    C("matrix-no-checkpoints", "matrix", "a run with no checkpoints",
+      ("matrix", "--runs", "{w}/taken", "--data", "{w}/tiny.txt", "--out", "{w}/m"),
+      ("no checkpoints",)),
+    C("transfer-no-checkpoints", "transfer", "a source run with no checkpoints",
+      ("transfer", "--from", "{w}/taken", "--data", "{w}/tiny.txt", "--out", "{w}/t"),
+      ("no checkpoints",)),
+    # --- probes, compare, study
+    C("softmax-empty-prompts", "probe softmax", "a prompt file with no prompts",
+      ("probe", "softmax", "{run}", "--prompts", "{w}/empty.toml", "--out", "{w}/p"),
+      ("no prompts",)),
+    C("attribution-bad-prompts", "probe attribution", "a prompt file that is not TOML",
+      ("probe", "attribution", "{run}", "--prompts", "{w}/bad.toml", "--out", "{w}/p"),
+      ("bad.toml",)),
+    C("attention-layer", "probe attention", "a layer the model does not have",
+      ("probe", "attention", "{run}", "--prompt", "First", "--layer", "5", "--out", "{w}/a"),
+      ("layer 5 does not exist",)),
+    C("attention-heads", "probe attention", "heads that are not numbers",
+      ("probe", "attention", "{run}", "--prompt", "First", "--heads", "0,x", "--out", "{w}/a"),
+      ("--heads",)),
+    C("generation-samples", "probe generation", "--num-samples 0",
+      ("probe", "generation", "{run}", "--num-samples", "0", "--out", "{w}/g"),
+      ("--num-samples",)),
+    C("compare-not-a-run", "compare", "a folder that is not a run",
+      ("compare", "{w}/taken", "--out", "{w}/c"), ("no metrics.jsonl",)),
+    C("study-missing", "study", "a study file that does not exist",
+      ("study", "{w}/missing.toml", "--out", "{w}/s"), ("does not exist",)),
+    C("study-seeds", "study", "--seeds that are not numbers",
+      ("study", "{w}/missing.toml", "--seeds", "a,b", "--out", "{w}/s"), ("--seeds",)),
+    C("study-unknown-table", "study", "a study file with an unknown table",
+      ("study", "{w}/study.toml", "--out", "{w}/s"), ("unknown table [plots]",)),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_run):
+    """Bad files, a folder that is not a run, and broken copies of a checkpoint."""
+    w = tmp_path_factory.mktemp("bad_inputs")
+    (w / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
+    (w / "empty.txt").write_text("")
+    (w / "short.txt").write_text("too short\n")
+    (w / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 500)
+    (w / "binary.bin").write_bytes(bytes(range(256)) * 100)
+    (w / "nothing").mkdir()
+    (w / "bad.toml").write_text("[train\nmax_iters = 3")
+    (w / "empty.toml").write_text("")
+    (w / "prompts.toml").write_text(PROMPTS)
+    (w / "study.toml").write_text('[study]\ncorpora = ["shakespeare"]\n[plots]\nx = 1\n')
+    (w / "taken").mkdir()
+    (w / "taken" / "notes.txt").write_text("mine")
+    final = tiny_run / "checkpoints" / "final"
+    for name in ("truncated", "pickled", "badmeta"):
+        shutil.copytree(final, w / name)
+    weights = (w / "truncated" / "model.safetensors").read_bytes()
+    (w / "truncated" / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    sentinel = w / "pickle_ran"
+    payload = pickle.dumps(_Planted(str(sentinel)))
+    (w / "pickled" / "model.safetensors").write_bytes(payload)
+    (w / "badmeta" / "meta.json").write_text("{not json")
+    return w
+
+
+class _Planted:
+    """Unpickling this would create a file: proof that a loader executed the pickle."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _snapshot(*folders: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+_seen: dict[str, str] = {}  # case id -> the error line, for docs/errors.md
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, world, tiny_run):
+    args = [a.replace("{w}", str(world)).replace("{run}", str(tiny_run)) for a in case.args]
+    before = _snapshot(world, tiny_run)
+
+    def limit():  # a full disk: writing past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (case.file_limit, case.file_limit))
+
+    result = subprocess.run([sys.executable, "-m", "lmscope", *args], capture_output=True,
+                            text=True, cwd=world, timeout=300,
+                            preexec_fn=limit if case.file_limit else None)
+    assert_clean_error(result, *case.expect)
+    after = _snapshot(world, tiny_run)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing changed or lost
+    assert not (world / "pickle_ran").exists()
+    _seen[case.id] = result.stderr.strip().replace(str(world), "DIR").replace(str(tiny_run), "RUN")
+
+
+def test_the_document_lists_every_case():
+    if os.environ.get("LMSCOPE_WRITE_ERRORS_DOC"):
+        assert len(_seen) == len(CASES), "run the whole module to write the document"
+        _write_doc()
+    text = DOC.read_text(encoding="utf-8")
+    missing = [c.id for c in CASES if f"`{c.id}`" not in text]
+    assert not missing, f"docs/errors.md lacks {missing}; regenerate it (see this module)"
+    assert len(CASES) >= 30
+
+
+def _write_doc() -> None:
+    rows = ["| case | command | bad input | what the user sees (exit code 1 or 2) |",
+            "|---|---|---|---|"]
+    for c in CASES:
+        shown = " ".join(a.replace("{w}", "DIR").replace("{run}", "RUN") for a in c.args[:8])
+        cell = _seen[c.id].replace("|", "\\|")
+        rows.append(f"| `{c.id}` | `lmscope {shown}{' ...' if len(c.args) > 8 else ''}` | "
+                    f"{c.bad} | {cell} |")
+    DOC.write_text(
+        "# Bad input and what lmscope says\n\n"
+        "Every row is a case of `tests/test_errors.py`, run in CI: the command gets one `error:`\n"
+        "line on stderr, a non-zero exit code, no traceback, and every file that was on disk\n"
+        "before (the bad files, a trained run) is unchanged after. DIR is the test's folder of\n"
+        "bad files, RUN a small trained run. Regenerate this page with\n"
+        "`LMSCOPE_WRITE_ERRORS_DOC=1 pytest tests/test_errors.py`.\n\n"
+        f"{len(CASES)} cases.\n\n" + "\n".join(rows) + "\n", encoding="utf-8")
