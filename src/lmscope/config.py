@@ -201,7 +201,7 @@ def config_from_dict(raw: dict) -> RunConfig:
     model_raw = dict(raw.get("model", {}))
     name = model_raw.pop("name", "gpt")
     if not isinstance(name, str) or name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}{_suggest(name, MODELS)}; "
+        raise ConfigError(f"unknown model {name!r}{_suggest(str(name), MODELS)}; "
                           f"models are {', '.join(sorted(MODELS))}")
     config = RunConfig(
         model_name=name,

@@ -93,6 +93,22 @@ def existing_dir(path: Path) -> Path | None:
     return old if old.is_dir() else None
 
 
+def user_path(text: str) -> Path:
+    """A path as a user typed it, with `~` expanded where it names a home folder."""
+    try:
+        return Path(text).expanduser()
+    except (RuntimeError, ValueError):  # "~nosuchuser/..." or a NUL byte: keep it as written
+        return Path(text)
+
+
+def path_exists(path: Path) -> bool:
+    """Whether `path` exists; False (not an exception) for names no file can have (NUL bytes)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def cache_dir() -> Path:
     """lmscope's cache folder: $LMSCOPE_CACHE, else $XDG_CACHE_HOME/lmscope, else ~/.cache/lmscope."""
     if os.environ.get("LMSCOPE_CACHE"):

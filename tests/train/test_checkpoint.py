@@ -1,5 +1,6 @@
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,25 @@ def test_missing_and_empty_paths_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no checkpoints"):
         resolve_checkpoint(tmp_path / "empty")
+
+
+def test_no_code_path_can_unpickle():
+    """The loaders read safetensors and JSON only: nothing in the package calls pickle, or
+    torch.load (which unpickles unless weights_only=True)."""
+    import ast
+
+    import lmscope
+
+    root = Path(lmscope.__file__).parent
+    found = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+                if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle", "marshal")
+                       for n in names):
+                    found.append(f"{path.name}:{node.lineno} imports {names}")
+            if isinstance(node, ast.Attribute) and node.attr == "load" and \
+                    isinstance(node.value, ast.Name) and node.value.id == "torch":
+                found.append(f"{path.name}:{node.lineno} calls torch.load")
+    assert not found, found

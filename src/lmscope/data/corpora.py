@@ -40,7 +40,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lmscope.errors import LmscopeError
-from lmscope.io import atomic_write, atomic_write_json, cache_dir
+from lmscope.io import atomic_write, atomic_write_json, cache_dir, path_exists, user_path
 
 TIMEOUT = 30.0  # seconds; an offline machine should fail fast, not hang
 ENWIK8_SPLIT: tuple[tuple[str, int], ...] = (
@@ -311,8 +311,8 @@ def resolve(spec: str, *, val_fraction: float = 0.1, download: bool = True) -> C
     """
     if not 0.0 < val_fraction < 1.0:
         raise LmscopeError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    path = Path(spec).expanduser().absolute()  # absolute, so a later chdir cannot break it
-    if path.exists():
+    path = user_path(spec).absolute()  # absolute, so a later chdir cannot break it
+    if path_exists(path):
         return _from_path(path, val_fraction)
     if spec not in REGISTRY:
         raise _unknown(spec)
@@ -361,7 +361,7 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
     0.3 (a part without `:WEIGHT` weighs 1; weights are normalised). A spec that is an existing
     path is always one corpus, whatever characters its name has.
     """
-    if not spec or Path(spec).expanduser().exists():
+    if not spec or path_exists(user_path(spec)):
         return [(spec, 1.0)]
     parts: list[tuple[str, float]] = []
     for item in spec.split("+"):

@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -52,7 +53,7 @@ from lmscope.data.tokens import BatchSampler, MixtureSampler, encode_to_file
 from lmscope.errors import CheckpointError, LmscopeError
 from lmscope.evaluate import evaluate_token_file
 from lmscope.generate import SamplingConfig, generate
-from lmscope.io import atomic_write_json, atomic_write_text, existing_dir
+from lmscope.io import atomic_write_json, atomic_write_text, existing_dir, path_exists, user_path
 from lmscope.models import build_model
 from lmscope.train.checkpoint import (
     list_checkpoints,
@@ -134,8 +135,8 @@ def build_tokenizer(config: RunConfig, corpus: corpora.Corpus | list[corpora.Cor
 
 
 def _absolute_if_path(corpus: str) -> str:
-    path = Path(corpus).expanduser()
-    return str(path.resolve()) if path.exists() else corpus
+    path = user_path(corpus)
+    return str(path.resolve()) if path_exists(path) else corpus
 
 
 def _absolute_spec(spec: str) -> str:
@@ -164,6 +165,8 @@ class Trainer:
             if last is None or not (last / "train_state.json").is_file():
                 raise LmscopeError(f"cannot resume: {self.run_dir} has no checkpoints/last with a "
                                    "training state (start a new run without --resume)")
+            if self.dist.is_main:
+                self._remove_leftovers()
             return
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise LmscopeError(f"--out {self.run_dir} is a file, not a folder")
@@ -173,6 +176,16 @@ class Trainer:
         self.dist.barrier()  # every process has checked before the first one writes
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _remove_leftovers(self) -> None:
+        """Half-written files of a process killed mid-write (temporary names, never read)."""
+        for pattern in ("checkpoints/.*.tmp-*", ".*.tmp", "checkpoints/.*.tmp",
+                        "attention/.*.tmp"):
+            for path in self.run_dir.glob(pattern):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
     def setup(self) -> None:
         cfg = self.config
@@ -307,7 +320,7 @@ class Trainer:
     def _init_checkpoint(self):
         """The checkpoint train.init_from names; the run takes its model config (and tokenizer)."""
         cfg = self.config
-        path = resolve_checkpoint(Path(cfg.train.init_from).expanduser())
+        path = resolve_checkpoint(user_path(cfg.train.init_from))
         cfg.train.init_from = str(path.resolve())
         source = load_checkpoint(path)
         cfg.model_name = source.model_name

@@ -1,0 +1,59 @@
+"""A training process killed with SIGKILL at random moments never leaves a run that cannot be
+loaded or resumed (every file is written under a temporary name and renamed into place)."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import lmscope
+from lmscope.train.checkpoint import list_checkpoints
+from tests.conftest import TINY_SETTINGS
+
+# checkpoints and evaluations every few steps, so that many kills land inside a write
+BUSY = [*TINY_SETTINGS, "train.max_iters=100000", "train.lr_decay_iters=100000",
+        "train.eval_interval=2", "train.eval_iters=1", "train.checkpoint_every=3",
+        "train.checkpoint_at=[]", "train.sample_tokens=5", "track.attention_every=2"]
+
+
+def _check_loadable(run):
+    for ckpt in list_checkpoints(run):
+        lmscope.load(ckpt, device="cpu")
+    rows = lmscope.read_metrics(run)
+    assert all(isinstance(r, dict) for r in rows)
+    state = json.loads((run / "checkpoints" / "last" / "train_state.json").read_text())
+    return state["iter"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_breaks_a_run(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    rng = random.Random(0)
+    start = [sys.executable, "-m", "lmscope", "train", "--data", str(tiny_corpus), "--out",
+             str(run), "--quiet", "--set", *BUSY]
+    resume = [sys.executable, "-m", "lmscope", "train", "--out", str(run), "--resume", "--quiet"]
+    iters, mid_write = [], 0
+    for _ in range(20):  # 20 kills
+        has_state = (run / "checkpoints" / "last" / "train_state.json").is_file()
+        proc = subprocess.Popen(resume if has_state else start, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(2.0, 4.0))  # past start-up (about 1.5 s), into training
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        leftovers = list((run / "checkpoints").glob(".*.tmp-*")) if run.exists() else []
+        mid_write += bool(leftovers)
+        if (run / "checkpoints" / "last" / "train_state.json").is_file():
+            iters.append(_check_loadable(run))
+    assert len(iters) >= 15, iters  # most kills came after training had begun
+    assert iters == sorted(iters) and iters[-1] > iters[0]  # every restart went on from the last
+    assert mid_write >= 1, "no kill landed inside a checkpoint write; make writes busier"
+    # and the run still finishes normally
+    done = subprocess.run([*resume, "--set", f"train.max_iters={iters[-1] + 4}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not list((run / "checkpoints").glob(".*.tmp-*"))  # the leftovers were cleared
+    assert (run / "checkpoints" / "final" / "model.safetensors").is_file()
