@@ -9,6 +9,8 @@ import sys
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import lmscope
 from lmscope.train.checkpoint import list_checkpoints
@@ -56,4 +58,17 @@ def test_sigkill_at_random_moments_never_breaks_a_run(tiny_corpus, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not list((run / "checkpoints").glob(".*.tmp-*"))  # the leftovers were cleared
-    assert (run / "checkpoints" / "final" / "model.safetensors").is_file()
+    # exact resume: 20 kills later, the same weights and losses as one uninterrupted run
+    n = iters[-1] + 4
+    straight = tmp_path / "straight"
+    plain = subprocess.run([*start[:7], str(straight), "--quiet", "--set", *BUSY,
+                            f"train.max_iters={n}"], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    a = load_file(run / "checkpoints" / "final" / "model.safetensors")
+    b = load_file(straight / "checkpoints" / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(folder):
+        return {r["iter"]: r["loss"] for r in lmscope.read_metrics(folder)
+                if r["kind"] == "train" and r["iter"] > 0}
+    assert losses(run) == losses(straight)
