@@ -186,6 +186,8 @@ CASES = [
       ("--num-samples",)),
     C("compare-not-a-run", "compare", "a folder that is not a run",
       ("compare", "{w}/taken", "--out", "{w}/c"), ("no metrics.jsonl",)),
+    C("report-not-a-run", "report", "a folder that is neither a run nor a study",
+      ("report", "{w}/taken"), ("neither a run folder",)),
     C("study-missing", "study", "a study file that does not exist",
       ("study", "{w}/missing.toml", "--out", "{w}/s"), ("does not exist",)),
     C("study-seeds", "study", "--seeds that are not numbers",

@@ -502,6 +502,27 @@ def study(study_file, out, quick, seeds, device):
                         log=click.echo)
     click.echo(f"done in {sum(timings.values()):.0f} s ("
                + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"); see {out}/")
+    click.echo(f"report: {out / 'report.html'}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+def report(folder, open_browser):
+    """Write DIR/report.html: a run's or a study's configs, curves, tables, samples and figures
+    in one self-contained page (no server, no network).
+
+    \b
+    lmscope report results/domain --open
+    """
+    from lmscope.report.html import write_report
+
+    path = write_report(folder)
+    click.echo(f"report: {path}")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
 
 
 # --- entry point ---------------------------------------------------------------------------------

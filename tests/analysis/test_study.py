@@ -19,7 +19,7 @@ ARTIFACTS = [
     "softmax/summary.csv", "softmax/summary.md", "softmax/summary.png",
     "attribution/by_class_models.csv", "attribution/by_class_models.md",
     "attribution/by_class_models.png",
-    "timings.json", "study.json", "README.md",
+    "timings.json", "study.json", "README.md", "report.html",
 ]
 
 

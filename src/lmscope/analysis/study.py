@@ -60,6 +60,7 @@ the variant of that name (a variant's own tables win over [quick.train]).
     DIR/seeds/            means over seeds +- standard error, curves with bands (analysis/seeds.py)
     DIR/timings.json      seconds per step
     DIR/README.md         every table in one page, with links to the figures
+    DIR/report.html       the same and more in one self-contained web page (report/html.py)
 
 A step (or part of one: a training run, a transfer pair) that finished leaves a `.done` file and
 is skipped when the study runs again; a stopped training run is resumed. So a study can be
@@ -375,6 +376,9 @@ class StudyRunner:
             self._mark_done(self.out / step if step != "train" else self.out / "runs")
             atomic_write_json(timings_file, self.timings)
         self._write_readme()
+        from lmscope.report.html import write_report
+
+        write_report(self.out)
         return self.timings
 
     def _write_readme(self) -> None:

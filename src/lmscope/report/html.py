@@ -1,0 +1,302 @@
+"""One self-contained HTML page for a run folder or a study folder: `lmscope report DIR`.
+
+The page needs no server and no network: figures are embedded as base64 PNG, the style sheet is
+inline. It shows, where the folder has them:
+
+    configs            config.toml of a run, study.json of a study (folded)
+    training           each run's summary, loss curves, and its samples at every checkpoint,
+                       runs side by side
+    tables             every Markdown table the steps wrote (corpora, transfer, softmax,
+                       comparison, generation, seeds, ...), as HTML tables
+    zero-shot matrix   matrix.csv as a table coloured by loss (lower is greener)
+    attribution        each prompt's characters coloured by their importance
+    figures            every PNG a step wrote, under its step
+
+Markdown is turned into HTML by `markdown_to_html`, which knows the subset the steps write
+(headings, tables, fenced code, images, paragraphs, **bold** and `code`).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import re
+from pathlib import Path
+
+from lmscope.errors import LmscopeError
+from lmscope.io import atomic_write_text
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1em 2em;
+       color: #1d1d1f; }
+h1 { border-bottom: 2px solid #4878a8; padding-bottom: .2em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .8em 0; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #f0f3f7; }
+pre { background: #f6f8fa; padding: .6em; overflow-x: auto; white-space: pre-wrap; font-size: 12px; }
+img { max-width: 100%; margin: .4em 0; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; }
+.figures figure { margin: 0; flex: 1 1 420px; }
+figcaption { font-size: 12px; color: #555; }
+.samples td { font: 12px/1.3 ui-monospace, monospace; white-space: pre-wrap; min-width: 220px; }
+.prompt span { font: 15px ui-monospace, monospace; white-space: pre; padding: 1px 0; }
+"""
+
+STUDY_SECTIONS = [  # (title, folder): the steps of analysis/study.py, in order
+    ("Corpora", "stats"), ("Zero-shot cross-domain matrix", "matrix"),
+    ("Few-shot transfer", "transfer"), ("Softmax confidence", "softmax"),
+    ("Gradient attribution", "attribution"), ("Run comparison", "compare"),
+    ("Generation", "generate"), ("Attention maps", "attention"),
+    ("Generation quality and attention", "generation"), ("Means over seeds", "seeds"),
+]
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write FOLDER/report.html for a run or study folder; returns its path."""
+    folder = Path(folder)
+    if (folder / "study.json").is_file():
+        body = _study(folder)
+    elif (folder / "metrics.jsonl").is_file():
+        body = _run(folder, level=1)
+    else:
+        raise LmscopeError(f"{folder} is neither a run folder (metrics.jsonl) nor a study folder "
+                           "(study.json)")
+    page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>lmscope: {html.escape(folder.name)}</title><style>{STYLE}</style></head>"
+            f"<body>\n{body}\n</body></html>\n")
+    path = folder / "report.html"
+    if not path.is_file() or path.read_text(encoding="utf-8") != page:  # unchanged: not touched
+        atomic_write_text(path, page)
+    return path
+
+
+# --- a study ---------------------------------------------------------------------------------------
+
+def _study(folder: Path) -> str:
+    settings = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+    parts = [f"<h1>Study: {html.escape(str(settings.get('name', folder.name)))}</h1>",
+             _details("study settings (study.json)", json.dumps(settings, indent=2))]
+    runs = sorted(p.parent for p in (folder / "runs").glob("*/summary.json"))
+    if runs:
+        parts.append("<h2>Training</h2>" + _runs_table(runs) + _figures(
+            [(r / "loss.png", r.name) for r in runs]) + _samples_side_by_side(runs))
+    for title, name in STUDY_SECTIONS:
+        sub = folder / name
+        if not sub.is_dir():
+            continue
+        parts.append(f"<h2>{title}</h2>")
+        if name == "matrix" and (sub / "matrix.csv").is_file():
+            parts.append(_matrix(sub / "matrix.csv"))
+        if name == "attribution":
+            parts.append(_attribution_views(sub))
+        parts.append(_markdown_files(sub, skip={"matrix.md"} if name == "matrix" else set()))
+        parts.append(_figures([(p, str(p.relative_to(sub))) for p in sorted(sub.rglob("*.png"))]))
+    return "\n".join(parts)
+
+
+def _runs_table(runs: list[Path]) -> str:
+    header = ["run", "model", "corpus", "iterations", "parameters", "val loss", "bits/char",
+              "seconds"]
+    rows = []
+    for run in runs:
+        s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        rows.append([run.name, s.get("model"), s.get("corpus"), s.get("iterations"),
+                     f"{s.get('params', 0):,}", _num(s.get("val_loss")),
+                     _num(s.get("val_bits_per_char")), _num(s.get("elapsed_s"), 0)])
+    return _table(header, rows)
+
+
+def _samples_side_by_side(runs: list[Path]) -> str:
+    """One row per checkpoint name, one column per run: how generation improves."""
+    samples: dict[str, dict[str, str]] = {}
+    for run in runs:
+        for path in sorted((run / "checkpoints").glob("*/sample.txt")):
+            if path.parent.name.startswith(("iter_", "final")):
+                samples.setdefault(path.parent.name, {})[run.name] = path.read_text(
+                    encoding="utf-8", errors="replace")
+    if not samples:
+        return ""
+    names = sorted(samples, key=lambda n: (n == "final", n))
+    rows = "".join(f"<tr><th>{html.escape(n)}</th>" + "".join(
+        f"<td>{html.escape(samples[n].get(r.name, ''))}</td>" for r in runs) + "</tr>"
+        for n in names)
+    head = "<tr><th>checkpoint</th>" + "".join(f"<th>{html.escape(r.name)}</th>"
+                                               for r in runs) + "</tr>"
+    return (f"<h3>Samples at each checkpoint</h3><div style=\"overflow-x:auto\">"
+            f"<table class=\"samples\">{head}{rows}</table></div>")
+
+
+def _matrix(path: Path) -> str:
+    """The zero-shot matrix coloured per column: the lowest loss green, the highest red."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    first = 2 if len(header) > 1 and header[1] == "trained_on" else 1
+    values = [[float(v) for v in r[first:]] for r in body]
+    cols = list(zip(*values, strict=True))
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for r, row in zip(body, values, strict=True):
+        cells = []
+        for j, v in enumerate(row):
+            lo, hi = min(cols[j]), max(cols[j])
+            t = 0.0 if hi == lo else (v - lo) / (hi - lo)
+            colour = f"hsl({120 * (1 - t):.0f}, 60%, 82%)"
+            cells.append(f"<td style=\"background:{colour}\">{v:.4f}</td>")
+        out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in r[:first])
+                   + "".join(cells) + "</tr>")
+    return ("<p>nats per character on each corpus's validation split; each column coloured from "
+            "its lowest (green) to its highest (red) loss.</p>" + "".join(out) + "</table>")
+
+
+def _attribution_views(folder: Path) -> str:
+    """Each prompt's characters coloured by importance (|normalized score|), final checkpoint,
+    one line per model and method."""
+    parts = []
+    for path in sorted(folder.glob("*/attribution.csv")):
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            continue
+        final = max(int(r["iteration"]) for r in rows)
+        rows = [r for r in rows if int(r["iteration"]) == final]
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for r in rows:
+            groups.setdefault((r["prompt"], r["method"]), []).append(r)
+        lines = []
+        for (prompt, method), chars in groups.items():
+            chars.sort(key=lambda r: int(r["position"]))
+            top = max(abs(float(r["normalized"])) for r in chars) or 1.0
+            spans = "".join(
+                f"<span title=\"{html.escape(method)}: {float(r['normalized']):+.3f}\" "
+                f"style=\"background: rgba(220, 80, 40, {abs(float(r['normalized'])) / top:.2f})\">"
+                f"{html.escape(r['character'] if r['character'] != chr(10) else '⏎')}</span>"
+                for r in chars)
+            lines.append(f"<tr><td>{html.escape(prompt)}</td><td>{html.escape(method)}</td>"
+                         f"<td class=\"prompt\">{spans}</td><td>{html.escape(chars[0]['target'])}"
+                         "</td></tr>")
+        parts.append(f"<h3>{html.escape(path.parent.name)} model, iteration {final}</h3><table>"
+                     "<tr><th>prompt</th><th>method</th><th>characters, coloured by importance"
+                     "</th><th>predicted</th></tr>" + "".join(lines) + "</table>")
+    return "".join(parts)
+
+
+# --- a run ---------------------------------------------------------------------------------------
+
+def _run(run: Path, level: int) -> str:
+    h = f"h{level}"
+    parts = [f"<{h}>Run: {html.escape(run.name)}</{h}>"]
+    if (run / "summary.json").is_file():
+        parts.append(_runs_table([run]))
+    if (run / "config.toml").is_file():
+        parts.append(_details("config.toml", (run / "config.toml").read_text(encoding="utf-8")))
+    parts.append(_figures([(run / "loss.png", "loss curves")]))
+    if (run / "samples.md").is_file():
+        parts.append(markdown_to_html((run / "samples.md").read_text(encoding="utf-8"), run))
+    return "\n".join(parts)
+
+
+# --- building blocks ------------------------------------------------------------------------------
+
+def _markdown_files(folder: Path, skip: set[str]) -> str:
+    files = sorted(folder.glob("*.md")) + sorted(folder.glob("*/*.md"))
+    out = []
+    for path in files:
+        if path.name in skip:
+            continue
+        label = str(path.relative_to(folder))
+        out.append(f"<details{' open' if path.parent == folder else ''}><summary>"
+                   f"{html.escape(label)}</summary>"
+                   + markdown_to_html(path.read_text(encoding="utf-8"), path.parent)
+                   + "</details>")
+    return "".join(out)
+
+
+def _figures(items: list[tuple[Path, str]]) -> str:
+    cells = [f"<figure>{_img(p)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+             for p, caption in items if p.is_file()]
+    return f"<div class=\"figures\">{''.join(cells)}</div>" if cells else ""
+
+
+def _img(path: Path, alt: str = "") -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<img alt=\"{html.escape(alt or path.name)}\" src=\"data:image/png;base64,{data}\">"
+
+
+def _details(summary: str, text: str) -> str:
+    return f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>"
+
+
+def _table(header: list, rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _num(v, digits: int = 4) -> str:
+    return "" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _inline(text: str, base: Path) -> str:
+    """Escape, then **bold**, `code` and ![alt](src.png) (embedded when the file exists)."""
+    def image(m):
+        path = base / m.group(2)
+        return _img(path, m.group(1)) if path.suffix == ".png" and path.is_file() else ""
+
+    parts = re.split(r"(!\[[^\]]*\]\([^)]+\))", text)
+    out = []
+    for part in parts:
+        m = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", part)
+        if m:
+            out.append(image(m))
+            continue
+        s = html.escape(part)
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+        out.append(s)
+    return "".join(out)
+
+
+def markdown_to_html(text: str, base: Path) -> str:
+    """The Markdown subset lmscope writes: headings, tables, fenced code, images, paragraphs."""
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            j = i + 1
+            while j < len(lines) and not lines[j].startswith("```"):
+                j += 1
+            out.append(f"<pre>{html.escape(chr(10).join(lines[i + 1:j]))}</pre>")
+            i = j + 1
+        elif line.startswith("|"):
+            j = i
+            while j < len(lines) and lines[j].startswith("|"):
+                j += 1
+            rows = [_cells(r) for r in lines[i:j] if not re.fullmatch(r"\|[-:| ]+\|?", r)]
+            head = "".join(f"<th>{_inline(c, base)}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c, base)}</td>" for c in r) + "</tr>"
+                           for r in rows[1:])
+            out.append(f"<table><tr>{head}</tr>{body}</table>")
+            i = j
+        elif m := re.match(r"(#{1,6}) (.*)", line):
+            level = min(len(m.group(1)) + 2, 6)  # under the report's own h1/h2
+            out.append(f"<h{level}>{_inline(m.group(2), base)}</h{level}>")
+            i += 1
+        elif line.strip():
+            j = i
+            while j < len(lines) and lines[j].strip() and not lines[j].startswith(("|", "#", "```")):
+                j += 1
+            out.append(f"<p>{_inline(' '.join(lines[i:j]), base)}</p>")
+            i = j
+        else:
+            i += 1
+    return "\n".join(out)
+
+
+def _cells(row: str) -> list[str]:
+    """The cells of a Markdown table row; `\\|` is a literal bar inside a cell."""
+    inner = row.strip()[1:-1] if row.strip().endswith("|") else row.strip()[1:]
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
