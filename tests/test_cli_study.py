@@ -85,7 +85,10 @@ def test_the_quick_domain_study(shared_data, tmp_path):
     out = tmp_path / "quick"
     r = lmscope("study", study / "domain.toml", "--quick", "--out", out, timeout=900)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[-1].startswith("done in")
+    done, report = r.stdout.splitlines()[-2:]
+    assert done.startswith("done in") and report == f"report: {out / 'report.html'}"
+    page = (out / "report.html").read_text()
+    assert "Zero-shot cross-domain matrix" in page and "coloured by importance" in page
     corpora = ["shakespeare", "math", "wikipedia"]
     expected = ["stats/table.md", "stats/non_ascii.csv", "matrix/matrix.csv", "matrix/matrix.png",
                 "matrix/matrix_bits.csv", "matrix/oov.csv", "transfer/summary.md"]
