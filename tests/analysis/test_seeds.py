@@ -43,3 +43,5 @@ def test_seeds_are_aggregated_into_means_errors_and_plots(tiny_corpus, tmp_path)
     # two variants of a dataset stay apart
     both = aggregate_seeds({"tiny": {"a": runs[:2], "b": runs[2:]}}, tmp_path / "two")
     assert set(both["tiny"]) == {"a", "b"} and both["tiny"]["b"]["best_val_loss_stderr"] is None
+    table = (tmp_path / "two" / "results.md").read_text()
+    assert "| tiny | a | 2 |" in table and "| tiny | b | 1 |" in table  # a row per variant

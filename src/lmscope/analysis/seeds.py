@@ -145,11 +145,11 @@ def aggregate_seeds(groups: Mapping[str, Mapping[str, Sequence[Path]]], out_dir:
                 entry[f"{q}_mean"], entry[f"{q}_stderr"] = mean, se
                 entry[q] = [s[q] for s in per_seed]
             results[dataset][variant] = entry
+            table.append([dataset, variant, len(runs),
+                          *(_pm(entry[f"{q}_mean"], entry[f"{q}_stderr"]) for q in QUANTITIES)])
         if len(variants) == 1:  # one model per dataset: its figures directly under the dataset
             (variant,) = variants
             results[dataset] = {"variant": variant, **results[dataset][variant]}
-            table.append([dataset, variant, len(runs),
-                          *(_pm(entry[f"{q}_mean"], entry[f"{q}_stderr"]) for q in QUANTITIES)])
         _plot_dataset(dataset, variants, out_dir)
         pooled = [run for runs in variants.values() for run in runs]
         rows = [r for run in pooled for r in _attention_with_loss(run)]
