@@ -131,8 +131,8 @@ def png(path: Path) -> bool:
 
 
 def stop_after(monkeypatch, iteration: int):
-    """Make training stop as on Ctrl-C right after the step that reaches `iteration`; returns a
-    function that restores the normal step."""
+    """Make training stop as on Ctrl-C after the step that starts at `iteration` (the run is
+    interrupted at iteration + 1); returns a function that restores the normal step."""
     from lmscope.train.trainer import Trainer
 
     real_step = Trainer.step

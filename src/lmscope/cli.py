@@ -24,9 +24,9 @@ def cli():
 # --- train ---------------------------------------------------------------------------------------
 
 def _default_run_dir(corpus: str, name: str) -> Path:
-    from lmscope.analysis.common import corpus_label
+    from lmscope.analysis.common import folder_name
 
-    stem = f"{corpus_label(corpus).replace(':', '').replace('+', '-')}-{name}"
+    stem = f"{folder_name(corpus)}-{name}"
     path = Path("runs") / stem
     n = 2
     while path.exists():

@@ -93,6 +93,33 @@ def existing_dir(path: Path) -> Path | None:
     return old if old.is_dir() else None
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file, oldest first; a line torn by a crash is skipped."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def rewrite_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> None:
+    """Atomically rewrite a JSON-lines file with only the lines whose row `keep` accepts (kept
+    as written; torn lines go). A missing file becomes an empty one."""
+    path = Path(path)
+    kept = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if keep(row):
+                kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 def user_path(text: str) -> Path:
     """A path as a user typed it, with `~` expanded where it names a home folder."""
     try:

@@ -247,3 +247,14 @@ train = {{ max_iters = 7 }}
     with pytest.raises(LmscopeError, match=r"\[quick.variants.mixx\] names no \[\[variant\]\] \("
                                            "did you mean mix"):
         load_study(study, quick=True)
+
+
+def test_a_mixture_corpus_has_one_run_folder_for_every_step(tmp_path):
+    from lmscope.analysis.study import Study, StudyRunner
+
+    study = Study(corpora=["tinystories:0.7+3seqs:0.3", "shakespeare"])
+    runner = StudyRunner(study, tmp_path)
+    trained = [runner.run_dir(r.name) for r in study.runs()]  # where step_train writes
+    looked_up = [runner.corpus_dir(c) for c in study.corpora]  # where matrix, softmax... read
+    assert trained == looked_up
+    assert trained[0].name == "tinystories0.7-3seqs0.3"

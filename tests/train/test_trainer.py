@@ -59,21 +59,14 @@ def test_stopping_and_resuming_continues_the_same_trajectory(tiny_corpus, tmp_pa
                 "train.eval_interval=8", "train.checkpoint_at=[]", "train.checkpoint_every=1000")
     _quiet(_config(tiny_corpus, *settings), tmp_path / "straight")
 
-    # Same run, interrupted (as by Ctrl-C) during the 13th step, then resumed.
-    real_step = Trainer.step
-
-    def step_then_interrupt(self, lr):
-        loss = real_step(self, lr)
-        if self.iter == 12:  # the step that makes iteration 13 is running
-            self._stop_requested = True
-        return loss
-
-    monkeypatch.setattr(Trainer, "step", step_then_interrupt)
+    # Same run, interrupted (as by Ctrl-C) during the 13th step (the one that starts at
+    # iteration 12), then resumed.
+    restore = stop_after(monkeypatch, 12)
     trainer = Trainer(_config(tiny_corpus, *settings), tmp_path / "resumed", progress=False,
                       log=lambda *a: None)
     with pytest.raises(TrainingInterrupted, match="interrupted at iteration 13"):
         trainer.run()
-    monkeypatch.setattr(Trainer, "step", real_step)
+    restore()
     assert not (tmp_path / "resumed" / "checkpoints" / "final").exists()
     _quiet(_config(tiny_corpus, *settings), tmp_path / "resumed", resume=True)
 

@@ -51,6 +51,11 @@ def corpus_label(corpus: str) -> str:
     return path.stem if path.suffix else path.name or parts[0][0]
 
 
+def folder_name(corpus: str) -> str:
+    """`corpus_label` made fit for a folder name: the mixture a:0.7+b:0.3 gives a0.7-b0.3."""
+    return corpus_label(corpus).replace(":", "").replace("+", "-")
+
+
 def trained_on(checkpoint) -> str:
     """The short name of the corpus a loaded checkpoint was trained on (last, for fine-tuned ones)."""
     if isinstance(checkpoint.meta.get("corpus"), str):  # the registry name, or the file's stem

@@ -10,14 +10,13 @@ are empty (None) rather than NaN.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lmscope.analysis.common import markdown_table, write_csv
-from lmscope.io import atomic_write_text
+from lmscope.io import atomic_write_text, read_jsonl
 
 ATTENTION_METRICS = ("entropy_bits", "entropy_norm", "mean_distance", "span90",
                      "head_diversity_js")
@@ -57,14 +56,23 @@ def correlate(xs: Mapping[str, Sequence], ys: Mapping[str, Sequence]) -> list[di
     return rows
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a crash
-            continue
-    return rows
+def tracked_attention(run_dir: str | Path) -> list[dict]:
+    """The rows of RUN/attention.jsonl (attention tracked during training); [] without one."""
+    path = Path(run_dir) / "attention.jsonl"
+    return read_jsonl(path) if path.is_file() else []
+
+
+def attention_with_loss(attention: list[dict], metrics: list[dict]) -> list[dict]:
+    """Tracked attention rows joined with the validation loss estimated at the same iteration
+    (the rows of metrics.jsonl); captures between evaluations are left out."""
+    val = {r["iter"]: r["val_loss"] for r in metrics if r.get("kind") == "eval"}
+    return [{**r, "val_loss": val[r["iter"]]} for r in attention if r.get("iter") in val]
+
+
+def attention_loss_correlations(rows: list[dict]) -> list[dict]:
+    """Each attention metric against val_loss over `attention_with_loss` rows."""
+    return correlate({m: [r.get(m) for r in rows] for m in ATTENTION_METRICS},
+                     {"val_loss": [r["val_loss"] for r in rows]})
 
 
 def attention_vs_loss(run_dir: str | Path) -> list[dict]:
@@ -72,14 +80,10 @@ def attention_vs_loss(run_dir: str | Path) -> list[dict]:
     same iterations (RUN/metrics.jsonl); empty when the run tracked no attention."""
     from lmscope.train.trainer import read_metrics
 
-    run_dir = Path(run_dir)
-    path = run_dir / "attention.jsonl"
-    if not path.is_file():
+    attention = tracked_attention(run_dir)
+    if not attention:
         return []
-    val = {r["iter"]: r["val_loss"] for r in read_metrics(run_dir) if r.get("kind") == "eval"}
-    rows = [r for r in read_jsonl(path) if r.get("iter") in val]
-    xs = {m: [r.get(m) for r in rows] for m in ATTENTION_METRICS}
-    return correlate(xs, {"val_loss": [val[r["iter"]] for r in rows]})
+    return attention_loss_correlations(attention_with_loss(attention, read_metrics(run_dir)))
 
 
 def _fmt(v) -> str:

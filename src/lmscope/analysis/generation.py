@@ -40,9 +40,10 @@ from lmscope.analysis.attention_metrics import attention_summary
 from lmscope.analysis.common import markdown_table, run_checkpoints, write_csv
 from lmscope.analysis.correlation import (
     ATTENTION_METRICS,
-    attention_vs_loss,
+    attention_loss_correlations,
+    attention_with_loss,
     correlate,
-    read_jsonl,
+    tracked_attention,
     write_correlations,
 )
 from lmscope.io import atomic_write_text
@@ -77,12 +78,11 @@ def sample_attention(checkpoint, text: str) -> dict | None:
     return {m: summary[m] for m in ATTENTION_METRICS}
 
 
-def _training_attention(run_dir: Path, it) -> dict:
+def _training_attention(tracked: list[dict], it) -> dict:
     """The tracked attention metrics at the last capture at or before iteration `it`."""
-    path = run_dir / "attention.jsonl"
-    if it is None or not path.is_file():
+    if it is None:
         return {}
-    rows = [r for r in read_jsonl(path) if r.get("iter", 0) <= it]
+    rows = [r for r in tracked if r.get("iter", 0) <= it]
     if not rows:
         return {}
     last = max(rows, key=lambda r: r["iter"])
@@ -98,6 +98,7 @@ def generation_probe(run: str | Path, *, num_samples: int = 8, prompt: str = "\n
     run = Path(run)
     run_dir = run if (run / "checkpoints").is_dir() else run.parent.parent
     result = GenerationResult()
+    tracked = tracked_attention(run_dir)  # training-time attention, read once
     for path in run_checkpoints(run, which):
         ckpt = lmscope.load(path, device=device)
         texts, seconds = [], 0.0
@@ -119,7 +120,7 @@ def generation_probe(run: str | Path, *, num_samples: int = 8, prompt: str = "\n
         for m in ATTENTION_METRICS:
             values = [a[m] for a in per_sample_attention if m in a]
             row[f"gen_{m}"] = sum(values) / len(values) if values else None
-        row.update(_training_attention(run_dir, it))
+        row.update(_training_attention(tracked, it))
         result.checkpoints.append(row)
         result.texts[path.name] = texts
         log(f"{path.name}: {row['tokens_per_s']:.1f} tokens/s, distinct-2 words "
@@ -130,8 +131,9 @@ def generation_probe(run: str | Path, *, num_samples: int = 8, prompt: str = "\n
     result.correlation_samples = correlate(
         {m: [s.get(m) for s in result.samples] for m in attention_columns},
         {q: [s.get(q) for s in result.samples] for q in QUALITY})
-    if (run_dir / "checkpoints").is_dir():
-        result.correlation_loss = attention_vs_loss(run_dir)
+    if tracked:
+        result.correlation_loss = attention_loss_correlations(
+            attention_with_loss(tracked, lmscope.read_metrics(run_dir)))
     return result
 
 
@@ -176,9 +178,5 @@ def _plot(result: GenerationResult, path: Path, title: str) -> None:
             axes[2].plot(x, [r.get(key) if r.get(key) is not None else float("nan")
                              for r in rows], marker=".", label=key)
     axes[2].set_title("attention entropy (bits)")
-    for ax in axes:
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    plots.finish_axes(axes)
     plots.save(fig, path)

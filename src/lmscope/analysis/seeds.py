@@ -32,15 +32,16 @@ import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lmscope.analysis.common import markdown_table
 from lmscope.analysis.correlation import (
-    ATTENTION_METRICS,
-    correlate,
-    read_jsonl,
+    attention_loss_correlations,
+    attention_with_loss,
+    tracked_attention,
     write_correlations,
 )
 from lmscope.io import atomic_write_json, atomic_write_text
@@ -61,12 +62,23 @@ def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, float(np.std(xs, ddof=1) / math.sqrt(len(xs)))
 
 
-def run_figures(run_dir: Path, generation_csv: Path | None = None) -> dict:
-    """The four quantities of one run (see the module docstring)."""
-    from lmscope.train.trainer import read_metrics
+@dataclass
+class RunRows:
+    """What the aggregation reads of one run, read once: metrics.jsonl and attention.jsonl."""
 
-    rows = read_metrics(run_dir)
-    evals = [r for r in rows if r.get("kind") == "eval"]
+    metrics: list[dict]
+    attention: list[dict]
+
+    @classmethod
+    def read(cls, run: Path) -> RunRows:
+        from lmscope.train.trainer import read_metrics
+
+        return cls(read_metrics(run), tracked_attention(run))
+
+
+def run_figures(run_dir: Path, rows: RunRows, generation_csv: Path | None = None) -> dict:
+    """The four quantities of one run (see the module docstring)."""
+    evals = [r for r in rows.metrics if r.get("kind") == "eval"]
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     speed = None
     if generation_csv is not None and generation_csv.is_file():
@@ -80,7 +92,7 @@ def run_figures(run_dir: Path, generation_csv: Path | None = None) -> dict:
             "avg_inference_tokens_per_second": speed}
 
 
-def _curve(runs: Sequence[Path], pick) -> tuple[list[int], np.ndarray]:
+def _curve(runs: Sequence[RunRows], pick) -> tuple[list[int], np.ndarray]:
     """Per-seed curves (iteration -> value) aligned on the iterations all seeds have."""
     curves = [dict(pick(run)) for run in runs]
     shared = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
@@ -99,33 +111,19 @@ def _band(ax, iters, values: np.ndarray, label: str, color: str) -> None:
 
 
 def _losses(kind: str, key: str):
-    from lmscope.train.trainer import read_metrics
-
-    def pick(run):
-        return [(r["iter"], r[key]) for r in read_metrics(run)
+    def pick(run: RunRows):
+        return [(r["iter"], r[key]) for r in run.metrics
                 if r.get("kind") == kind and r.get(key) is not None and math.isfinite(r[key])]
     return pick
 
 
 def _attention(key, layer=None, pair=None):
-    def pick(run):
-        path = run / "attention.jsonl"
-        rows = read_jsonl(path) if path.is_file() else []
+    def pick(run: RunRows):
         if layer is not None:
-            return [(r["iter"], float(np.mean(r["layers"][layer][key]))) for r in rows]
+            return [(r["iter"], float(np.mean(r["layers"][layer][key]))) for r in run.attention]
         i, j = pair
-        return [(r["iter"], r[key][i][j]) for r in rows]
+        return [(r["iter"], r[key][i][j]) for r in run.attention]
     return pick
-
-
-def _n_layers(runs: Sequence[Path]) -> int:
-    for run in runs:
-        path = run / "attention.jsonl"
-        if path.is_file():
-            rows = read_jsonl(path)
-            if rows:
-                return int(rows[0]["n_layers"])
-    return 0
 
 
 def aggregate_seeds(groups: Mapping[str, Mapping[str, Sequence[Path]]], out_dir: str | Path, *,
@@ -134,11 +132,13 @@ def aggregate_seeds(groups: Mapping[str, Mapping[str, Sequence[Path]]], out_dir:
     out_dir = Path(out_dir)
     results: dict = {}
     table = []
-    for dataset, variants in groups.items():
+    for dataset, folders in groups.items():
         results[dataset] = {}
-        for variant, runs in variants.items():
-            per_seed = [run_figures(run, generation_dir / run.name / "generation.csv"
-                                    if generation_dir else None) for run in runs]
+        variants = {v: [RunRows.read(run) for run in runs] for v, runs in folders.items()}
+        for variant, runs in folders.items():
+            per_seed = [run_figures(run, rows, generation_dir / run.name / "generation.csv"
+                                    if generation_dir else None)
+                        for run, rows in zip(runs, variants[variant], strict=True)]
             entry: dict = {"n_seeds": len(runs), "runs": [run.name for run in runs]}
             for q in QUANTITIES:
                 mean, se = mean_stderr([s[q] for s in per_seed])
@@ -151,13 +151,11 @@ def aggregate_seeds(groups: Mapping[str, Mapping[str, Sequence[Path]]], out_dir:
             (variant,) = variants
             results[dataset] = {"variant": variant, **results[dataset][variant]}
         _plot_dataset(dataset, variants, out_dir)
-        pooled = [run for runs in variants.values() for run in runs]
-        rows = [r for run in pooled for r in _attention_with_loss(run)]
+        rows = [r for runs in variants.values() for run in runs
+                for r in attention_with_loss(run.attention, run.metrics)]
         if rows:
             write_correlations(
-                correlate({m: [r.get(m) for r in rows] for m in ATTENTION_METRICS},
-                          {"val_loss": [r["val_loss"] for r in rows]}),
-                out_dir, f"correlation_{dataset}",
+                attention_loss_correlations(rows), out_dir, f"correlation_{dataset}",
                 f"{dataset}: attention metrics vs validation loss (all seeds' points)")
     atomic_write_json(out_dir / "results.json", results)
     atomic_write_text(out_dir / "results.md", "# Means over seeds (+- standard error)\n\n" +
@@ -171,17 +169,7 @@ def _pm(mean, se) -> str:
     return f"{mean:.4g}" + (f" ± {se:.2g}" if se is not None else "")
 
 
-def _attention_with_loss(run: Path) -> list[dict]:
-    from lmscope.train.trainer import read_metrics
-
-    path = run / "attention.jsonl"
-    if not path.is_file():
-        return []
-    val = {r["iter"]: r["val_loss"] for r in read_metrics(run) if r.get("kind") == "eval"}
-    return [{**r, "val_loss": val[r["iter"]]} for r in read_jsonl(path) if r["iter"] in val]
-
-
-def _plot_dataset(dataset: str, variants: Mapping[str, Sequence[Path]], out_dir: Path) -> None:
+def _plot_dataset(dataset: str, variants: Mapping[str, Sequence[RunRows]], out_dir: Path) -> None:
     for kind, key, name, label in (("train", "loss", "train_loss", "train loss"),
                                    ("eval", "val_loss", "val_loss", "validation loss")):
         fig, axes = plots.panels(1, title=f"{dataset}: {label}, mean over seeds +- 1 SE",
@@ -189,11 +177,11 @@ def _plot_dataset(dataset: str, variants: Mapping[str, Sequence[Path]], out_dir:
         for i, (variant, runs) in enumerate(variants.items()):
             iters, values = _curve(runs, _losses(kind, key))
             _band(axes[0], iters, values, f"{variant} ({len(runs)} seeds)", f"C{i}")
-        _finish(axes, f"{label} (nats/token)")
+        plots.finish_axes(axes, ylabel=f"{label} (nats/token)")
         plots.save(fig, out_dir / f"{name}_{dataset}.png")
 
     runs_all = [run for runs in variants.values() for run in runs]
-    n_layers = _n_layers(runs_all)
+    n_layers = next((int(r.attention[0]["n_layers"]) for r in runs_all if r.attention), 0)
     fig, axes = plots.panels(2, title=f"{dataset}: attention over training, per layer "
                                       "(mean over heads; +- 1 SE over seeds)")
     for i, (variant, runs) in enumerate(variants.items()):
@@ -205,7 +193,7 @@ def _plot_dataset(dataset: str, variants: Mapping[str, Sequence[Path]], out_dir:
                 _band(ax, iters, values, tag, style)
     axes[0].set_title("attention entropy (bits)")
     axes[1].set_title("90% attention span (tokens)")
-    _finish(axes, "")
+    plots.finish_axes(axes)
     plots.save(fig, out_dir / f"attention_metrics_{dataset}.png")
 
     fig, axes = plots.panels(2, title=f"{dataset}: similarity of layers' head-averaged "
@@ -218,15 +206,5 @@ def _plot_dataset(dataset: str, variants: Mapping[str, Sequence[Path]], out_dir:
                 _band(ax, iters, values, f"L{a}-L{b}", f"C{k % 10}")
     axes[0].set_title("Jensen-Shannon divergence (bits)")
     axes[1].set_title("cosine similarity")
-    _finish(axes, "")
+    plots.finish_axes(axes)
     plots.save(fig, out_dir / f"layer_similarity_{dataset}.png")
-
-
-def _finish(axes, ylabel: str) -> None:
-    for ax in axes:
-        ax.set_xlabel("iteration")
-        if ylabel:
-            ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)

@@ -180,15 +180,12 @@ class Study:
 
     def runs(self) -> list[RunSpec]:
         """One run per corpus, or per variant and corpus in an architecture study."""
-        from lmscope.analysis.common import corpus_label
-
-        def folder(corpus: str) -> str:  # a mixture a:0.7+b:0.3 gives a0.7-b0.3
-            return corpus_label(corpus).replace(":", "").replace("+", "-")
+        from lmscope.analysis.common import folder_name
 
         if not self.variants:
-            runs = [RunSpec(folder(c), c) for c in self.corpora]
+            runs = [RunSpec(folder_name(c), c) for c in self.corpora]
         else:
-            runs = [RunSpec(v.name if len(self.corpora) == 1 else f"{v.name}-{folder(c)}", c, v)
+            runs = [RunSpec(v.name if len(self.corpora) == 1 else f"{v.name}-{folder_name(c)}", c, v)
                     for v in self.variants for c in self.corpora]
         if not self.seeds:
             return runs
@@ -384,7 +381,7 @@ class StudyRunner:
     def _write_readme(self) -> None:
         """DIR/README.md: the study's tables in one page, with links to its figures."""
         study, out = self.study, self.out
-        names = [self.run_dir(c).name for c in study.corpora]
+        names = [self.corpus_dir(c).name for c in study.corpora]
         parts = [f"# Study: {study.name}\n\nCorpora: {', '.join(names)}; preset "
                  f"{study.preset or '(defaults)'}; steps: {', '.join(study.steps)}.\n"
                  f"Seconds per step: {json.dumps(self.timings)}.\n"]
@@ -407,12 +404,12 @@ class StudyRunner:
         for title, rel, figures in (
                 ("Zero-shot cross-domain matrix", "matrix/matrix.md", ["matrix/matrix.png"]),
                 ("Few-shot transfer", "transfer/summary.md",
-                 [f"transfer/{self.run_dir(a).name}-to-{self.run_dir(b).name}/curves.png"
+                 [f"transfer/{self.corpus_dir(a).name}-to-{self.corpus_dir(b).name}/curves.png"
                   for a in study.corpora for b in study.corpora if a != b]),
                 ("Run comparison", "compare/compare.md", ["compare/curves.png"]),
                 ("Generation", "generate/summary.md", []),
                 ("Means over seeds", "seeds/results.md",
-                 [f"seeds/{kind}_{self.run_dir(c).name}.png" for c in study.corpora
+                 [f"seeds/{kind}_{self.corpus_dir(c).name}.png" for c in study.corpora
                   for kind in ("train_loss", "val_loss", "attention_metrics",
                                "layer_similarity")]),
                 ("Softmax confidence", "softmax/summary.md", ["softmax/summary.png"]),
@@ -449,10 +446,15 @@ class StudyRunner:
     def _mark_done(folder: Path) -> None:
         atomic_write_json(folder / ".done", {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
 
-    def run_dir(self, corpus: str) -> Path:
-        from lmscope.analysis.common import corpus_label
+    def run_dir(self, name: str) -> Path:
+        """The folder of the run named `name` (a RunSpec's name)."""
+        return self.out / "runs" / name
 
-        return self.out / "runs" / corpus_label(corpus)
+    def corpus_dir(self, corpus: str) -> Path:
+        """The run of `corpus` in a study with one run per corpus (named by `folder_name`)."""
+        from lmscope.analysis.common import folder_name
+
+        return self.run_dir(folder_name(corpus))
 
     # --- the steps ------------------------------------------------------------------------------
     def step_stats(self) -> None:
@@ -543,13 +545,13 @@ class StudyRunner:
 
     def step_seeds(self) -> None:
         """Means over seeds with standard errors, and their plots (analysis/seeds.py)."""
-        from lmscope.analysis.common import corpus_label
+        from lmscope.analysis.common import folder_name
         from lmscope.analysis.seeds import aggregate_seeds
 
         groups: dict[str, dict[str, list[Path]]] = {}
         for run in self.study.runs():
             variant = run.variant.name if run.variant else self.study.name
-            groups.setdefault(corpus_label(run.corpus), {}).setdefault(variant, []).append(
+            groups.setdefault(folder_name(run.corpus), {}).setdefault(variant, []).append(
                 self.run_dir(run.name))
         generation = self.out / "generation"
         aggregate_seeds(groups, self.out / "seeds",
@@ -558,7 +560,7 @@ class StudyRunner:
     def step_matrix(self) -> None:
         from lmscope.analysis.cross_domain import cross_domain_matrix, write_matrix
 
-        matrix = cross_domain_matrix([self.run_dir(c) for c in self.study.corpora],
+        matrix = cross_domain_matrix([self.corpus_dir(c) for c in self.study.corpora],
                                      self.study.corpora, device=self.device,
                                      log=lambda m: self.log(f"  {m}"))
         write_matrix(matrix, self.out / "matrix")
@@ -575,10 +577,11 @@ class StudyRunner:
             for target in self.study.corpora:
                 if target == source:
                     continue
-                folder = self.out / "transfer" / f"{corpus_label(source)}-to-{corpus_label(target)}"
+                pair = f"{self.corpus_dir(source).name}-to-{self.corpus_dir(target).name}"
+                folder = self.out / "transfer" / pair
                 self.log(f"  {folder.name}")
                 if not self._done(folder):
-                    transfer(self.run_dir(source), target, folder, checkpoints=ts.checkpoints,
+                    transfer(self.corpus_dir(source), target, folder, checkpoints=ts.checkpoints,
                              iters=ts.iters, eval_every=ts.eval_every, eval_iters=ts.eval_iters,
                              device=self.device, log=lambda m: self.log(f"    {m}"))
                     self._mark_done(folder)
@@ -598,8 +601,8 @@ class StudyRunner:
         from lmscope.analysis.softmax import softmax_probe
 
         for corpus in self.study.corpora:
-            softmax_probe(self.run_dir(corpus), self.study.prompts,
-                          self.out / "softmax" / self.run_dir(corpus).name,
+            softmax_probe(self.corpus_dir(corpus), self.study.prompts,
+                          self.out / "softmax" / self.corpus_dir(corpus).name,
                           top_k=self.study.softmax.top_k, device=self.device)
         self._softmax_across_models()
 
@@ -610,7 +613,7 @@ class StudyRunner:
 
         rows = []
         for corpus in self.study.corpora:
-            name = self.run_dir(corpus).name
+            name = self.corpus_dir(corpus).name
             table = _read_csv(self.out / "softmax" / name / "softmax.csv")
             for it in sorted({int(r["iteration"]) for r in table}):
                 for domain in ("in-domain", "out-of-domain"):
@@ -650,8 +653,8 @@ class StudyRunner:
 
         a = self.study.attribution
         for corpus in self.study.corpora:
-            attribution_probe(self.run_dir(corpus), self.study.prompts,
-                              self.out / "attribution" / self.run_dir(corpus).name,
+            attribution_probe(self.corpus_dir(corpus), self.study.prompts,
+                              self.out / "attribution" / self.corpus_dir(corpus).name,
                               methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
                               device="cpu" if self.device == "auto" else self.device)
         self._attribution_across_models()
@@ -664,14 +667,14 @@ class StudyRunner:
 
         rows = []
         for corpus in self.study.corpora:
-            name = self.run_dir(corpus).name
+            name = self.corpus_dir(corpus).name
             table = _read_csv(self.out / "attribution" / name / "by_class.csv")
             final = max(int(r["iteration"]) for r in table)
             rows += [[name, r["method"], r["char_class"], float(r["mean_abs_normalized"])]
                      for r in table if int(r["iteration"]) == final]
         header = ["model", "method", "char_class", "mean_abs_normalized"]
         write_csv(self.out / "attribution" / "by_class_models.csv", header, rows)
-        models = [self.run_dir(c).name for c in self.study.corpora]
+        models = [self.corpus_dir(c).name for c in self.study.corpora]
         methods = list(dict.fromkeys(r[1] for r in rows))
         value = {(r[0], r[1], r[2]): r[3] for r in rows}
         md = ["# Attribution by character class, final checkpoints\n\nMean |normalized score| "

@@ -95,6 +95,17 @@ def panels(n: int, *, title: str, width: float = 5.0, height: float = 3.6):
     return fig, list(axes[0])
 
 
+def finish_axes(axes, *, xlabel: str = "iteration", ylabel: str = "") -> None:
+    """Label, grid and (where something is labelled) a legend on each of `axes`."""
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        if ylabel:
+            ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+
+
 def training_curves(rows: Sequence[Mapping], path, *, title: str) -> Path:
     """A run's curves from its metrics rows: train loss at every logged step, and the validation
     (and train) loss estimates at every evaluation, labelled by epoch where the run has epochs."""

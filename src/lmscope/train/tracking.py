@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from lmscope.analysis.attention_metrics import attention_summary
-from lmscope.io import atomic_write, atomic_write_text
+from lmscope.io import atomic_write
 
 
 def probe_batch(tokens: np.ndarray, block_size: int, n: int) -> torch.Tensor:
@@ -41,19 +41,6 @@ class AttentionTracker:
         self.maps_dir = run_dir / "attention" if save_maps else None
         self.probe = probe
         self.seconds = 0.0  # time spent capturing, for the overhead in summary.json
-
-    def keep_rows(self, keep) -> None:
-        """On resume: keep the rows `keep(iter)` accepts (those this session will not redo)."""
-        kept = []
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line torn by a crash
-                    continue
-                if keep(row.get("iter", 0)):
-                    kept.append(line)
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     @torch.no_grad()
     def capture(self, model, it: int) -> dict:

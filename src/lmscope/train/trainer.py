@@ -53,7 +53,15 @@ from lmscope.data.tokens import BatchSampler, MixtureSampler, encode_to_file
 from lmscope.errors import CheckpointError, LmscopeError
 from lmscope.evaluate import evaluate_token_file
 from lmscope.generate import SamplingConfig, generate
-from lmscope.io import atomic_write_json, atomic_write_text, existing_dir, path_exists, user_path
+from lmscope.io import (
+    atomic_write_json,
+    atomic_write_text,
+    existing_dir,
+    path_exists,
+    read_jsonl,
+    rewrite_jsonl,
+    user_path,
+)
 from lmscope.models import build_model
 from lmscope.train.checkpoint import (
     list_checkpoints,
@@ -83,13 +91,7 @@ class TrainResult:
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of a run's metrics.jsonl, oldest first; a line torn by a crash is skipped."""
-    rows = []
-    for line in (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def pick_device(name: str) -> torch.device:
@@ -420,24 +422,20 @@ class Trainer:
         if not self.dist.is_main:
             return
         path = self.run_dir / "metrics.jsonl"
-        kept = []
-        if self.resume and path.is_file():  # keep what this session will not write again
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line torn by a crash
-                    continue
-                it, kind = row.get("iter", 0), row.get("kind")
-                # Training rows up to the saved iteration are done; an evaluation at that
-                # iteration stays unless it is made again; the end of the run moves on.
-                if (kind == "train" and it <= self.iter) or it < self.iter or (
-                        kind == "eval" and it == self.iter and not self._evaluates_at(it)):
-                    kept.append(line)
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+        def keep(row: dict) -> bool:  # on resume, what this session will not write again
+            it, kind = row.get("iter", 0), row.get("kind")
+            # Training rows up to the saved iteration are done; an evaluation at that
+            # iteration stays unless it is made again; the end of the run moves on.
+            return self.resume and ((kind == "train" and it <= self.iter) or it < self.iter or (
+                kind == "eval" and it == self.iter and not self._evaluates_at(it)))
+
+        rewrite_jsonl(path, keep)
         self.metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in run())
         if self.tracker is not None:  # the same for attention.jsonl
-            self.tracker.keep_rows(lambda it: self.resume and (
-                it < self.iter or (it == self.iter and not self._tracks_at(it))))
+            rewrite_jsonl(self.tracker.path, lambda row: self.resume and (
+                row.get("iter", 0) < self.iter or
+                (row.get("iter", 0) == self.iter and not self._tracks_at(self.iter))))
 
     def _write_metrics(self, row: dict) -> None:
         if self.metrics is None:
