@@ -1,12 +1,15 @@
 """The study commands run as a user would: data stats, matrix, transfer, probe, study."""
 
 import json
+import os
+import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import png
+from tests.report.browser import check_report
 from tests.test_cli import assert_clean_error, lmscope
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,17 +79,38 @@ def test_bad_input_to_the_study_commands(domain_runs, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.slow
-def test_the_quick_domain_study(shared_data, tmp_path):
-    """`lmscope study studies/domain.toml --quick` on the real corpora: every artifact, and each
-    model is the best on its own domain."""
-    study = tmp_path / "studies"
-    shutil.copytree(REPO / "studies", study)
-    out = tmp_path / "quick"
-    r = lmscope("study", study / "domain.toml", "--quick", "--out", out, timeout=900)
+def readme_main_command() -> list[str]:
+    """The lmscope part of the README's first command (the line after its marker)."""
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    command = lines[lines.index("<!-- main-command -->") + 2]
+    install, run = command.split(" && ", 1)
+    assert install.startswith("pip install") and run.startswith("lmscope ")
+    return shlex.split(run)[1:]
+
+
+@pytest.fixture(scope="module")
+def quick_domain_study(tmp_path_factory) -> Path:
+    """The README's main command, the quick domain study on the real corpora, run once for two
+    tests (with its study files and output folder moved into a temporary folder)."""
+    if not (os.environ.get("LMSCOPE_DATA") and Path(os.environ["LMSCOPE_DATA"]).is_dir()):
+        pytest.skip("LMSCOPE_DATA is not set to the folder of shared corpora")
+    args = readme_main_command()
+    assert args[:4] == ["study", "studies/domain.toml", "--quick", "--out"], args
+    root = tmp_path_factory.mktemp("quick_domain")
+    shutil.copytree(REPO / "studies", root / "studies")
+    out = root / "quick"
+    r = lmscope(*args[:4], out, *args[5:], cwd=root, timeout=900,
+                env_extra={"LMSCOPE_CACHE": str(root / "cache")})  # never the user's cache
     assert r.returncode == 0, r.stderr
     done, report = r.stdout.splitlines()[-2:]
     assert done.startswith("done in") and report == f"report: {out / 'report.html'}"
+    return out
+
+
+@pytest.mark.slow
+def test_the_quick_domain_study(quick_domain_study):
+    """Every artifact of the quick domain study, and each model is the best on its own domain."""
+    out = quick_domain_study
     page = (out / "report.html").read_text()
     assert "Zero-shot cross-domain matrix" in page and "coloured by importance" in page
     corpora = ["shakespeare", "math", "wikipedia"]
@@ -104,6 +128,18 @@ def test_the_quick_domain_study(shared_data, tmp_path):
     assert matrix["own_domain_lowest"] == dict.fromkeys(corpora, True)
     samples = (out / "runs" / "math" / "samples.md").read_text()
     assert samples.count("## iter_") == 5  # iterations 0, 50, 100, 200, 400, and final
+    maps = json.loads((out / "attention" / "math" / "attention.json").read_text())
+    assert [c["iteration"] for c in maps["checkpoints"]] == [0, 50, 100, 200, 400, 600]
+
+
+@pytest.mark.slow
+def test_the_quick_domain_study_report_in_the_browser(quick_domain_study):
+    """The browser test on a real study's report: no console errors, every image decodes,
+    hovering a token and moving the checkpoint slider change the attention view; screenshots
+    are kept in test-artifacts/ (skipped where there is no Chromium)."""
+    seen = check_report(quick_domain_study / "report.html", "quick-domain-study-report")
+    assert seen["images"] > 50
+    assert len(seen["after"]["heads"]) == 4  # the quick model's last layer has four heads
 
 
 def test_sweep_compare_and_attention_commands(tiny_run, domain_runs, tmp_path):
@@ -122,10 +158,13 @@ def test_sweep_compare_and_attention_commands(tiny_run, domain_runs, tmp_path):
     assert "min_val_loss" in r.stdout and "Rule: over-fit" in r.stdout
 
     r = lmscope("probe", "attention", tiny_run, "--prompt", "First", "--layer", "0", "--heads",
-                "1", "--out", tmp_path / "a")
+                "1", "--checkpoints", "all", "--out", tmp_path / "a")
     assert r.returncode == 0, r.stderr
     assert "| head | previous token |" in r.stdout
     assert png(tmp_path / "a" / "attention_L0_H1.png")
+    maps = json.loads((tmp_path / "a" / "attention.json").read_text())
+    assert [c["checkpoint"] for c in maps["checkpoints"]] == ["iter_0000010", "iter_0000020",
+                                                              "final"]
 
 
 def test_bad_input_to_sampling_and_model_commands(tiny_run, tiny_corpus, tmp_path):

@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import PROMPTS, TINY_SETTINGS, TINY_TEXT
 from tests.test_cli import assert_clean_error
+from tests.test_export import tiny_checkpoint
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
@@ -194,6 +195,25 @@ CASES = [
       ("study", "{w}/missing.toml", "--seeds", "a,b", "--out", "{w}/s"), ("--seeds",)),
     C("study-unknown-table", "study", "a study file with an unknown table",
       ("study", "{w}/study.toml", "--out", "{w}/s"), ("unknown table [plots]",)),
+    # --- export
+    C("export-lstm", "export", "a model GPT-2 cannot represent (an LSTM)",
+      ("export", "{w}/lstm", "--format", "hf", "--out", "{w}/hf"),
+      ("'lstm' model", "exports GPT models with")),
+    C("export-rmsnorm", "export", "a GPT with RMSNorm",
+      ("export", "{w}/rmsnorm", "--format", "hf", "--out", "{w}/hf"), ("model.norm=rmsnorm",)),
+    C("export-post-norm", "export", "a post-norm GPT",
+      ("export", "{w}/postnorm", "--format", "hf", "--out", "{w}/hf"),
+      ("model.norm_position=post",)),
+    C("export-rotary", "export", "a GPT with rotary positions",
+      ("export", "{w}/rotary", "--format", "hf", "--out", "{w}/hf"), ("model.pos_emb=rotary",)),
+    C("export-format", "export", "an unknown --format",
+      ("export", "{run}", "--format", "gguf", "--out", "{w}/hf"), ("--format",)),
+    C("export-out-taken", "export", "--out a folder holding other files",
+      ("export", "{run}", "--format", "hf", "--out", "{w}/taken"), ("--force",)),
+    C("export-force-not-export", "export", "--force on a folder that is not an earlier export",
+      ("export", "{run}", "--format", "hf", "--out", "{w}/taken", "--force"), ("no config.json",)),
+    C("export-out-is-file", "export", "--out naming a file",
+      ("export", "{run}", "--format", "hf", "--out", "{w}/tiny.txt"), ("is a file",)),
 ]
 
 
@@ -222,6 +242,10 @@ def world(tmp_path_factory, tiny_run):
     payload = pickle.dumps(_Planted(str(sentinel)))
     (w / "pickled" / "model.safetensors").write_bytes(payload)
     (w / "badmeta" / "meta.json").write_text("{not json")
+    tiny_checkpoint(w / "lstm", model="lstm")  # models `export --format hf` refuses
+    tiny_checkpoint(w / "rmsnorm", norm="rmsnorm")
+    tiny_checkpoint(w / "postnorm", norm_position="post")
+    tiny_checkpoint(w / "rotary", pos_emb="rotary")
     return w
 
 

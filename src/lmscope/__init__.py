@@ -4,11 +4,12 @@ from lmscope.api import generate, load, logits
 from lmscope.config import RunConfig, resolve_config
 from lmscope.errors import LmscopeError
 from lmscope.evaluate import EvalResult, evaluate
+from lmscope.export import export_hf
 from lmscope.train.checkpoint import Checkpoint
 from lmscope.train.trainer import TrainResult, read_metrics, train
 
 __all__ = [
     "Checkpoint", "EvalResult", "LmscopeError", "RunConfig", "TrainResult",
-    "evaluate", "generate", "load", "logits", "read_metrics", "resolve_config", "train",
+    "evaluate", "export_hf", "generate", "load", "logits", "read_metrics", "resolve_config", "train",
 ]
 __version__ = "0.1.0"

@@ -83,7 +83,7 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
         for section in ("model", "data"):
             if config.to_dict()[section] != resolve_config(base=base).to_dict()[section]:
                 raise LmscopeError(f"cannot change the [{section}] config of a run when resuming; "
-                                   "only [train] values may change")
+                                   "only [train], [track] and [log] values may change")
     else:
         if data is None and preset is None and config_file is None:
             raise click.UsageError("give --data CORPUS (or a --preset / --config that names one); "
@@ -407,17 +407,21 @@ def probe_attribution(run, prompts, out, methods, baseline, steps, target, which
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1, 20),
               help="Keys listed per query.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--checkpoints", "which", type=click.Choice(["all", "final"]), default="final",
+              show_default=True, help="Checkpoints whose maps go into attention.json (the "
+              "report's hover view); the figures and tables are of the last one.")
 @click.option("--device", default="auto", show_default=True)
-def probe_attention(run, prompt, layer, heads, top, out, device):
-    """Attention heatmaps of one layer's heads for a prompt, and the keys each query attends to.
+def probe_attention(run, prompt, layer, heads, top, out, which, device):
+    """Attention heatmaps of one layer's heads for a prompt, and the keys each query attends to;
+    attention.json keeps every layer and head for `lmscope report`.
 
     \b
     lmscope probe attention runs/shakespeare --prompt "ROMEO:" --layer 3 --heads 0,1,2,3 --out results/attn
     """
     from lmscope.analysis.attention import attention_probe
-    from lmscope.api import load
 
-    attention_probe(load(run, device=device), prompt, out, layer=layer, heads=heads, top=top)
+    attention_probe(run, prompt, out, layer=layer, heads=heads, top=top, which=which,
+                    device=device)
     text = (out / "summary.md").read_text(encoding="utf-8")
     click.echo(text.split("\nFor each query")[0])
     click.echo(f"written to {out}/")
@@ -523,6 +527,28 @@ def report(folder, open_browser):
         import webbrowser
 
         webbrowser.open(path.resolve().as_uri())
+
+
+# --- export --------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["hf"]), default="hf", show_default=True,
+              help="hf: a Hugging Face transformers GPT-2 folder (config.json, model.safetensors, "
+                   "tokenizer.json).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--force", is_flag=True, help="Replace DIR if it holds an earlier export.")
+def export(run, fmt, out, force):
+    """Write a GPT run or checkpoint in another library's format.
+
+    \b
+    lmscope export runs/shakespeare --format hf --out hf/shakespeare
+    then, in Python: transformers.AutoModelForCausalLM.from_pretrained("hf/shakespeare")
+    """
+    from lmscope.export import export_hf
+
+    export_hf(run, out, force=force)
+    click.echo(f"written to {out}/")
 
 
 # --- entry point ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ A config file mirrors the dataclasses, one table per section:
     [train]
     max_iters = 2000
 
-A [track] table sets what is measured during training besides the loss (attention metrics).
+A [track] table sets what is measured during training besides the loss (attention metrics), a
+[log] table where it is logged besides RUN/metrics.jsonl (TensorBoard).
 
 Layers, later wins: defaults < preset < --config file < --data/--model flags < --set overrides.
 Every key is checked against the dataclasses; an unknown key is an error that suggests the nearest
@@ -155,12 +156,23 @@ class TrackConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where training is logged besides RUN/metrics.jsonl and RUN/attention.jsonl. May change on
+    resume."""
+
+    # also write the same scalars as TensorBoard event files in RUN/tensorboard/ (needs the
+    # tensorboard package: pip install "lmscope[tensorboard]"; see train/tensorboard.py)
+    tensorboard: bool = False
+
+
+@dataclass
 class RunConfig:
     model_name: str = "gpt"
     model: Any = None  # the architecture's own config dataclass, e.g. GPTConfig
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self):
         if self.model is None:
@@ -176,7 +188,8 @@ class RunConfig:
         model = {"name": self.model_name, **dataclasses.asdict(self.model)}
         model.pop("vocab_size", None)  # derived from the tokenizer, never configured
         return {"model": model, "data": dataclasses.asdict(self.data),
-                "train": dataclasses.asdict(self.train), "track": dataclasses.asdict(self.track)}
+                "train": dataclasses.asdict(self.train), "track": dataclasses.asdict(self.track),
+                "log": dataclasses.asdict(self.log)}
 
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
@@ -184,7 +197,7 @@ class RunConfig:
 
 # --- building configs from nested dicts ----------------------------------------------------------
 
-SECTIONS = ("model", "data", "train", "track")
+SECTIONS = ("model", "data", "train", "track", "log")
 
 
 def config_from_dict(raw: dict) -> RunConfig:
@@ -209,6 +222,7 @@ def config_from_dict(raw: dict) -> RunConfig:
         data=_build(DataConfig, raw.get("data", {}), "data"),
         train=_build(TrainConfig, raw.get("train", {}), "train"),
         track=_build(TrackConfig, raw.get("track", {}), "track"),
+        log=_build(LogConfig, raw.get("log", {}), "log"),
     )
     config.validate()
     return config
@@ -337,7 +351,7 @@ def parse_override(item: str) -> dict:
 
 def _suggest_full_key(key: str) -> str:
     keys = [f"{s}.{f.name}" for s, cls in (("data", DataConfig), ("train", TrainConfig),
-                                           ("track", TrackConfig))
+                                           ("track", TrackConfig), ("log", LogConfig))
             for f in dataclasses.fields(cls)]
     for name in MODELS:
         keys += [f"model.{f.name}" for f in dataclasses.fields(model_config_class(name))]

@@ -9,7 +9,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -49,6 +50,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def writing_dir(final_dir: Path, what: str) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `final_dir` to write into; when the block ends,
+    its files are synced and it replaces `final_dir` (replace_dir), so a crash or an error leaves
+    the old folder. On an error the temporary folder is removed; safetensors' own error for a
+    full disk becomes an OSError naming `what`."""
+    from safetensors import SafetensorError
+
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final_dir.with_name(f".{final_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        replace_dir(tmp, final_dir)
+    except SafetensorError as e:
+        raise OSError(f"cannot write {what} ({e})") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:

@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -82,6 +83,25 @@ def test_attention_maps(tiny_run, tmp_path):
             attention_probe(ckpt, "First", tmp_path / "b", **bad)
     with pytest.raises(LmscopeError, match="outside the vocabulary|not in the vocabulary|unknown"):
         attention_probe(ckpt, "Zq~", tmp_path / "b")
+
+
+def test_attention_json_holds_every_layer_at_every_checkpoint(tiny_run, tmp_path):
+    """attention.json (the report's hover view): each checkpoint's maps, equal to the model's."""
+    prompt = "First Citizen:\nBefore"
+    attention_probe(tiny_run, prompt, tmp_path / "a", layer=0, heads="1", which="all")
+    maps = json.loads((tmp_path / "a" / "attention.json").read_text(encoding="utf-8"))
+    assert maps["prompt"] == prompt and "".join(maps["tokens"]) == prompt
+    assert [(c["checkpoint"], c["iteration"]) for c in maps["checkpoints"]] == [
+        ("iter_0000010", 10), ("iter_0000020", 20), ("final", 30)]
+    _, layers = attention_probabilities(lmscope.load(tiny_run, device="cpu"), prompt)
+    final = maps["checkpoints"][-1]["layers"]
+    assert len(final) == 2 and all(len(heads) == 2 for heads in final)  # every layer and head
+    for a, heads in zip(layers, final, strict=True):
+        for h, rows in enumerate(heads):
+            assert [len(r) for r in rows] == list(range(1, len(prompt) + 1))  # keys 0..q
+            for q, row in enumerate(rows):
+                np.testing.assert_allclose(row, a[h, q, : q + 1], atol=5e-5)
+    assert maps["checkpoints"][0]["layers"] != final  # the maps change over training
 
 
 def test_head_scores_of_known_patterns():

@@ -38,3 +38,29 @@ def test_markdown_subset(tmp_path):
 def test_a_folder_that_is_neither_is_refused(tmp_path):
     with pytest.raises(LmscopeError, match="neither a run folder"):
         write_report(tmp_path)
+
+
+def test_the_attention_view_embeds_the_maps(tiny_run, tmp_path):
+    """A study folder with attention.json gets the hover view, its data and its script; a page
+    without one gets no script."""
+    import json
+    import shutil
+
+    from lmscope.analysis.attention import attention_probe
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_run, study / "runs" / "tiny")
+    (study / "study.json").write_text(json.dumps({"name": "tiny"}))
+    assert "<script" not in write_report(study).read_text()
+    attention_probe(study / "runs" / "tiny", "All:", study / "attention" / "tiny")
+    path = study / "attention" / "tiny" / "attention.json"
+    maps = json.loads(path.read_text())
+    path.write_text(json.dumps({**maps, "prompt": "All:</script>"}))  # as a hostile file might
+    page = write_report(study).read_text()
+    assert page.count('class="attn"') == 1 and page.count("<script>") == 1
+    data = re.search(r'<script type="application/json" id="attention-maps-0">(.*?)</script>',
+                     page, re.S).group(1)
+    assert "</" not in data  # the prompt's "</script>" cannot end the data block early
+    maps = json.loads(data)
+    assert maps["prompt"] == "All:</script>" and len(maps["checkpoints"]) == 1
+    assert '<option value="1" selected>1</option>' in page  # the last layer is shown first

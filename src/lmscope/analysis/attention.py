@@ -9,16 +9,21 @@ and for each head three scores (means over the queries that have such a key):
     self             A[q, q]            the head looks at the current token
     first-token      A[q, 0]            the head rests on the first token (a common 'sink')
     mean distance    sum_k A[q, k] (q - k)   how far back the head looks
+
+It also writes attention.json: every layer's and head's map at each chosen checkpoint (rows
+rounded to 4 decimals, row q holding keys 0..q), which the HTML report turns into a view where
+hovering a token shows where each head attends from it, checkpoint by checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lmscope.analysis.common import markdown_table, visible, write_csv
+from lmscope.analysis.common import markdown_table, run_checkpoints, visible, write_csv
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.report import plots
@@ -66,11 +71,32 @@ def parse_heads(text: str | None, n_head: int) -> list[int]:
     return heads
 
 
-def attention_probe(checkpoint, prompt: str, out_dir, *, layer: int = -1,
-                    heads: str | None = None, top: int = 3) -> dict:
+def maps_json(name: str, iteration: int, layers: list[np.ndarray]) -> dict:
+    """One checkpoint's maps for attention.json: layers x heads x ragged rows (keys 0..q)."""
+    def rows(a: np.ndarray) -> list[list[float]]:  # float64 first: 0.1234, not 0.12340000271
+        return [np.round(a[q, : q + 1].astype(np.float64), 4).tolist() for q in range(len(a))]
+
+    return {"checkpoint": name, "iteration": iteration,
+            "layers": [[rows(a[h]) for h in range(a.shape[0])] for a in layers]}
+
+
+def attention_probe(run, prompt: str, out_dir, *, layer: int = -1, heads: str | None = None,
+                    top: int = 3, which: str = "final", device: str = "auto") -> dict:
     """Write attention_L<l>_H<h>.png per head, attention_L<l>.png (all chosen heads),
-    top_keys.csv and summary.md into out_dir."""
-    tokens, layers = attention_probabilities(checkpoint, prompt)
+    top_keys.csv and summary.md for the last checkpoint, and attention.json with every layer at
+    each checkpoint of `run` (a loaded Checkpoint, a checkpoint folder, or a run folder with
+    which="final" or "all") into out_dir."""
+    import lmscope
+
+    if isinstance(run, lmscope.Checkpoint):
+        checkpoints = [run]
+    else:
+        checkpoints = [lmscope.load(p, device=device) for p in run_checkpoints(run, which)]
+    evolution = []
+    for ckpt in checkpoints:
+        tokens, layers = attention_probabilities(ckpt, prompt)
+        evolution.append(maps_json(ckpt.name, ckpt.iteration, layers))
+    checkpoint = checkpoints[-1]
     n_layer = len(layers)
     if not -n_layer <= layer < n_layer:
         raise LmscopeError(f"layer {layer} does not exist: this model has layers 0 to "
@@ -120,4 +146,8 @@ def attention_probe(checkpoint, prompt: str, out_dir, *, layer: int = -1,
                                  for i in range(top) if r[4 + 3 * i] != "")] for r in rows]))
     atomic_write_text(out / "summary.md", text)
     files.append(out / "summary.md")
+    raw_tokens = [checkpoint.tokenizer.decode([i]) for i in checkpoint.tokenizer.encode(prompt)]
+    maps = {"prompt": prompt, "tokens": raw_tokens, "checkpoints": evolution}
+    atomic_write_text(out / "attention.json", json.dumps(maps, separators=(",", ":")))
+    files.append(out / "attention.json")
     return {"files": [str(f) for f in files], "scores": scores, "layer": layer}

@@ -522,8 +522,9 @@ class StudyRunner:
             if not hasattr(ckpt.model, "forward_with_attention"):
                 self.log(f"  {run.name}: {ckpt.model_name} has no attention, skipped")
                 continue
-            attention_probe(ckpt, a.prompt, self.out / "attention" / run.name, layer=a.layer,
-                            heads=a.heads or None)
+            attention_probe(self.run_dir(run.name), a.prompt, self.out / "attention" / run.name,
+                            layer=a.layer, heads=a.heads or None, which="all",
+                            device=self.device)
 
     def step_generation(self) -> None:
         """Generation quality, speed and generation-time attention of every run, per checkpoint

@@ -10,6 +10,9 @@ inline. It shows, where the folder has them:
                        comparison, generation, seeds, ...), as HTML tables
     zero-shot matrix   matrix.csv as a table coloured by loss (lower is greener)
     attribution        each prompt's characters coloured by their importance
+    attention          an interactive view of attention.json: hover a token of the prompt to
+                       see where each head of the chosen layer attends from it; a slider walks
+                       through the checkpoints (a few lines of JavaScript, ATTENTION_SCRIPT)
     figures            every PNG a step wrote, under its step
 
 Markdown is turned into HTML by `markdown_to_html`, which knows the subset the steps write
@@ -43,6 +46,74 @@ img { max-width: 100%; margin: .4em 0; }
 figcaption { font-size: 12px; color: #555; }
 .samples td { font: 12px/1.3 ui-monospace, monospace; white-space: pre-wrap; min-width: 220px; }
 .prompt span { font: 15px ui-monospace, monospace; white-space: pre; padding: 1px 0; }
+.attn { border: 1px solid #ccc; border-radius: 6px; padding: .6em 1em; margin: .8em 0; }
+.attn-controls { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: center; font-size: 13px; }
+.attn .tokens { font: 14px/1.9 ui-monospace, monospace; white-space: pre; }
+.attn .tokens span { padding: 1px 0; border-bottom: 2px solid transparent; }
+.attn .query-row span { cursor: crosshair; }
+.attn .query-row span:hover, .attn .tokens span.current { border-bottom-color: #d04020; }
+.attn .tokens span.future { color: #bbb; }
+.attn .head { display: flex; gap: .8em; align-items: baseline; }
+.attn .head b { font-size: 12px; min-width: 4em; }
+.attn .head i { font-size: 12px; color: #555; }
+"""
+
+# The attention view: for the hovered query token, colour every key token of each head's row by
+# its attention weight (opacity = sqrt(weight), so that weak links stay visible).
+ATTENTION_SCRIPT = """
+document.querySelectorAll(".attn").forEach(function (view) {
+  var data = JSON.parse(document.getElementById(view.dataset.maps).textContent);
+  var T = data.tokens.length, query = T - 1;
+  var slider = view.querySelector(".attn-checkpoint"), layer = view.querySelector(".attn-layer");
+  var promptRow = view.querySelector(".query-row"), heads = view.querySelector(".attn-heads");
+  function shown(text) { return text.replace(/\\n/g, "\u23ce").replace(/\\t/g, "\u21e5"); }
+  function token(text, k) {
+    var s = document.createElement("span");
+    s.textContent = shown(text);
+    s.dataset.k = k;
+    return s;
+  }
+  data.tokens.forEach(function (text, q) {
+    var s = token(text, q);
+    s.addEventListener("mouseenter", function () { query = q; draw(); });
+    promptRow.appendChild(s);
+  });
+  function draw() {
+    var ckpt = data.checkpoints[+slider.value], maps = ckpt.layers[+layer.value];
+    view.querySelector(".attn-checkpoint-name").textContent =
+      ckpt.checkpoint + " (iteration " + ckpt.iteration + ")";
+    view.querySelector(".attn-query").textContent =
+      "query " + query + ": " + JSON.stringify(data.tokens[query]);
+    promptRow.querySelectorAll("span").forEach(function (s) {
+      s.classList.toggle("current", +s.dataset.k === query);
+    });
+    heads.textContent = "";
+    maps.forEach(function (rows, h) {
+      var weights = rows[query], top = Math.max.apply(null, weights), best = weights.indexOf(top);
+      var line = document.createElement("div"), label = document.createElement("b");
+      var tokens = document.createElement("span"), note = document.createElement("i");
+      line.className = "head";
+      label.textContent = "head " + h;
+      tokens.className = "tokens";
+      data.tokens.forEach(function (text, k) {
+        var s = token(text, k);
+        if (k > query) { s.className = "future"; }
+        else {
+          s.style.background = "rgba(40, 100, 200, " + Math.sqrt(weights[k]).toFixed(3) + ")";
+          s.title = "key " + k + ": " + weights[k].toFixed(4);
+        }
+        tokens.appendChild(s);
+      });
+      note.textContent = "most on " + JSON.stringify(data.tokens[best]) + " at " + best +
+        " (" + top.toFixed(2) + ")";
+      line.append(label, tokens, note);
+      heads.appendChild(line);
+    });
+  }
+  slider.addEventListener("input", draw);
+  layer.addEventListener("change", draw);
+  draw();
+});
 """
 
 STUDY_SECTIONS = [  # (title, folder): the steps of analysis/study.py, in order
@@ -64,9 +135,10 @@ def write_report(folder: str | Path) -> Path:
     else:
         raise LmscopeError(f"{folder} is neither a run folder (metrics.jsonl) nor a study folder "
                            "(study.json)")
+    script = f"<script>{ATTENTION_SCRIPT}</script>" if 'class="attn"' in body else ""
     page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>lmscope: {html.escape(folder.name)}</title><style>{STYLE}</style></head>"
-            f"<body>\n{body}\n</body></html>\n")
+            f"<body>\n{body}\n{script}</body></html>\n")
     path = folder / "report.html"
     if not path.is_file() or path.read_text(encoding="utf-8") != page:  # unchanged: not touched
         atomic_write_text(path, page)
@@ -92,6 +164,8 @@ def _study(folder: Path) -> str:
             parts.append(_matrix(sub / "matrix.csv"))
         if name == "attribution":
             parts.append(_attribution_views(sub))
+        if name == "attention":
+            parts.append(_attention_views(sub))
         parts.append(_markdown_files(sub, skip={"matrix.md"} if name == "matrix" else set()))
         parts.append(_figures([(p, str(p.relative_to(sub))) for p in sorted(sub.rglob("*.png"))]))
     return "\n".join(parts)
@@ -180,6 +254,32 @@ def _attribution_views(folder: Path) -> str:
         parts.append(f"<h3>{html.escape(path.parent.name)} model, iteration {final}</h3><table>"
                      "<tr><th>prompt</th><th>method</th><th>characters, coloured by importance"
                      "</th><th>predicted</th></tr>" + "".join(lines) + "</table>")
+    return "".join(parts)
+
+
+def _attention_views(folder: Path) -> str:
+    """One interactive view per attention.json (a run's maps at each checkpoint), drawn by
+    ATTENTION_SCRIPT from the JSON embedded next to it."""
+    parts = []
+    for n, path in enumerate(sorted(folder.glob("*/attention.json"))):
+        maps = json.loads(path.read_text(encoding="utf-8"))
+        last = len(maps["checkpoints"]) - 1
+        n_layer = len(maps["checkpoints"][0]["layers"])
+        layers = "".join(f"<option value=\"{i}\"{' selected' if i == n_layer - 1 else ''}>{i}"
+                         "</option>" for i in range(n_layer))
+        data = json.dumps(maps, separators=(",", ":")).replace("</", "<\\/")
+        parts.append(
+            f"<h3>{html.escape(path.parent.name)} model: where each head attends</h3>"
+            f"<div class=\"attn\" data-maps=\"attention-maps-{n}\"><div class=\"attn-controls\">"
+            f"<label>checkpoint <input class=\"attn-checkpoint\" type=\"range\" min=\"0\" "
+            f"max=\"{last}\" value=\"{last}\"> <span class=\"attn-checkpoint-name\"></span></label>"
+            f"<label>layer <select class=\"attn-layer\">{layers}</select></label>"
+            "<span class=\"attn-query\"></span></div>"
+            "<p>Hover a token of the prompt (the query): each head's row colours the tokens it "
+            "attends to from there, darker for more weight (opacity is the square root of the "
+            "weight, so weak links stay visible; hover a token for its weight).</p>"
+            "<div class=\"tokens query-row\"></div><div class=\"attn-heads\"></div></div>"
+            f"<script type=\"application/json\" id=\"attention-maps-{n}\">{data}</script>")
     return "".join(parts)
 
 

@@ -15,8 +15,6 @@ Every checkpoint folder is written whole under a temporary name and then renamed
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from lmscope.data.tokenizers import Tokenizer, tokenizer_from_dict
 from lmscope.errors import CheckpointError, LmscopeError
-from lmscope.io import existing_dir, replace_dir
+from lmscope.io import existing_dir, writing_dir
 from lmscope.models import MODELS, build_model
 
 FORMAT = "lmscope-checkpoint"
@@ -87,12 +85,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, model_name: str, mode
     import dataclasses
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with writing_dir(path, f"the checkpoint {path}") as tmp:
         save_file(_state_dict(model), tmp / "model.safetensors", metadata={"format": FORMAT})
         full_meta = {"format": FORMAT, "version": VERSION, "model": model_name,
                      "model_config": dataclasses.asdict(model_config),
@@ -106,15 +99,6 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, model_name: str, mode
             save_file(tensors, tmp / "train_state.safetensors")
             (tmp / "train_state.json").write_text(json.dumps(info, indent=1) + "\n",
                                                   encoding="utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        replace_dir(tmp, path)
-    except SafetensorError as e:  # safetensors reports a full disk as its own error
-        raise OSError(f"cannot write the checkpoint {path} ({e})") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_meta(path: Path) -> dict:

@@ -6,6 +6,7 @@ A run folder holds everything about one training run:
     RUN/tokenizer.json    the tokenizer (also inside every checkpoint)
     RUN/metrics.jsonl     one JSON object per line: {"kind": "train"|"eval", "iter", losses, "lr", ...}
     RUN/attention.jsonl   attention metrics every track.attention_every iterations (gpt; tracking.py)
+    RUN/tensorboard/      the same numbers as TensorBoard scalars, with log.tensorboard=true
     RUN/samples.md        the sample written at each checkpoint, oldest first
     RUN/summary.json      final figures, written when the run ends
     RUN/checkpoints/      iter_NNNNNNN/, best/, final/, last/ (see checkpoint.py)
@@ -71,6 +72,7 @@ from lmscope.train.checkpoint import (
     save_checkpoint,
 )
 from lmscope.train.distributed import Distributed, init_distributed, shutdown
+from lmscope.train.tensorboard import TensorBoardLogger, check_installed
 from lmscope.train.tracking import AttentionTracker, probe_batch
 
 
@@ -418,7 +420,7 @@ class Trainer:
         return self.tracker is not None and (it % every == 0 or it >= self.config.train.max_iters)
 
     def _open_metrics(self) -> None:
-        self.metrics = None
+        self.metrics = self.tensorboard = None
         if not self.dist.is_main:
             return
         path = self.run_dir / "metrics.jsonl"
@@ -436,12 +438,19 @@ class Trainer:
             rewrite_jsonl(self.tracker.path, lambda row: self.resume and (
                 row.get("iter", 0) < self.iter or
                 (row.get("iter", 0) == self.iter and not self._tracks_at(self.iter))))
+        if self.config.log.tensorboard:  # rank 0 only, like the files above
+            self.tensorboard = TensorBoardLogger(
+                self.run_dir, resume_from=self.iter if self.resume else None)
 
     def _write_metrics(self, row: dict) -> None:
         if self.metrics is None:
             return
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.metrics(row)
+            if row["kind"] != "train":  # at evaluation points and the end
+                self.tensorboard.flush()
 
     @torch.no_grad()
     def estimate_loss(self) -> dict[str, float]:
@@ -600,6 +609,8 @@ class Trainer:
             shutdown(self.dist)
 
     def _run(self) -> TrainResult:
+        if self.config.log.tensorboard:
+            check_installed()  # before the run folder is touched
         self._prepare_run_dir()
         self.setup()
         cfg, tc = self.config, self.config.train
@@ -636,6 +647,8 @@ class Trainer:
                 at_end = it >= tc.max_iters
                 if self._tracks_at(it):
                     row = self.tracker.capture(self.raw_model, it)
+                    if self.tensorboard is not None:
+                        self.tensorboard.attention(row)
                     window_t += row["seconds"]  # tokens/s counts optimizer steps only
                 if self._evaluates_at(it):
                     losses = self.estimate_loss()
@@ -723,6 +736,8 @@ class Trainer:
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
 

@@ -1,0 +1,108 @@
+"""TensorBoard logging (`--set log.tensorboard=true`): the rows of metrics.jsonl and attention.jsonl,
+also as TensorBoard scalars in RUN/tensorboard/ (view with `tensorboard --logdir runs/`).
+
+The trainer hands every row it writes to a JSON-lines file to this logger too, so the two logs hold
+the same numbers. Each row's "iter" is the step; the tags are
+
+    train/<key>, eval/<key>, final/<key>    every number of a metrics.jsonl row of that kind:
+                                            train/loss, train/lr, eval/val_loss,
+                                            eval/val_loss:<corpus>, final/val_loss_full, ...
+    attention/<metric>                      the model-wide attention metrics of attention.jsonl
+    attention/<metric>/layer<i>             the same for layer i (the mean over its heads)
+
+with <metric> one of entropy_bits, entropy_norm, mean_distance, span90, head_diversity_js.
+
+Every session starts its event file with a restart marker (SummaryWriter's `purge_step`): a resumed
+run's is at the resumed iteration, so TensorBoard hides the points earlier sessions wrote from there
+on (a run killed after its last checkpoint wrote some); the rows the JSON-lines files keep at that
+iteration are then written again. A run that turns TensorBoard on when resuming gets its whole
+history written first. TensorBoard's fast loader (tensorboard-data-server) ignores the markers but
+drops a tag's points from the step where the tag is written again, which comes to the same, except
+that a finished run resumed for more iterations keeps its old final/ point there.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lmscope.errors import ConfigError
+from lmscope.io import read_jsonl
+
+# the metrics of attention_summary() that become tags (and its span key, e.g. span90)
+ATTENTION_METRICS = ("entropy_bits", "entropy_norm", "mean_distance", "head_diversity_js")
+
+
+def check_installed() -> None:
+    """Fail with the fix, before anything is written, when the tensorboard package is missing."""
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"log.tensorboard=true needs the tensorboard package, which cannot be "
+                          f"imported here ({reason}); install it with: "
+                          'pip install "lmscope[tensorboard]" (or set log.tensorboard=false)'
+                          ) from None
+
+
+def metric_scalars(row: dict) -> dict[str, float]:
+    """The tags and values of a metrics.jsonl row: every number but the iteration, under its kind."""
+    return {f"{row['kind']}/{key}": value for key, value in row.items()
+            if key not in ("kind", "iter") and _is_number(value)}
+
+
+def attention_scalars(row: dict) -> dict[str, float]:
+    """The tags and values of an attention.jsonl row: each metric over the model and per layer."""
+    names = [*ATTENTION_METRICS, *(k for k in row if k.startswith("span"))]
+    out = {}
+    for name in names:
+        if _is_number(row.get(name)):
+            out[f"attention/{name}"] = row[name]
+        for i, layer in enumerate(row.get("layers", [])):
+            value = layer.get(name)
+            if isinstance(value, list) and value:  # one value per head
+                value = math.fsum(value) / len(value)
+            if _is_number(value):
+                out[f"attention/{name}/layer{i}"] = value
+    return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class TensorBoardLogger:
+    """Writes metrics and attention rows as scalars to `run_dir/tensorboard/`."""
+
+    def __init__(self, run_dir: Path, *, resume_from: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = run_dir / "tensorboard"
+        had_events = any(self.log_dir.glob("events.out.tfevents.*"))
+        start = resume_from if resume_from is not None and had_events else 0
+        # a marker in a new run too: TensorBoard's server takes a run's first one for its start
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=start)
+        if resume_from is not None:  # what the JSON-lines files keep from `start` on
+            for name, write in (("metrics.jsonl", self.metrics),
+                                ("attention.jsonl", self.attention)):
+                path = run_dir / name
+                for row in read_jsonl(path) if path.is_file() else []:
+                    if row.get("iter", 0) >= start:
+                        write(row)
+
+    def metrics(self, row: dict) -> None:
+        self._write(metric_scalars(row), row["iter"])
+
+    def attention(self, row: dict) -> None:
+        self._write(attention_scalars(row), row["iter"])
+
+    def _write(self, scalars: dict[str, float], step: int) -> None:
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, global_step=step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
