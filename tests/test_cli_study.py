@@ -99,8 +99,9 @@ def quick_domain_study(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("quick_domain")
     shutil.copytree(REPO / "studies", root / "studies")
     out = root / "quick"
-    r = lmscope(*args[:4], out, *args[5:], cwd=root, timeout=900,
-                env_extra={"LMSCOPE_CACHE": str(root / "cache")})  # never the user's cache
+    env = {"LMSCOPE_DATA": str(Path(os.environ["LMSCOPE_DATA"]).resolve()),  # run from root
+           "LMSCOPE_CACHE": str(root / "cache")}  # never the user's cache
+    r = lmscope(*args[:4], out, *args[5:], cwd=root, timeout=900, env_extra=env)
     assert r.returncode == 0, r.stderr
     done, report = r.stdout.splitlines()[-2:]
     assert done.startswith("done in") and report == f"report: {out / 'report.html'}"

@@ -211,7 +211,8 @@ CASES = [
     C("export-out-taken", "export", "--out a folder holding other files",
       ("export", "{run}", "--format", "hf", "--out", "{w}/taken"), ("--force",)),
     C("export-force-not-export", "export", "--force on a folder that is not an earlier export",
-      ("export", "{run}", "--format", "hf", "--out", "{w}/taken", "--force"), ("no config.json",)),
+      ("export", "{run}", "--format", "hf", "--out", "{w}/taken", "--force"),
+      ("not an earlier export",)),
     C("export-out-is-file", "export", "--out naming a file",
       ("export", "{run}", "--format", "hf", "--out", "{w}/tiny.txt"), ("is a file",)),
 ]

@@ -197,9 +197,12 @@ def test_an_existing_folder_is_replaced_only_with_force_and_only_an_export(tmp_p
     (tmp_path / "hf" / "notes.txt").write_text("mine")
     with pytest.raises(LmscopeError, match="already holds files.*--force"):
         export_hf(ckpt, tmp_path / "hf")
-    with pytest.raises(LmscopeError, match="no config.json"):
+    with pytest.raises(LmscopeError, match="not an earlier export"):
         export_hf(ckpt, tmp_path / "hf", force=True)
-    assert [p.name for p in (tmp_path / "hf").iterdir()] == ["notes.txt"]
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "bert"}')  # some other project
+    with pytest.raises(LmscopeError, match="not an earlier export"):
+        export_hf(ckpt, tmp_path / "hf", force=True)
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "notes.txt"]
     with pytest.raises(LmscopeError, match="is a file"):
         export_hf(ckpt, tmp_path / "hf" / "notes.txt")
 

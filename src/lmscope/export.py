@@ -85,9 +85,19 @@ def _check_out(out: Path, force: bool) -> None:
     if not force:
         raise LmscopeError(f"{out} already holds files; choose another --out, or pass --force "
                            "to replace an earlier export")
-    if not (out / "config.json").is_file():  # never wipe a run folder or a home by mistake
-        raise LmscopeError(f"{out} holds files but no config.json, so it is not an earlier "
-                           "export; --force only replaces an exported model folder")
+    if not _is_export(out):  # never wipe a run folder or a project by mistake
+        raise LmscopeError(f"{out} holds files but is not an earlier export (a GPT-2 config.json "
+                           "with model.safetensors); --force only replaces an exported model "
+                           "folder")
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and config.get("model_type") == "gpt2"
+            and (folder / "model.safetensors").is_file())
 
 
 def _write_json(path: Path, obj) -> None:

@@ -55,12 +55,12 @@ def test_the_attention_view_embeds_the_maps(tiny_run, tmp_path):
     attention_probe(study / "runs" / "tiny", "All:", study / "attention" / "tiny")
     path = study / "attention" / "tiny" / "attention.json"
     maps = json.loads(path.read_text())
-    path.write_text(json.dumps({**maps, "prompt": "All:</script>"}))  # as a hostile file might
+    path.write_text(json.dumps({**maps, "prompt": "<!--<script>All:</script>"}))  # hostile
     page = write_report(study).read_text()
     assert page.count('class="attn"') == 1 and page.count("<script>") == 1
     data = re.search(r'<script type="application/json" id="attention-maps-0">(.*?)</script>',
                      page, re.S).group(1)
-    assert "</" not in data  # the prompt's "</script>" cannot end the data block early
+    assert "<" not in data  # the prompt's "</script>" or "<!--" cannot end the data block
     maps = json.loads(data)
-    assert maps["prompt"] == "All:</script>" and len(maps["checkpoints"]) == 1
+    assert maps["prompt"] == "<!--<script>All:</script>" and len(maps["checkpoints"]) == 1
     assert '<option value="1" selected>1</option>' in page  # the last layer is shown first

@@ -132,6 +132,19 @@ def test_turning_tensorboard_on_when_resuming_writes_the_whole_history(tiny_corp
     assert [s for s, _ in _events(run)["eval/val_loss"]] == [0, 10, 20, 30]
 
 
+def test_on_off_on_leaves_no_gap(tiny_corpus, tmp_path):
+    """A session with TensorBoard off between two with it on: the third writes it all again."""
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "r"
+    settings = ("track.attention_every=5", "train.eval_interval=10")
+    _quiet(_config(tiny_corpus, *settings, "train.max_iters=10", "log.tensorboard=true"), run)
+    for on, iters in ((False, 20), (True, 30)):
+        _quiet(_config(tiny_corpus, *settings, f"train.max_iters={iters}",
+                       f"log.tensorboard={str(on).lower()}"), run, resume=True)
+    assert_same_scalars(run)
+    assert [s for s, _ in _events(run)["eval/val_loss"]] == [0, 10, 20, 30]
+
+
 def test_the_log_section_is_checked_like_the_others():
     assert resolve_config(data="math").log.tensorboard is False
     assert resolve_config(data="math", overrides=["log.tensorboard=yes"]).log.tensorboard is True

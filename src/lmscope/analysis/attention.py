@@ -88,22 +88,21 @@ def attention_probe(run, prompt: str, out_dir, *, layer: int = -1, heads: str | 
     which="final" or "all") into out_dir."""
     import lmscope
 
-    if isinstance(run, lmscope.Checkpoint):
-        checkpoints = [run]
-    else:
-        checkpoints = [lmscope.load(p, device=device) for p in run_checkpoints(run, which)]
+    paths = [run] if isinstance(run, lmscope.Checkpoint) else run_checkpoints(run, which)
     evolution = []
-    for ckpt in checkpoints:
-        tokens, layers = attention_probabilities(ckpt, prompt)
-        evolution.append(maps_json(ckpt.name, ckpt.iteration, layers))
-    checkpoint = checkpoints[-1]
-    n_layer = len(layers)
-    if not -n_layer <= layer < n_layer:
-        raise LmscopeError(f"layer {layer} does not exist: this model has layers 0 to "
-                           f"{n_layer - 1}")
-    layer = layer % n_layer
-    attn = layers[layer]
-    chosen = parse_heads(heads, attn.shape[0])
+    for i, path in enumerate(paths):  # one model in memory at a time
+        checkpoint = path if isinstance(path, lmscope.Checkpoint) else lmscope.load(path,
+                                                                                   device=device)
+        tokens, layers = attention_probabilities(checkpoint, prompt)
+        if i == 0:  # a bad --layer or --heads is told before the other checkpoints are read
+            n_layer = len(layers)
+            if not -n_layer <= layer < n_layer:
+                raise LmscopeError(f"layer {layer} does not exist: this model has layers 0 to "
+                                   f"{n_layer - 1}")
+            layer = layer % n_layer
+            chosen = parse_heads(heads, layers[layer].shape[0])
+        evolution.append(maps_json(checkpoint.name, checkpoint.iteration, layers))
+    attn = layers[layer]  # the figures and tables: the last checkpoint's
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     T = len(tokens)

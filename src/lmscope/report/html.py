@@ -62,6 +62,11 @@ figcaption { font-size: 12px; color: #555; }
 # its attention weight (opacity = sqrt(weight), so that weak links stay visible).
 ATTENTION_SCRIPT = """
 document.querySelectorAll(".attn").forEach(function (view) {
+  try { show(view); } catch (e) {  // one broken view (e.g. NaN weights) leaves the others working
+    view.querySelector(".attn-heads").textContent = "cannot show this view: " + e;
+  }
+});
+function show(view) {
   var data = JSON.parse(document.getElementById(view.dataset.maps).textContent);
   var T = data.tokens.length, query = T - 1;
   var slider = view.querySelector(".attn-checkpoint"), layer = view.querySelector(".attn-layer");
@@ -113,7 +118,7 @@ document.querySelectorAll(".attn").forEach(function (view) {
   slider.addEventListener("input", draw);
   layer.addEventListener("change", draw);
   draw();
-});
+}
 """
 
 STUDY_SECTIONS = [  # (title, folder): the steps of analysis/study.py, in order
@@ -263,11 +268,14 @@ def _attention_views(folder: Path) -> str:
     parts = []
     for n, path in enumerate(sorted(folder.glob("*/attention.json"))):
         maps = json.loads(path.read_text(encoding="utf-8"))
+        if not maps.get("checkpoints"):
+            continue
         last = len(maps["checkpoints"]) - 1
         n_layer = len(maps["checkpoints"][0]["layers"])
         layers = "".join(f"<option value=\"{i}\"{' selected' if i == n_layer - 1 else ''}>{i}"
                          "</option>" for i in range(n_layer))
-        data = json.dumps(maps, separators=(",", ":")).replace("</", "<\\/")
+        # no "<" at all inside the data block: "</script>" or "<!--" in a prompt cannot end it
+        data = json.dumps(maps, separators=(",", ":")).replace("<", "\\u003c")
         parts.append(
             f"<h3>{html.escape(path.parent.name)} model: where each head attends</h3>"
             f"<div class=\"attn\" data-maps=\"attention-maps-{n}\"><div class=\"attn-controls\">"

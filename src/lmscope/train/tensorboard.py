@@ -12,13 +12,13 @@ the same numbers. Each row's "iter" is the step; the tags are
 
 with <metric> one of entropy_bits, entropy_norm, mean_distance, span90, head_diversity_js.
 
-Every session starts its event file with a restart marker (SummaryWriter's `purge_step`): a resumed
-run's is at the resumed iteration, so TensorBoard hides the points earlier sessions wrote from there
-on (a run killed after its last checkpoint wrote some); the rows the JSON-lines files keep at that
-iteration are then written again. A run that turns TensorBoard on when resuming gets its whole
-history written first. TensorBoard's fast loader (tensorboard-data-server) ignores the markers but
-drops a tag's points from the step where the tag is written again, which comes to the same, except
-that a finished run resumed for more iterations keeps its old final/ point there.
+Every session starts its event file with a restart marker at step 0 (SummaryWriter's
+`purge_step`), so TensorBoard hides what earlier sessions wrote, and a resumed run writes its whole
+history again from the JSON-lines files (which the trainer has already cut back to the resumed
+iteration): points a killed session wrote after its last checkpoint disappear, and a session that
+ran with TensorBoard off leaves no gap. TensorBoard's fast loader (tensorboard-data-server) ignores
+the markers but drops a tag's points from the step where the tag is written again, which comes to
+the same, except that a finished run resumed for more iterations keeps its old final/ point there.
 """
 
 from __future__ import annotations
@@ -75,21 +75,22 @@ def _is_number(value) -> bool:
 class TensorBoardLogger:
     """Writes metrics and attention rows as scalars to `run_dir/tensorboard/`."""
 
-    def __init__(self, run_dir: Path, *, resume_from: int | None = None):
+    def __init__(self, run_dir: Path, *, resume: bool = False):
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = run_dir / "tensorboard"
-        had_events = any(self.log_dir.glob("events.out.tfevents.*"))
-        start = resume_from if resume_from is not None and had_events else 0
-        # a marker in a new run too: TensorBoard's server takes a run's first one for its start
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=start)
-        if resume_from is not None:  # what the JSON-lines files keep from `start` on
+        # A restart marker at step 0 in every session (TensorBoard's server also takes a run's
+        # first marker for its start): earlier sessions' points are hidden and a resumed run
+        # writes its whole history again from the JSON-lines files, so a session that ran with
+        # TensorBoard off, or was killed after its last checkpoint, leaves neither a gap nor
+        # stale points.
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=0)
+        if resume:
             for name, write in (("metrics.jsonl", self.metrics),
                                 ("attention.jsonl", self.attention)):
                 path = run_dir / name
                 for row in read_jsonl(path) if path.is_file() else []:
-                    if row.get("iter", 0) >= start:
-                        write(row)
+                    write(row)
 
     def metrics(self, row: dict) -> None:
         self._write(metric_scalars(row), row["iter"])

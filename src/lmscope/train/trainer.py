@@ -439,8 +439,7 @@ class Trainer:
                 row.get("iter", 0) < self.iter or
                 (row.get("iter", 0) == self.iter and not self._tracks_at(self.iter))))
         if self.config.log.tensorboard:  # rank 0 only, like the files above
-            self.tensorboard = TensorBoardLogger(
-                self.run_dir, resume_from=self.iter if self.resume else None)
+            self.tensorboard = TensorBoardLogger(self.run_dir, resume=self.resume)
 
     def _write_metrics(self, row: dict) -> None:
         if self.metrics is None:
