@@ -239,9 +239,15 @@ train = {{ max_iters = 7 }}
     plain, mix = (full.run_config(r) for r in full.runs())
     assert plain.data.tokenizer == mix.data.tokenizer == "byte"
     assert "+" in mix.data.corpus and mix.train.max_iters == 80 and plain.train.max_iters == 50
+    assert not plain.log.tensorboard
     quick = load_study(study, quick=True)
     plain, mix = (quick.run_config(r) for r in quick.runs())
     assert (plain.train.max_iters, mix.train.max_iters) == (5, 7)
+
+    study.write_text(study.read_text() + "\n[log]\ntensorboard = true\n[track]\n"
+                     "attention_every = 3\n")  # the [log] and [track] tables reach every run
+    configs = [load_study(study).run_config(r) for r in load_study(study).runs()]
+    assert all(c.log.tensorboard and c.track.attention_every == 3 for c in configs)
 
     study.write_text(study.read_text().replace("[quick.variants.mix]", "[quick.variants.mixx]"))
     with pytest.raises(LmscopeError, match=r"\[quick.variants.mixx\] names no \[\[variant\]\] \("

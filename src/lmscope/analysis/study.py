@@ -12,6 +12,7 @@ Two kinds. A *domain* study trains one model per corpus and compares them across
     [train]                              # ... and train.KEY=VALUE
     [data]                               # ... and data.KEY=VALUE (tokenizer = "bpe", ...)
     [track]                              # ... and track.KEY=VALUE (attention_every = 100, ...)
+    [log]                                # ... and log.KEY=VALUE (tensorboard = true)
     [transfer]    checkpoints, iters, eval_every, eval_iters
     [softmax]     top_k
     [attribution] methods, baseline, steps
@@ -85,6 +86,7 @@ from lmscope.io import atomic_write_json, atomic_write_text
 STEPS = ("stats", "train", "compare", "matrix", "transfer", "softmax", "attribution", "generate",
          "attention", "generation", "seeds")
 CORPUS_STEPS = ("matrix", "transfer", "softmax", "attribution")  # one run per corpus
+RUN_TABLES = ("model", "train", "data", "track", "log")  # config sections a study sets for its runs
 DEFAULT_STEPS = ("stats", "train", "matrix", "transfer", "softmax", "attribution")
 VARIANT_STEPS = ("stats", "train", "compare", "generate", "attention")
 
@@ -165,6 +167,7 @@ class Study:
     train: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # e.g. tokenizer = "bpe"
     track: dict = field(default_factory=dict)  # e.g. attention_every = 100
+    log: dict = field(default_factory=dict)  # e.g. tensorboard = true
     seeds: list[int] = field(default_factory=list)  # train every run once per seed
     corpus: dict = field(default_factory=dict)  # [corpus.NAME]: model/train/data for one corpus
     variants: list[Variant] = field(default_factory=list)
@@ -205,7 +208,7 @@ class Study:
             base = {**base, "model": {"name": name}}
         own = self.corpus.get(run.corpus, {})
         settings = []
-        for section in ("model", "train", "data", "track"):
+        for section in RUN_TABLES:
             values = {**getattr(self, section), **own.get(section, {}),
                       **getattr(variant, section, {})}
             settings += [f"{section}.{k}={_literal(v)}" for k, v in values.items()]
@@ -248,7 +251,7 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
                 "attention": AttentionSettings, "generation": GenerationSettings}
     if seeds is not None:
         raw = merge(raw, {"study": {"seeds": seeds}})
-    tables = ("study", "model", "train", "data", "track", "corpus", "variant", *settings)
+    tables = ("study", *RUN_TABLES, "corpus", "variant", *settings)
     for key, value in raw.items():
         if key not in tables:
             raise ConfigError(f"study file {path}: unknown table [{key}]{_suggest(key, tables)}")
@@ -258,10 +261,8 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
     head = dict(raw.get("study", {}))
     try:
         study = Study(
-            **_fields(Study, head, "study", skip=("model", "train", "data", "track", "variants",
-                                                  "corpus", *settings)),
-            model=raw.get("model", {}), train=raw.get("train", {}), data=raw.get("data", {}),
-            track=raw.get("track", {}),
+            **_fields(Study, head, "study", skip=(*RUN_TABLES, "variants", "corpus", *settings)),
+            **{table: raw.get(table, {}) for table in RUN_TABLES},
             corpus=raw.get("corpus", {}),
             variants=[_variant(v, path) for v in raw.get("variant", [])],
             **{key: cls(**_fields(cls, raw.get(key, {}), key)) for key, cls in settings.items()})
@@ -278,10 +279,10 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
         if name not in study.corpora and name not in REGISTRY:
             raise ConfigError(f"study file {path}: [corpus.{name}] is not one of the corpora"
                               f"{_suggest(name, study.corpora)}")
-        if not isinstance(tables, dict) or set(tables) - {"model", "train", "data", "track"} or \
+        if not isinstance(tables, dict) or set(tables) - set(RUN_TABLES) or \
                 not all(isinstance(t, dict) for t in tables.values()):
-            raise ConfigError(f"study file {path}: [corpus.{name}] may hold only model, train, "
-                              "data and track tables")
+            raise ConfigError(f"study file {path}: [corpus.{name}] may hold only "
+                              f"{', '.join(RUN_TABLES)} tables")
     if len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"study file {path}: a seed is listed twice in seeds")
     names = [v.name for v in study.variants]
