@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lmscope.data.tokenizers import UNK, UNK_TEXT, CharTokenizer, Tokenizer
+from lmscope.data.tokenizers import UNK, UNK_TEXT, CharTokenizer, Tokenizer, byte_level_chars
 from lmscope.errors import LmscopeError
 from lmscope.io import writing_dir
 from lmscope.train.checkpoint import Checkpoint
@@ -230,26 +230,12 @@ def _char_tokenizer(tokenizer: CharTokenizer):
     return hf, ({"unk_token": unk} if unk == UNK_TEXT else {})
 
 
-def byte_chars() -> list[str]:
-    """GPT-2's printable stand-in character for each byte 0..255 (as ByteLevel pre-tokenizes)."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)}
-    chars, n = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:  # control bytes, space, ... shift past 255
-            chars.append(chr(256 + n))
-            n += 1
-    return chars
-
-
 def _byte_tokenizer():
     """A byte-level BPE without merges: each UTF-8 byte one token, its id the byte's value."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers
 
-    vocab = {ch: b for b, ch in enumerate(byte_chars())}
+    vocab = {ch: b for b, ch in enumerate(byte_level_chars())}
     hf = HFTokenizer(models.BPE(vocab, []))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     hf.decoder = decoders.ByteLevel()  # broken UTF-8 decodes to "�", as in lmscope

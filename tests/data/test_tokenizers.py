@@ -236,3 +236,24 @@ def test_token_dtype():
         token_dtype(2**32 + 1)
     with pytest.raises(ValueError):
         token_dtype(0)
+
+
+def test_token_text_shows_partial_utf8_bytes_as_escapes():
+    """A token shown alone: whole characters as themselves, a lone byte of one as \\xNN."""
+    import re
+
+    byte = ByteTokenizer()
+    assert [byte.token_text(i) for i in byte.encode("aé")] == ["a", "\\xc3", "\\xa9"]
+    chars = CharTokenizer(list("ab\n"))
+    assert [chars.token_text(i) for i in chars.encode("ab\n")] == ["a", "b", "\n"]
+    bpe = BPETokenizer.train(["hello world, café 東京 " * 50], vocab_size=260)  # few merges
+    text = "hello café 東京"
+    ids = bpe.encode(text)
+    shown = [bpe.token_text(i) for i in ids]
+    assert any("\\x" in t for t in shown)  # 東 is three bytes, not all merged
+    for i, t in zip(ids, shown, strict=True):
+        assert ("\\x" in t) == ("\ufffd" in bpe.decode([i]))  # escapes exactly where decode fails
+    as_bytes = b"".join(bytes([int(part[2:], 16)]) if re.fullmatch(r"\\x[0-9a-f]{2}", part)
+                        else part.encode("utf-8")
+                        for t in shown for part in re.split(r"(\\x[0-9a-f]{2})", t) if part)
+    assert as_bytes.decode("utf-8") == text  # nothing lost: the tokens' bytes give the text

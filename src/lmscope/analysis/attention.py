@@ -42,7 +42,7 @@ def attention_probabilities(checkpoint, prompt: str) -> tuple[list[str], list[np
                            "(the model's context length)")
     device = next(model.parameters()).device
     _, attentions = model.forward_with_attention(torch.tensor([ids], device=device))
-    tokens = [visible(checkpoint.tokenizer.decode([i])) for i in ids]
+    tokens = [visible(checkpoint.tokenizer.token_text(i)) for i in ids]
     return tokens, [a[0].float().cpu().numpy() for a in attentions]
 
 
@@ -145,7 +145,7 @@ def attention_probe(run, prompt: str, out_dir, *, layer: int = -1, heads: str | 
                                  for i in range(top) if r[4 + 3 * i] != "")] for r in rows]))
     atomic_write_text(out / "summary.md", text)
     files.append(out / "summary.md")
-    raw_tokens = [checkpoint.tokenizer.decode([i]) for i in checkpoint.tokenizer.encode(prompt)]
+    raw_tokens = [checkpoint.tokenizer.token_text(i) for i in checkpoint.tokenizer.encode(prompt)]
     maps = {"prompt": prompt, "tokens": raw_tokens, "checkpoints": evolution}
     atomic_write_text(out / "attention.json", json.dumps(maps, separators=(",", ":")))
     files.append(out / "attention.json")

@@ -242,9 +242,8 @@ def attribution_probe(run, prompts_path, out_dir, *, methods=METHODS, baseline="
         for prompt in prompts:
             ids = check_prompt_fits(prompt, tok, ckpt.model.context_length)
             target_id = expected_id(prompt, tok) if target == "expected" else None
-            tokens = [tok.decode([i]) for i in ids]
-            chars[prompt.name] = [visible(t) for t in tokens]
-            classes = [char_class(t) for t in tokens]
+            chars[prompt.name] = [visible(tok.token_text(i)) for i in ids]
+            classes = [char_class(tok.decode([i])) for i in ids]  # a lone byte of é: "�", non-ASCII
             for method in methods:
                 a = attribute(ckpt.model, ids, target_id, method, baseline=baseline, steps=steps,
                               unk_id=tok.unk_id)
@@ -252,7 +251,7 @@ def attribution_probe(run, prompts_path, out_dir, *, methods=METHODS, baseline="
                 maps[prompt.name][method].append(np.abs(norm))
                 if a.completeness_gap is not None:
                     gaps[c].append(a.completeness_gap)
-                target_text = visible(tok.decode([a.target_id]))
+                target_text = visible(tok.token_text(a.target_id))
                 for pos, (score, share) in enumerate(zip(a.scores, norm, strict=True)):
                     rows.append([prompt.name, prompt.domain_of(corpus), ckpt.name, ckpt.iteration,
                                  pos, chars[prompt.name][pos], classes[pos], method,

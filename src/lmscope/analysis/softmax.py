@@ -70,7 +70,7 @@ def softmax_probe(run, prompts_path, out_dir, *, top_k: int = 5, which: str = "a
             probs = next_token_distribution(ckpt, ids)
             entropy = float(-(probs * torch.log2(probs.clamp_min(1e-300))).sum())
             top_p, top_i = probs.topk(min(top_k, probs.numel()))
-            top = [(visible(tok.decode([int(t)])), float(q))
+            top = [(visible(tok.token_text(int(t))), float(q))
                    for t, q in zip(top_i, top_p, strict=True)]
             p_expected = float(probs[want]) if want is not None else math.nan
             rank = int((probs > probs[want]).sum()) + 1 if want is not None else ""

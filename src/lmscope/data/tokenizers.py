@@ -73,6 +73,11 @@ class Tokenizer:
         """The text of token ids (`<unk>` and broken UTF-8 come back as "�")."""
         raise NotImplementedError
 
+    def token_text(self, token_id: int) -> str:
+        """One token's text, for showing it alone (attention, softmax and attribution tables):
+        its bytes that are not a whole UTF-8 character are shown as \\xNN, not as "�"."""
+        return self.decode([token_id])
+
     def to_dict(self) -> dict:
         """A JSON-serialisable description, {"kind": ..., ...}, that `tokenizer_from_dict` reads."""
         raise NotImplementedError
@@ -174,8 +179,26 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
+    def token_text(self, token_id: int) -> str:
+        return bytes([int(token_id)]).decode("utf-8", errors="backslashreplace")
+
     def to_dict(self) -> dict:
         return {"kind": self.kind}
+
+
+def byte_level_chars() -> list[str]:
+    """GPT-2's printable stand-in character for each byte 0..255, as the ByteLevel pre-tokenizer
+    of Hugging Face `tokenizers` writes them in a byte-level BPE's vocabulary."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)}
+    chars, n = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:  # control bytes, space, ... shift past 255
+            chars.append(chr(256 + n))
+            n += 1
+    return chars
 
 
 # a newline or space right after a non-whitespace character: see `safe_cut`
@@ -285,6 +308,13 @@ class BPETokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_text(self, token_id: int) -> str:
+        byte_of = {c: b for b, c in enumerate(byte_level_chars())}
+        piece = self.hf.id_to_token(int(token_id)) or ""
+        if not all(c in byte_of for c in piece):  # not a byte-level token: as decode shows it
+            return self.decode([token_id])
+        return bytes(byte_of[c] for c in piece).decode("utf-8", errors="backslashreplace")
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "tokenizer": self.hf.to_str()}
