@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from lmscope.data.tokenizers import UNK, UNK_TEXT, CharTokenizer, Tokenizer, byte_level_chars
 from lmscope.errors import LmscopeError
-from lmscope.io import writing_dir
+from lmscope.io import atomic_write_json, writing_dir
 from lmscope.train.checkpoint import Checkpoint
 
 SUPPORTED = ("--format hf exports GPT models with model.norm=layernorm, model.norm_position=pre "
@@ -45,7 +45,7 @@ def export_hf(checkpoint: Checkpoint | str | Path, out: str | Path, *, force: bo
     """Write a checkpoint (or a run folder's final, else latest) as a transformers GPT-2 folder.
 
     An existing folder that holds files is refused, unless `force` is given and it is an
-    earlier export (it has a config.json). The folder is written whole under a temporary name
+    earlier export (a GPT-2 config.json beside a model.safetensors). The folder is written whole under a temporary name
     and then renamed into place, so an error leaves what was there before.
     """
     if not isinstance(checkpoint, Checkpoint):
@@ -57,7 +57,7 @@ def export_hf(checkpoint: Checkpoint | str | Path, out: str | Path, *, force: bo
     _check_out(out, force)
     model = checkpoint.model
     with writing_dir(out, str(out)) as tmp:
-        _write_json(tmp / "config.json", gpt2_config(model))
+        atomic_write_json(tmp / "config.json", gpt2_config(model))
         save_file(gpt2_state_dict(model), tmp / "model.safetensors",
                   metadata={"format": "pt"})  # transformers reads only "pt"-tagged files
         write_hf_tokenizer(checkpoint.tokenizer, tmp, model_max_length=model.config.block_size)
@@ -98,10 +98,6 @@ def _is_export(folder: Path) -> bool:
         return False
     return (isinstance(config, dict) and config.get("model_type") == "gpt2"
             and (folder / "model.safetensors").is_file())
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -180,14 +176,14 @@ def write_hf_tokenizer(tokenizer: Tokenizer, folder: Path, model_max_length: int
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json for AutoTokenizer."""
     hf, special = hf_tokenizer(tokenizer)
     (folder / "tokenizer.json").write_text(_tokenizer_json(hf), encoding="utf-8")
-    _write_json(folder / "tokenizer_config.json", {
+    atomic_write_json(folder / "tokenizer_config.json", {
         # the generic fast tokenizer: it runs tokenizer.json as written (GPT2Tokenizer would not)
         "tokenizer_class": "PreTrainedTokenizerFast",
         "clean_up_tokenization_spaces": False,  # would turn " ." into "." when decoding
         "model_max_length": model_max_length,
         **special,
     })
-    _write_json(folder / "special_tokens_map.json", special)
+    atomic_write_json(folder / "special_tokens_map.json", special)
 
 
 def _tokenizer_json(hf) -> str:

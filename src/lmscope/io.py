@@ -24,7 +24,10 @@ _FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)` and move the result onto `path` atomically."""
+    """Call `write(tmp_path)` and move the result onto `path` atomically. safetensors' own error
+    for a full disk becomes an OSError naming `path`, like any other failed write."""
+    from safetensors import SafetensorError
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -36,6 +39,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except SafetensorError as e:
+        raise OSError(f"cannot write {path} ({e})") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -120,30 +125,25 @@ def existing_dir(path: Path) -> Path | None:
     return old if old.is_dir() else None
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The rows of a JSON-lines file, oldest first; a line torn by a crash is skipped."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+def _jsonl_lines(path: Path) -> Iterator[tuple[str, dict]]:
+    """Each line of a JSON-lines file with its row; a line torn by a crash is skipped."""
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            rows.append(json.loads(line))
+            yield line, json.loads(line)
         except json.JSONDecodeError:
             continue
-    return rows
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file, oldest first; a line torn by a crash is skipped."""
+    return [row for _, row in _jsonl_lines(Path(path))]
 
 
 def rewrite_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> None:
     """Atomically rewrite a JSON-lines file with only the lines whose row `keep` accepts (kept
     as written; torn lines go). A missing file becomes an empty one."""
     path = Path(path)
-    kept = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if keep(row):
-                kept.append(line)
+    kept = [line for line, row in _jsonl_lines(path) if keep(row)] if path.is_file() else []
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 

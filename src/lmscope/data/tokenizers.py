@@ -22,6 +22,7 @@ and the BPE's base alphabet is the 256 bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -201,6 +202,12 @@ def byte_level_chars() -> list[str]:
     return chars
 
 
+@functools.cache
+def _byte_of_char() -> dict[str, int]:
+    """The inverse of byte_level_chars, built once."""
+    return {c: b for b, c in enumerate(byte_level_chars())}
+
+
 # a newline or space right after a non-whitespace character: see `safe_cut`
 _CUT_RE = re.compile(r"(?<=\S)[\n ]")
 
@@ -310,7 +317,7 @@ class BPETokenizer(Tokenizer):
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def token_text(self, token_id: int) -> str:
-        byte_of = {c: b for b, c in enumerate(byte_level_chars())}
+        byte_of = _byte_of_char()
         piece = self.hf.id_to_token(int(token_id)) or ""
         if not all(c in byte_of for c in piece):  # not a byte-level token: as decode shows it
             return self.decode([token_id])

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from lmscope.analysis.attention_metrics import attention_summary
@@ -56,10 +55,7 @@ class AttentionTracker:
             tensors = {f"layer_{i}": a.to(torch.float16).cpu().contiguous()
                        for i, a in enumerate(attentions)}
             path = self.maps_dir / f"iter_{it:07d}.safetensors"
-            try:
-                atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
-            except SafetensorError as e:  # e.g. a full disk
-                raise OSError(f"cannot write {path} ({e})") from None
+            atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
         row["seconds"] = round(time.perf_counter() - start, 4)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
