@@ -43,11 +43,12 @@ import numpy as np
 import torch
 
 from lmscope.config import resolve_config
-from lmscope.evaluate import token_nll
+from lmscope.device import pick_device
 from lmscope.generate import SamplingConfig, generate_ids
+from lmscope.metrics.losses import token_nll
 from lmscope.models.gpt import GPT, GPTConfig
 from lmscope.models.quantize import for_sampling
-from lmscope.train.trainer import Trainer, pick_device
+from lmscope.train.trainer import Trainer
 
 
 def peak_rss_mb() -> float:

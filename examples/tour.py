@@ -15,10 +15,10 @@ from pathlib import Path
 
 import lmscope
 from lmscope.analysis.attention import attention_probabilities
-from lmscope.analysis.attention_metrics import attention_summary
 from lmscope.analysis.attribution import attribute
-from lmscope.analysis.generation_quality import summarise
 from lmscope.analysis.softmax import next_token_distribution
+from lmscope.metrics.attention import attention_summary
+from lmscope.metrics.text_quality import summarise
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import resource
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from lmscope.run.lock import FolderLock
 from tests.conftest import PROMPTS, TINY_SETTINGS, TINY_TEXT
 from tests.test_cli import assert_clean_error
 from tests.test_export import tiny_checkpoint
@@ -39,6 +41,7 @@ class Case:
     args: tuple[str, ...]  # {w}: a folder of bad files, {run}: a trained run
     expect: tuple[str, ...]  # fragments of the error line
     file_limit: int | None = None  # bytes: a process that may write no more (a full disk)
+    held: str | None = None  # a folder whose lock another writer holds during the command
 
 
 C = Case
@@ -115,6 +118,15 @@ CASES = [
       ("train", "--out", "{run}", "--resume", "--preset", "shakespeare-char-cpu"), ("--preset",)),
     C("resume-model-change", "train", "--resume changing the model",
       ("train", "--out", "{run}", "--resume", "--set", "model.n_layer=3"), ("[model]",)),
+    C("train-second-writer", "train", "--out a folder another process is writing",
+      ("train", "--data", "{w}/tiny.txt", "--out", "{w}/busy", "--set", *TINY_SETTINGS),
+      ("being written by another process", "pid"), held="{w}/busy"),
+    C("resume-second-writer", "train", "--resume of a run another process is writing",
+      ("train", "--out", "{run}", "--resume", "--set", "train.max_iters=40"),
+      ("being written by another process", "pid"), held="{run}"),
+    C("resume-flipped-state", "train", "--resume from a training state with one flipped byte",
+      ("train", "--out", "{w}/flippedrun", "--resume", "--set", "train.max_iters=40"),
+      ("cannot resume", "train_state.safetensors", "sha256")),
     C("disk-full", "train", "a full disk (the process may write at most 64 KB)",
       ("train", "--data", "{w}/tiny.txt", "--out", "{w}/full", "--set", *TINY_SETTINGS),
       ("File too large",), file_limit=64 * 1024),
@@ -147,6 +159,10 @@ CASES = [
       ("sample", "{w}/truncated", "--prompt", "A"), ("model.safetensors",)),
     C("checkpoint-pickle", "sample", "a pickle planted as model.safetensors (never run)",
       ("sample", "{w}/pickled", "--prompt", "A"), ("model.safetensors",)),
+    C("checkpoint-flipped-byte", "sample", "a model.safetensors with one flipped byte",
+      ("sample", "{w}/flipped", "--prompt", "A"), ("model.safetensors", "sha256")),
+    C("checkpoint-meta-changed", "sample", "a meta.json changed after it was written",
+      ("sample", "{w}/changedmeta", "--prompt", "A"), ("meta.json", "differs")),
     C("checkpoint-meta", "sample", "a meta.json that is not JSON",
       ("sample", "{w}/badmeta", "--prompt", "A"), ("meta.json",)),
     # --- eval, data, matrix, transfer
@@ -193,6 +209,9 @@ CASES = [
       ("study", "{w}/missing.toml", "--out", "{w}/s"), ("does not exist",)),
     C("study-seeds", "study", "--seeds that are not numbers",
       ("study", "{w}/missing.toml", "--seeds", "a,b", "--out", "{w}/s"), ("--seeds",)),
+    C("study-second-writer", "study", "--out a study folder another process is writing",
+      ("study", "{w}/stats_study.toml", "--out", "{w}/busy_study"),
+      ("being written by another process", "pid"), held="{w}/busy_study"),
     C("study-unknown-table", "study", "a study file with an unknown table",
       ("study", "{w}/study.toml", "--out", "{w}/s"), ("unknown table [plots]",)),
     # --- export
@@ -235,8 +254,15 @@ def world(tmp_path_factory, tiny_run):
     (w / "taken").mkdir()
     (w / "taken" / "notes.txt").write_text("mine")
     final = tiny_run / "checkpoints" / "final"
-    for name in ("truncated", "pickled", "badmeta"):
+    for name in ("truncated", "pickled", "badmeta", "flipped", "changedmeta"):
         shutil.copytree(final, w / name)
+    _flip_last_byte(w / "flipped" / "model.safetensors")
+    meta = (w / "changedmeta" / "meta.json").read_text(encoding="utf-8")
+    (w / "changedmeta" / "meta.json").write_text(meta.replace('"iter": 30', '"iter": 31'))
+    shutil.copytree(tiny_run, w / "flippedrun")
+    _flip_last_byte(w / "flippedrun" / "checkpoints" / "last" / "train_state.safetensors")
+    (w / "stats_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
+                                        'steps = ["stats"]\n')
     weights = (w / "truncated" / "model.safetensors").read_bytes()
     (w / "truncated" / "model.safetensors").write_bytes(weights[:len(weights) // 2])
     sentinel = w / "pickle_ran"
@@ -248,6 +274,12 @@ def world(tmp_path_factory, tiny_run):
     tiny_checkpoint(w / "postnorm", norm_position="post")
     tiny_checkpoint(w / "rotary", pos_emb="rotary")
     return w
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # tensor data: the file still parses, its sha256 differs
+    path.write_bytes(bytes(data))
 
 
 class _Planted:
@@ -286,21 +318,28 @@ def _in_process(args: list[str]) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, world, tiny_run, monkeypatch):
     args = [a.replace("{w}", str(world)).replace("{run}", str(tiny_run)) for a in case.args]
-    before = _snapshot(world, tiny_run)
-    monkeypatch.chdir(world)
-    if case.file_limit:  # a full disk: a process whose writes past the limit fail with EFBIG
-        def limit():
-            resource.setrlimit(resource.RLIMIT_FSIZE, (case.file_limit, case.file_limit))
+    # another writer: its lock (flock) conflicts with the command's even in this one process
+    holder = FolderLock(case.held.replace("{w}", str(world)).replace("{run}", str(tiny_run))) \
+        if case.held else None
+    with holder or contextlib.nullcontext():
+        before = _snapshot(world, tiny_run)
+        monkeypatch.chdir(world)
+        if case.file_limit:  # a full disk: a process whose writes past the limit fail with EFBIG
+            def limit():
+                resource.setrlimit(resource.RLIMIT_FSIZE, (case.file_limit, case.file_limit))
 
-        result = subprocess.run([sys.executable, "-m", "lmscope", *args], capture_output=True,
-                                text=True, timeout=300, preexec_fn=limit)
-    else:
-        result = _in_process(args)
-    assert_clean_error(result, *case.expect)
-    after = _snapshot(world, tiny_run)
-    assert {k: v for k, v in after.items() if k in before} == before  # nothing changed or lost
-    assert not (world / "pickle_ran").exists()
-    _seen[case.id] = result.stderr.strip().replace(str(world), "DIR").replace(str(tiny_run), "RUN")
+            result = subprocess.run([sys.executable, "-m", "lmscope", *args], capture_output=True,
+                                    text=True, timeout=300, preexec_fn=limit)
+        else:
+            result = _in_process(args)
+        assert_clean_error(result, *case.expect)
+        after = _snapshot(world, tiny_run)
+        assert {k: v for k, v in after.items() if k in before} == before  # nothing changed or lost
+        assert not (world / "pickle_ran").exists()
+    line = result.stderr.strip().replace(str(world), "DIR").replace(str(tiny_run), "RUN")
+    # the holder of a lock differs from run to run: the document shows its shape
+    _seen[case.id] = re.sub(r"pid \d+ on host \S+, since [^)]+", "pid PID on host HOST, since TIME",
+                            line)
 
 
 def test_the_document_lists_every_case():

@@ -7,7 +7,7 @@ import torch
 from lmscope.data.tokenizers import CharTokenizer
 from lmscope.data.tokens import TokenFile
 from lmscope.errors import LmscopeError
-from lmscope.evaluate import evaluate_token_file, token_nll
+from lmscope.metrics.losses import evaluate_token_file, token_nll
 
 
 class Uniform(torch.nn.Module):

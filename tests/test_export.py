@@ -13,7 +13,7 @@ from lmscope.data.tokenizers import BPETokenizer, ByteTokenizer, CharTokenizer
 from lmscope.errors import LmscopeError
 from lmscope.export import SUPPORTED, export_hf
 from lmscope.models import MODELS
-from lmscope.train.checkpoint import save_checkpoint
+from lmscope.run.checkpoint import save_checkpoint
 from tests.conftest import TINY_TEXT
 
 TEXT = "First Citizen:\nBefore we proceed, hear me!\n\n  All:\tSpeak... 'Resolved.' -- ok?\r\n"

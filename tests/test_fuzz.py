@@ -7,11 +7,12 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmscope.analysis.common import load_prompts
-from lmscope.config import load_toml, parse_override, resolve_config
+from lmscope.config import parse_override, resolve_config
 from lmscope.data.corpora import parse_mixture
+from lmscope.data.prompts import load_prompts
 from lmscope.data.tokenizers import CharTokenizer, char_vocab
 from lmscope.errors import LmscopeError
+from lmscope.settings import load_toml
 
 KEYS = ["train.max_iters", "train.lr", "train.checkpoint_at", "train.device", "data.corpus",
         "data.tokenizer", "model.n_head", "model.name", "model.dropout", "track.attention_every",

@@ -9,27 +9,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from lmscope.errors import LmscopeError
 from lmscope.generate import SamplingConfig
 from lmscope.generate import generate as _generate
-from lmscope.train.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint
-from lmscope.train.trainer import pick_device
+from lmscope.run.checkpoint import as_checkpoint, load
 
-
-def load(path: str | Path, device: str = "auto") -> Checkpoint:
-    """Load a run folder (its final checkpoint, else its latest) or one checkpoint folder.
-
-    Returns a `Checkpoint`: `.model` (in eval mode on `device`), `.tokenizer`, `.meta`, `.path`.
-    """
-    return load_checkpoint(resolve_checkpoint(path), device=pick_device(device))
-
-
-def _as_checkpoint(model_or_path) -> Checkpoint:
-    return model_or_path if isinstance(model_or_path, Checkpoint) else load(model_or_path)
+__all__ = ["generate", "load", "logits"]
 
 
 def generate(model_or_path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
@@ -40,7 +27,7 @@ def generate(model_or_path, prompt: str, *, max_new_tokens: int = 200, temperatu
     `precision="bfloat16"` or `"int8"` samples from a lower-precision copy of the model, 1.4x
     and 2.4x faster on a CPU for the 10.6M baby GPT (models/quantize.py); the default is exact.
     """
-    ckpt = _as_checkpoint(model_or_path)
+    ckpt = as_checkpoint(model_or_path)
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, greedy=greedy, seed=seed)
     return _generate(ckpt.sampling_model(precision), ckpt.tokenizer, prompt, cfg, stream=stream)
@@ -49,7 +36,7 @@ def generate(model_or_path, prompt: str, *, max_new_tokens: int = 200, temperatu
 @torch.no_grad()
 def logits(model_or_path, text: str) -> torch.Tensor:
     """Next-token logits (time, vocab) for every position of `text`."""
-    ckpt = _as_checkpoint(model_or_path)
+    ckpt = as_checkpoint(model_or_path)
     ids = ckpt.tokenizer.encode(text, unknown="error")
     if not 0 < len(ids) <= ckpt.model.context_length:
         raise LmscopeError(f"text of {len(ids)} tokens: give 1 to {ckpt.model.context_length} "

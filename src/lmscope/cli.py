@@ -1,6 +1,10 @@
 """The `lmscope` command line: parses arguments, calls the Python API, prints results.
 
 Errors the user can fix (`LmscopeError`) are printed as one line, `error: ...`, with exit code 1.
+
+Each command imports what it runs inside its function, the one place in lmscope that imports
+its own modules there: they import torch, which takes seconds, and `lmscope --help` or a usage
+error should not wait for it (benchmarks/cli_startup.py measures both ways).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ def cli():
 # --- train ---------------------------------------------------------------------------------------
 
 def _default_run_dir(corpus: str, name: str) -> Path:
-    from lmscope.analysis.common import folder_name
+    from lmscope.data.corpora import folder_name
 
     stem = f"{folder_name(corpus)}-{name}"
     path = Path("runs") / stem
@@ -60,14 +64,16 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
     lmscope train --data tinystories:0.7 --data 3seqs:0.3 --set data.tokenizer=bpe
     lmscope train --out runs/shakespeare --resume
     """
-    from lmscope.config import load_toml, preset_names, resolve_config
+    from lmscope.config import preset_names, resolve_config
+    from lmscope.data.corpora import Mixture
+    from lmscope.run.run_dir import RunDir
     from lmscope.train.trainer import train as run_training
 
     for item in more_overrides:  # `--set a=1 b=2`: the values after the first arrive here
         if "=" not in item:
             raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
     overrides = [*overrides, *more_overrides]
-    data = "+".join(data) or None  # several --data: one mixture spec, a:0.7+b:0.3
+    data = str(Mixture.from_items(data)) if data else None  # several --data: one mixture
     if resume:
         if out is None:
             raise LmscopeError("--resume needs --out RUN_DIR, the run to continue")
@@ -75,15 +81,12 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
             raise LmscopeError("--resume continues a run with its saved config "
                                f"({out / 'config.toml'}); --preset and --config cannot change it "
                                "(use --set train.KEY=VALUE for [train] values)")
-        saved = out / "config.toml"
-        if not saved.is_file():
-            raise LmscopeError(f"cannot resume: {saved} does not exist")
-        base = load_toml(saved)
-        config = resolve_config(base=base, data=data, model=model, overrides=overrides)
-        for section in ("model", "data"):
-            if config.to_dict()[section] != resolve_config(base=base).to_dict()[section]:
-                raise LmscopeError(f"cannot change the [{section}] config of a run when resuming; "
-                                   "only [train], [track] and [log] values may change")
+        run = RunDir(out)
+        if not run.config_file.is_file():
+            raise LmscopeError(f"cannot resume: {run.config_file} does not exist")
+        # the saved config with the overrides; training refuses a changed [model] or [data]
+        config = resolve_config(base=run.config_dict(), data=data, model=model,
+                                overrides=overrides)
     else:
         if data is None and preset is None and config_file is None:
             raise click.UsageError("give --data CORPUS (or a --preset / --config that names one); "
@@ -141,21 +144,17 @@ def sample(run, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed,
     SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                    top_p=top_p, greedy=greedy and sweep is None).validate()
     if sweep is not None:
-        from lmscope.analysis.sampling import (
-            parse_top_ps,
-            sweep_table,
-            top_p_sweep,
-            write_sweep,
-        )
+        from lmscope.analysis import sampling
 
-        values = parse_top_ps(sweep)
+        values = sampling.parse_top_ps(sweep)
         ckpt = load(run, device=device)
         ckpt.tokenizer.encode(prompt, unknown="error")
-        rows = top_p_sweep(ckpt, prompt, values, greedy=greedy, max_new_tokens=max_new_tokens,
-                           temperature=temperature, seed=seed or 0, precision=precision)
-        click.echo(sweep_table(rows, prompt), nl=False)
+        result = sampling.compute(ckpt, prompt, values, greedy=greedy,
+                                  max_new_tokens=max_new_tokens, temperature=temperature,
+                                  seed=seed or 0, precision=precision)
+        click.echo(sampling.sweep_table(result.rows, prompt), nl=False)
         if out is not None:
-            write_sweep(rows, prompt, out, seed=seed or 0, temperature=temperature)
+            result.save(out)
             click.echo(f"written to {out}/")
         return
     ckpt = load(run, device=device)
@@ -243,10 +242,9 @@ def data_info(corpus, no_download):
               help="Characters in each frequency plot.")
 def data_stats(corpora, out, top):
     """Characters of each corpus: size, unique, most frequent, non-ASCII by Unicode category."""
-    from lmscope.analysis.corpus_stats import corpus_stats, write_stats
+    from lmscope.analysis import corpus_stats
 
-    stats = [corpus_stats(c) for c in corpora]
-    write_stats(stats, out, top=top)
+    corpus_stats.compute(list(corpora), top=top).save(out)
     click.echo((out / "table.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
@@ -285,19 +283,19 @@ def matrix(lists, out, split, batch_size, device):
     \b
     lmscope matrix --runs runs/shakespeare runs/math --data shakespeare math --out results/matrix
     """
-    from lmscope.analysis.cross_domain import cross_domain_matrix, vocabulary_note, write_matrix
+    from lmscope.analysis import cross_domain
 
     found = _gather(lists, ("--runs", "--data"))
     if not found["--runs"] or not found["--data"]:
         raise click.UsageError("give --runs RUN... and --data CORPUS...")
-    result = cross_domain_matrix(found["--runs"], found["--data"], split=split,
-                                 batch_size=batch_size, device=device, log=lambda m: None)
-    write_matrix(result, out)
+    result = cross_domain.compute(found["--runs"], found["--data"], split=split,
+                                  batch_size=batch_size, device=device, log=lambda m: None)
+    result.save(out)
     width = max(len(r) for r in result.runs)
     click.echo(f"{'nats/char':<{width}}  " + "  ".join(f"{c:>12}" for c in result.corpora))
     for run, row in zip(result.runs, result.nats, strict=True):
         click.echo(f"{run:<{width}}  " + "  ".join(f"{v:>12.4f}" for v in row))
-    click.echo(vocabulary_note(result))
+    click.echo(cross_domain.vocabulary_note(result))
     click.echo(f"written to {out}/")
 
 
@@ -367,9 +365,9 @@ def probe_softmax(run, prompts, out, top_k, which, device):
         domain = "shakespeare"       # optional: a corpus name, or "in" / "out"
         expected = "w"               # optional: the true next character
     """
-    from lmscope.analysis.softmax import softmax_probe
+    from lmscope.analysis import softmax
 
-    softmax_probe(run, prompts, out, top_k=top_k, which=which, device=device)
+    softmax.compute(run, prompts, top_k=top_k, which=which, device=device).save(out)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
@@ -391,10 +389,10 @@ def probe_softmax(run, prompts, out, top_k, which, device):
 def probe_attribution(run, prompts, out, methods, baseline, steps, target, which):
     """Gradient attribution over the prompt's characters, at each checkpoint (prompt file as for
     `probe softmax`)."""
-    from lmscope.analysis.attribution import METHODS, attribution_probe
+    from lmscope.analysis import attribution
 
-    attribution_probe(run, prompts, out, methods=methods or METHODS, baseline=baseline,
-                      steps=steps, which=which, target=target)
+    attribution.compute(run, prompts, methods=methods or attribution.METHODS, baseline=baseline,
+                        steps=steps, which=which, target=target).save(out)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
@@ -418,10 +416,10 @@ def probe_attention(run, prompt, layer, heads, top, out, which, device):
     \b
     lmscope probe attention runs/shakespeare --prompt "ROMEO:" --layer 3 --heads 0,1,2,3 --out results/attn
     """
-    from lmscope.analysis.attention import attention_probe
+    from lmscope.analysis import attention
 
-    attention_probe(run, prompt, out, layer=layer, heads=heads, top=top, which=which,
-                    device=device)
+    attention.compute(run, prompt, layer=layer, heads=heads, top=top, which=which,
+                      device=device).save(out)
     text = (out / "summary.md").read_text(encoding="utf-8")
     click.echo(text.split("\nFor each query")[0])
     click.echo(f"written to {out}/")
@@ -446,12 +444,12 @@ def probe_generation(run, num_samples, max_new_tokens, prompt, temperature, seed
     \b
     lmscope probe generation runs/shakespeare --num-samples 8 --out results/generation
     """
-    from lmscope.analysis.generation import generation_probe, write_generation
+    from lmscope.analysis import generation
 
-    result = generation_probe(run, num_samples=num_samples, prompt=prompt,
-                              max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                              which=which, device=device, log=click.echo)
-    write_generation(result, out, title=f"of {Path(run).name}")
+    result = generation.compute(run, num_samples=num_samples, prompt=prompt,
+                                max_new_tokens=max_new_tokens, temperature=temperature,
+                                seed=seed, which=which, device=device, log=click.echo)
+    result.save(out, title=f"of {Path(run).name}")
     click.echo(f"written to {out}/")
 
 
@@ -466,15 +464,26 @@ def probe_generation(run, num_samples, max_new_tokens, prompt, temperature, seed
               help="Under-fit when the last evaluation still improved val loss by this much.")
 def compare(runs, out, rise, gap, falling):
     """Overlay the loss curves of several runs; minimum val loss, where, gap and a verdict."""
-    from lmscope.analysis.compare import Rule, compare_runs
+    from lmscope.analysis import compare as probe
 
-    rule = Rule(rise=rise, gap=gap, falling=falling)
-    compare_runs(list(runs), out, rule=rule)
+    rule = probe.Rule(rise=rise, gap=gap, falling=falling)
+    probe.compute(list(runs), rule=rule).save(out)
     click.echo((out / "compare.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
 
-@cli.command()
+class _StudyCommand(click.Command):
+    """`lmscope study --help` ends with every step, from the step registry (read only then)."""
+
+    def format_help_text(self, ctx, formatter):
+        from lmscope.study import steps as registered
+
+        super().format_help_text(ctx, formatter)
+        with formatter.section("Steps, in the order they run (steps = [...] in [study])"):
+            formatter.write_dl([(step.name, step.summary) for step in registered.STEPS])
+
+
+@cli.command(cls=_StudyCommand)
 @click.argument("study_file", type=click.Path(path_type=Path), metavar="STUDY.toml")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--quick", is_flag=True, help="The study's [quick] settings: every artifact, fast.")
@@ -482,7 +491,8 @@ def compare(runs, out, rise, gap, falling):
               help="Train every run once per seed (replaces the file's [study] seeds).")
 @click.option("--device", default="auto", show_default=True)
 def study(study_file, out, quick, seeds, device):
-    """Run a study file's steps in order (stats, train, matrix, transfer, softmax, attribution).
+    """Run a study file's steps in order (by default stats, train, matrix, transfer, softmax,
+    attribution).
 
     Finished steps are skipped, a stopped training run is resumed: run the same command again
     to continue after a stop.
@@ -491,7 +501,7 @@ def study(study_file, out, quick, seeds, device):
     lmscope study studies/domain.toml --quick --out results/domain-quick
     lmscope study studies/attention.toml --seeds 0,1,2 --out results/attention
     """
-    from lmscope.analysis.study import run_study
+    from lmscope.study.runner import run_study
 
     seed_list = None
     if seeds is not None:
@@ -519,7 +529,7 @@ def report(folder, open_browser):
     \b
     lmscope report results/domain --open
     """
-    from lmscope.report.html import write_report
+    from lmscope.study.runner import write_report
 
     path = write_report(folder)
     click.echo(f"report: {path}")

@@ -20,27 +20,19 @@ valid one, and every value is checked against its field's type.
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
-import difflib
-import json
-import math
-import sys
-import types
-import typing
+import functools
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lmscope.data import corpora
+from lmscope.data.corpora import Mixture, absolute_if_path
 from lmscope.errors import ConfigError, LmscopeError
 from lmscope.models import MODELS, model_config_class
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from lmscope.settings import build, dumps_toml, load_toml, loads_toml, merge, suggest
+from lmscope.settings import parse_override as parse_setting
 
 
 @dataclass
@@ -63,9 +55,14 @@ class DataConfig:
         if not self.corpus:
             raise ConfigError("data.corpus is empty: give --data CORPUS")
         try:
-            corpora.parse_mixture(self.corpus)
+            self.mixture  # noqa: B018 (parsed here, once: an invalid spec is an error now)
         except LmscopeError as e:
             raise ConfigError(str(e)) from None
+
+    @functools.cached_property
+    def mixture(self) -> Mixture:
+        """`corpus` parsed, once: its parts and their weights."""
+        return Mixture.parse(self.corpus)
 
 
 @dataclass
@@ -194,6 +191,38 @@ class RunConfig:
     def to_toml(self) -> str:
         return dumps_toml(self.to_dict())
 
+    def with_absolute_paths(self) -> RunConfig:
+        """A copy in which every corpus given as a path (data.corpus, data.vocab_from,
+        train.eval_corpora) is absolute, so the run resumes from any working folder."""
+        out = copy.deepcopy(self)
+        out.data = dataclasses.replace(  # a new DataConfig: its spec is parsed anew
+            self.data, corpus=str(self.data.mixture.absolute()),
+            vocab_from=[absolute_if_path(c) for c in self.data.vocab_from])
+        out.train.eval_corpora = [absolute_if_path(c) for c in out.train.eval_corpora]
+        return out
+
+
+RESUMABLE = ("train", "track", "log")  # the sections a resumed run may change
+
+
+def check_resume(saved: RunConfig, config: RunConfig) -> None:
+    """Refuse to resume a run saved with `saved` under a `config` whose model or data differ.
+
+    Paths are compared made absolute. With train.init_from the model is the checkpoint's, not
+    the config's, so only the data is compared."""
+    config = config.with_absolute_paths()
+    changed = []
+    if not config.train.init_from and (config.model_name, config.model.__class__,
+                                       config.to_dict()["model"]) != (
+            saved.model_name, saved.model.__class__, saved.to_dict()["model"]):
+        changed.append("model")
+    if config.data != saved.data:
+        changed.append("data")
+    if changed:
+        raise LmscopeError(f"cannot change the [{changed[0]}] config of a run when resuming; "
+                           f"only {', '.join(f'[{s}]' for s in RESUMABLE[:-1])} and "
+                           f"[{RESUMABLE[-1]}] values may change")
+
 
 # --- building configs from nested dicts ----------------------------------------------------------
 
@@ -205,7 +234,7 @@ def config_from_dict(raw: dict) -> RunConfig:
     unknown = set(raw) - set(SECTIONS)
     if unknown:
         key = sorted(unknown)[0]
-        raise ConfigError(f"unknown config section {key!r}{_suggest(key, SECTIONS)}; "
+        raise ConfigError(f"unknown config section {key!r}{suggest(key, SECTIONS)}; "
                           f"sections are {', '.join(SECTIONS)}")
     for section in SECTIONS:
         if not isinstance(raw.get(section, {}), dict):
@@ -214,83 +243,18 @@ def config_from_dict(raw: dict) -> RunConfig:
     model_raw = dict(raw.get("model", {}))
     name = model_raw.pop("name", "gpt")
     if not isinstance(name, str) or name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}{_suggest(str(name), MODELS)}; "
+        raise ConfigError(f"unknown model {name!r}{suggest(str(name), MODELS)}; "
                           f"models are {', '.join(sorted(MODELS))}")
     config = RunConfig(
         model_name=name,
-        model=_build(model_config_class(name), model_raw, "model"),
-        data=_build(DataConfig, raw.get("data", {}), "data"),
-        train=_build(TrainConfig, raw.get("train", {}), "train"),
-        track=_build(TrackConfig, raw.get("track", {}), "track"),
-        log=_build(LogConfig, raw.get("log", {}), "log"),
+        model=build(model_config_class(name), model_raw, "model", skip=("vocab_size",)),
+        data=build(DataConfig, raw.get("data", {}), "data"),
+        train=build(TrainConfig, raw.get("train", {}), "train"),
+        track=build(TrackConfig, raw.get("track", {}), "track"),
+        log=build(LogConfig, raw.get("log", {}), "log"),
     )
     config.validate()
     return config
-
-
-def _build(cls, values: dict, section: str):
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "vocab_size"}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(f"unknown config key {section}.{key}"
-                              f"{_suggest(key, fields, prefix=section + '.')}")
-        kwargs[key] = coerce(value, typing.get_type_hints(cls)[key], f"{section}.{key}")
-    return cls(**kwargs)
-
-
-def coerce(value, hint, key: str):
-    """Check `value` against the type hint of a config field; convert where it is unambiguous."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None or value == "none":
-            return None
-        return coerce(value, options[0], key)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        elif not isinstance(value, list):
-            value = [value]
-        return [coerce(v, item, key) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif hint is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                number = float(value)
-        if number is not None and math.isfinite(number):
-            return number
-    elif hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise ConfigError(f"{key} must be {_type_name(hint)}, got {value!r}")
-
-
-def _type_name(hint) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        hint, str(hint))
-
-
-def _suggest(key: str, options, prefix: str = "") -> str:
-    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 # --- layers: presets, files, overrides -----------------------------------------------------------
@@ -302,60 +266,25 @@ def preset_names() -> list[str]:
 
 def load_preset(name: str) -> dict:
     if name not in preset_names():
-        raise ConfigError(f"unknown preset {name!r}{_suggest(name, preset_names())}; "
+        raise ConfigError(f"unknown preset {name!r}{suggest(name, preset_names())}; "
                           f"presets are {', '.join(preset_names())}")
-    return tomllib.loads(resources.files("lmscope.presets").joinpath(f"{name}.toml").read_text())
-
-
-def load_toml(path: str | Path, what: str = "config file") -> dict:
-    """Read a TOML file; a missing, unreadable or invalid one is a ConfigError naming `what`."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
-    except (UnicodeDecodeError, IsADirectoryError) as e:
-        raise ConfigError(f"{what} {path} is not a text file ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from None
-
-
-def merge(base: dict, update: dict) -> dict:
-    """Merge nested dicts: values of `update` win, tables merge key by key."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return loads_toml(resources.files("lmscope.presets").joinpath(f"{name}.toml").read_text())
 
 
 def parse_override(item: str) -> dict:
-    """'train.max_iters=300' -> {'train': {'max_iters': 300}}. Values are read as TOML literals,
-    falling back to the plain string (so `data.corpus=math` needs no quotes)."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set expects key=value, got {item!r}")
-    parts = key.split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set key must look like section.name (e.g. train.max_iters), got {key!r}"
-                          f"{_suggest_full_key(key)}")
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
-    return {parts[0]: {parts[1]: value}}
+    """'train.max_iters=300' -> {'train': {'max_iters': 300}} (settings.parse_override), with the
+    nearest config key suggested for a key that is not section.name."""
+    return parse_setting(item, known_keys())
 
 
-def _suggest_full_key(key: str) -> str:
+def known_keys() -> list[str]:
+    """Every section.key of every config section and model."""
     keys = [f"{s}.{f.name}" for s, cls in (("data", DataConfig), ("train", TrainConfig),
                                            ("track", TrackConfig), ("log", LogConfig))
             for f in dataclasses.fields(cls)]
     for name in MODELS:
         keys += [f"model.{f.name}" for f in dataclasses.fields(model_config_class(name))]
-    return _suggest(key, keys)
+    return keys
 
 
 def resolve_config(*, preset: str | None = None, config_file: str | Path | None = None,
@@ -376,28 +305,3 @@ def resolve_config(*, preset: str | None = None, config_file: str | Path | None 
     for item in overrides:
         raw = merge(raw, parse_override(item))
     return config_from_dict(raw)
-
-
-def dumps_toml(d: dict) -> str:
-    """Write a config dict (tables of scalars and lists) as TOML."""
-    lines = []
-    for section, table in d.items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        # JSON string escapes are valid TOML basic-string escapes
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")

@@ -1,95 +1,23 @@
-"""Whole-split evaluation: mean cross-entropy over every token of a split, deterministic.
+"""Whole-split evaluation of a checkpoint on a corpus: `lmscope.evaluate(model_or_path, corpus)`.
 
-The split is cut into non-overlapping windows of the model's context length; every token after
-the first is predicted exactly once, from the tokens before it in its window. Targets that are
-the tokenizer's unknown character (text outside a char model's vocabulary) are left out of the
-mean and reported as the out-of-vocabulary rate.
-
-bits per character = total nats / ln 2 / characters of text the predicted tokens cover, so models
-with different tokenizers (char, byte, BPE) are comparable.
+The loss itself (non-overlapping windows, unknown characters left out, bits per character) is
+metrics/losses.py; this module finds the corpus, encodes the split with the checkpoint's
+tokenizer and names the result.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from lmscope.data.tokens import eval_windows
+from lmscope.data import corpora
+from lmscope.data.tokens import encode_to_file
 from lmscope.errors import LmscopeError
-
-
-@dataclass
-class EvalResult:
-    corpus: str
-    split: str
-    loss: float  # mean cross-entropy, nats per predicted token
-    bits_per_char: float
-    n_tokens: int  # predicted tokens counted in the loss
-    n_chars: int  # characters of text in the split
-    n_unknown: int  # characters outside the vocabulary (left out of the loss)
-    checkpoint: str = ""
-
-    @property
-    def oov_rate(self) -> float:
-        return self.n_unknown / max(self.n_chars, 1)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "oov_rate": self.oov_rate}
-
-
-@torch.no_grad()
-def token_nll(model, tokens: np.ndarray, *, block_size: int, batch_size: int = 32,
-              unk_id: int | None = None, device=None) -> tuple[float, int]:
-    """Sum of next-token negative log-likelihoods (nats) over a token array, and how many were counted."""
-    was_training = model.training
-    model.eval()
-    device = device or next(model.parameters()).device
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    try:
-        for x, y in eval_windows(tokens, block_size, batch_size):
-            x, y = x.to(device), y.to(device)
-            if unk_id is not None:
-                y = y.masked_fill(y == unk_id, -1)
-            logits = model(x)
-            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
-                                     reduction="sum").double()
-            count += int((y >= 0).sum())
-    finally:
-        model.train(was_training)
-    return float(total), count
-
-
-def evaluate_token_file(model, token_file, *, block_size: int, unk_id: int | None,
-                        corpus: str = "", split: str = "val", batch_size: int = 32) -> EvalResult:
-    nats, count = token_nll(model, token_file.tokens, block_size=block_size,
-                            batch_size=batch_size, unk_id=unk_id)
-    if count == 0:
-        raise LmscopeError(f"nothing to score in corpus {corpus or '?'} split {split}: "
-                           f"{len(token_file.tokens)} tokens, {token_file.n_unknown} characters "
-                           "outside the model's vocabulary")
-    n_tok = len(token_file.tokens)
-    # The first token of the split is never predicted: count the characters the predictions cover.
-    chars_covered = token_file.n_chars * (n_tok - 1) / max(n_tok, 1)
-    return EvalResult(
-        corpus=corpus, split=split, loss=nats / max(count, 1),
-        bits_per_char=nats / math.log(2) / max(chars_covered - token_file.n_unknown, 1),
-        n_tokens=count, n_chars=token_file.n_chars, n_unknown=token_file.n_unknown,
-    )
+from lmscope.metrics.losses import EvalResult, evaluate_token_file
+from lmscope.run.checkpoint import as_checkpoint
 
 
 def evaluate(model_or_path, corpus: str, split: str = "val", *, batch_size: int = 32,
              val_fraction: float | None = None) -> EvalResult:
     """Whole-split loss of a checkpoint (or a path to one) on a corpus (a name or a path)."""
-    from lmscope.api import _as_checkpoint
-    from lmscope.data import corpora
-    from lmscope.data.tokens import encode_to_file
-
-    ckpt = _as_checkpoint(model_or_path)
+    ckpt = as_checkpoint(model_or_path)
     if val_fraction is None:  # the split the model was trained with, where the checkpoint says
         val_fraction = ckpt.meta.get("run_config", {}).get("data", {}).get("val_fraction", 0.1)
     found = corpora.resolve(corpus, val_fraction=val_fraction)

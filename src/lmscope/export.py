@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from lmscope.data.tokenizers import UNK, UNK_TEXT, CharTokenizer, Tokenizer, byte_level_chars
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_json, writing_dir
-from lmscope.train.checkpoint import Checkpoint
+from lmscope.run.checkpoint import Checkpoint, load
 
 SUPPORTED = ("--format hf exports GPT models with model.norm=layernorm, model.norm_position=pre "
              "and model.pos_emb=learned or none")
@@ -49,8 +49,6 @@ def export_hf(checkpoint: Checkpoint | str | Path, out: str | Path, *, force: bo
     and then renamed into place, so an error leaves what was there before.
     """
     if not isinstance(checkpoint, Checkpoint):
-        from lmscope.api import load
-
         checkpoint = load(checkpoint, device="cpu")
     check_exportable(checkpoint)
     out = Path(os.path.abspath(out))  # a name even for "."

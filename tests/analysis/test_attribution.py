@@ -15,7 +15,7 @@ from lmscope.analysis.attribution import (
     attribute,
     attribution_probe,
 )
-from lmscope.analysis.common import CHAR_CLASSES
+from lmscope.data.chars import CHAR_CLASSES
 from lmscope.errors import LmscopeError
 from lmscope.models.gpt import GPT, GPTConfig
 

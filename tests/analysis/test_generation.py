@@ -2,7 +2,7 @@ import csv
 import json
 
 from lmscope.analysis.generation import generation_probe, write_generation
-from lmscope.analysis.generation_quality import summarise
+from lmscope.metrics.text_quality import summarise
 from tests.conftest import png
 
 

@@ -4,7 +4,7 @@ import json
 import shutil
 
 from lmscope.analysis.attention import attention_probe
-from lmscope.report.html import write_report
+from lmscope.study.runner import write_report
 from tests.report.browser import check_report, chromium_or_skip
 
 

@@ -4,7 +4,8 @@ import re
 import pytest
 
 from lmscope.errors import LmscopeError
-from lmscope.report.html import markdown_to_html, write_report
+from lmscope.report.html import markdown_to_html
+from lmscope.study.runner import write_report
 
 
 def test_a_run_report_is_one_self_contained_page(tiny_run, tmp_path):

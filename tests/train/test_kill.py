@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import lmscope
-from lmscope.train.checkpoint import list_checkpoints
+from lmscope.run.checkpoint import list_checkpoints
 from tests.conftest import TINY_SETTINGS
 
 # checkpoints and evaluations every few steps, so that many kills land inside a write
@@ -31,6 +31,24 @@ def _check_loadable(run):
     return state["iter"]
 
 
+def _saved_iter(run) -> int | None:
+    """The iteration of the training state in last/, None where there is none yet."""
+    try:
+        return json.loads((run / "checkpoints" / "last" / "train_state.json").read_text())["iter"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _wait_for_a_new_state(run, saved: int | None, proc) -> None:
+    """Until the process has saved a training state past `saved` (it is training), however slow
+    the machine; bounded only against a hang."""
+    deadline = time.monotonic() + 300
+    while (now := _saved_iter(run)) is None or (saved is not None and now <= saved):
+        assert proc.poll() is None, proc.stderr.read().decode()  # it died on its own
+        assert time.monotonic() < deadline, "no new training state after 300 s"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_breaks_a_run(tiny_corpus, tmp_path):
     run = tmp_path / "run"
@@ -40,10 +58,11 @@ def test_sigkill_at_random_moments_never_breaks_a_run(tiny_corpus, tmp_path):
     resume = [sys.executable, "-m", "lmscope", "train", "--out", str(run), "--resume", "--quiet"]
     iters, mid_write = [], 0
     for _ in range(20):  # 20 kills
-        has_state = (run / "checkpoints" / "last" / "train_state.json").is_file()
-        proc = subprocess.Popen(resume if has_state else start, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(2.0, 4.0))  # past start-up (about 1.5 s), into training
+        saved = _saved_iter(run)
+        proc = subprocess.Popen(resume if saved is not None else start,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _wait_for_a_new_state(run, saved, proc)  # past start-up, into training (a state)
+        time.sleep(rng.uniform(0.0, 1.0))  # then a random moment: often inside a write
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         leftovers = list((run / "checkpoints").glob(".*.tmp-*")) if run.exists() else []

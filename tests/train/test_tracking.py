@@ -32,7 +32,7 @@ def test_tracking_writes_finite_metrics_at_every_interval(tiny_corpus, tmp_path)
                     "head_diversity_js"):
             assert math.isfinite(r[key]), key
         assert 0 <= r["entropy_norm"] <= 1 + 1e-9
-    # an untrained model's attention is close to uniform: normalised entropy near 1
+    # an untrained model's attention is close to uniform: normalized entropy near 1
     assert rows[0]["entropy_norm"] > 0.95
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["attention_tracking_s"] > 0

@@ -167,7 +167,8 @@ def test_init_from_fine_tunes_a_checkpoint_with_its_model_and_tokenizer(tiny_run
     for name, t in trainer.raw_model.state_dict().items():
         if name in start:
             assert torch.equal(t, start[name]), name
-    assert config.model.n_layer == 2
+    assert trainer.config.model.n_layer == 2  # the run's model is the checkpoint's
+    assert config.model.n_layer == 4  # and the config it was given is left as it was
     assert trainer.tokenizer.to_dict() == json.loads((tiny_run / "tokenizer.json").read_text())
 
     result = _quiet(_config(other, f"train.init_from={source}", "train.max_iters=10",
@@ -298,3 +299,36 @@ def test_skip_nonfinite_skips_and_counts_bad_steps(tiny_corpus, tmp_path, monkey
     assert train_rows[30]["skipped_steps"] == 3
     assert json.loads((run / "summary.json").read_text())["skipped_steps"] == 3
     assert all(torch.isfinite(w).all() for w in _weights(run).values())
+
+
+def test_the_trainer_never_changes_the_config_it_was_given(tiny_corpus, tmp_path, monkeypatch):
+    """A relative corpus path (made absolute), epochs (which plan max_iters) and init_from (which
+    brings its own model) all change the run's config, never the caller's."""
+    import copy
+
+    monkeypatch.chdir(tiny_corpus.parent)
+    config = _config(tiny_corpus.name, "train.epochs=2", "train.max_steps_per_epoch=3")
+    given = copy.deepcopy(config)
+    _quiet(config, tmp_path / "run")
+    assert config == given
+    saved = (tmp_path / "run" / "config.toml").read_text()
+    assert f'corpus = "{tiny_corpus.resolve()}"' in saved  # what the run resolved is recorded
+    tuned = _config(tiny_corpus.name, f"train.init_from={tmp_path / 'run'}", "model.n_layer=4",
+                    "train.max_iters=2", "train.checkpoint_at=[]")
+    given = copy.deepcopy(tuned)
+    _quiet(tuned, tmp_path / "tuned")
+    assert tuned == given
+
+
+def test_the_python_api_refuses_a_changed_model_or_data_on_resume(tiny_corpus, tmp_path):
+    """The resume policy of `lmscope train --resume` holds for lmscope.train(..., resume=True)."""
+    config = _config(tiny_corpus, "train.max_iters=10")
+    _quiet(config, tmp_path / "run")
+    for changed, section in ((_config(tiny_corpus, "train.max_iters=10", "model.n_layer=3"),
+                              "model"),
+                             (_config(tiny_corpus, "train.max_iters=10", "data.val_fraction=0.2"),
+                              "data")):
+        with pytest.raises(LmscopeError, match=rf"cannot change the \[{section}\] config"):
+            _quiet(changed, tmp_path / "run", resume=True)
+    result = _quiet(_config(tiny_corpus, "train.max_iters=12"), tmp_path / "run", resume=True)
+    assert result.iterations == 12  # [train] may change

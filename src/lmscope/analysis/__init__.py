@@ -1,22 +1,23 @@
-"""Studies of trained models, one module per study.
+"""Probes: one module per way of looking at models, each a pure computation and a typed result.
 
-Each module works through the public API only (`lmscope.load`, `evaluate`, `generate`, the
-checkpoints a run keeps) and writes numbers as CSV/JSON and figures as PNG into an output folder:
+Every probe module has `compute(...)`, which reads checkpoints and corpora and returns a result
+dataclass; the result's `save(dir)` writes its tables (CSV, Markdown, JSON) and figures (PNG),
+and `load(dir)` reads the tables back, so summaries and the report work from results, not from
+rows by position. The older entry points (`softmax_probe`, `attribution_probe`, ...) are
+`compute` followed by `save`.
 
-    corpus_stats       characters of each corpus                      lmscope data stats
-    cross_domain       zero-shot loss of every model on every corpus  lmscope matrix
-    transfer           few-shot fine-tuning from early/mid/late       lmscope transfer
-    softmax            next-character confidence and entropy          lmscope probe softmax
-    attribution        gradient attribution over input characters     lmscope probe attribution
-    attention          attention maps of a prompt, per head           lmscope probe attention
-    attention_metrics  entropy, span, head diversity, layer similarity (tracked in training)
-    generation         quality, speed and attention of samples        lmscope probe generation
-    generation_quality distinct-n, repetition, coherence of text
-    correlation        Pearson / Spearman with p-values
-    sampling           nucleus-sampling table                         lmscope sample --sweep-top-p
-    compare            curves, early-stopping point, fit verdict      lmscope compare
-    seeds              means over seeds with standard errors          lmscope study --seeds
-    study              a TOML file that runs the steps above in order lmscope study
+    corpus_stats   characters of each corpus                      lmscope data stats
+    cross_domain   zero-shot loss of every model on every corpus  lmscope matrix
+    transfer       few-shot fine-tuning from early/mid/late       lmscope transfer
+    softmax        next-character confidence and entropy          lmscope probe softmax
+    attribution    gradient attribution over input characters     lmscope probe attribution
+    attention      attention maps of a prompt, per head           lmscope probe attention
+    generation     quality, speed and attention of samples        lmscope probe generation
+    sampling       nucleus-sampling table                         lmscope sample --sweep-top-p
+    compare        curves, early-stopping point, fit verdict      lmscope compare
+    seeds          means over seeds with standard errors          lmscope study --seeds
+    correlation    attention vs loss and vs sample quality (used by generation and seeds)
 
-examples/tour.py walks through them from Python.
+The numbers they compute with are lmscope.metrics (pure functions); studies run them in order
+(lmscope.study); examples/tour.py walks through them from Python.
 """

@@ -13,20 +13,26 @@ and for each head three scores (means over the queries that have such a key):
 It also writes attention.json: every layer's and head's map at each chosen checkpoint (rows
 rounded to 4 decimals, row q holding keys 0..q), which the HTML report turns into a view where
 hovering a token shows where each head attends from it, checkpoint by checkpoint.
+
+`compute(run, prompt)` returns an `AttentionResult` (every layer's maps at each checkpoint);
+`save(dir)` writes the files above and `load(dir)` reads attention.json back.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lmscope.analysis.common import markdown_table, run_checkpoints, visible, write_csv
+from lmscope.data.chars import visible
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
-from lmscope.report import plots
+from lmscope.render import plots
+from lmscope.render.tables import markdown_table, write_csv
+from lmscope.run.checkpoint import Checkpoint, load, select_checkpoints
 
 
 @torch.no_grad()
@@ -80,19 +86,53 @@ def maps_json(name: str, iteration: int, layers: list[np.ndarray]) -> dict:
             "layers": [[rows(a[h]) for h in range(a.shape[0])] for a in layers]}
 
 
-def attention_probe(run, prompt: str, out_dir, *, layer: int = -1, heads: str | None = None,
-                    top: int = 3, which: str = "final", device: str = "auto") -> dict:
-    """Write attention_L<l>_H<h>.png per head, attention_L<l>.png (all chosen heads),
-    top_keys.csv and summary.md for the last checkpoint, and attention.json with every layer at
-    each checkpoint of `run` (a loaded Checkpoint, a checkpoint folder, or a run folder with
-    which="final" or "all") into out_dir."""
-    import lmscope
+@dataclass
+class AttentionResult:
+    """One prompt's attention maps at each checkpoint of a run."""
 
-    paths = [run] if isinstance(run, lmscope.Checkpoint) else run_checkpoints(run, which)
+    prompt: str
+    tokens: list[str]  # the prompt's tokens as text (raw, for attention.json)
+    checkpoints: list[dict]  # maps_json() of each checkpoint, oldest first
+    layer: int = -1  # the layer the figures and tables show (of the last checkpoint)
+    heads: list[int] | None = None  # the heads they show (None: all)
+    top: int = 3  # keys listed per query in top_keys.csv
+    checkpoint_path: str = ""  # the last checkpoint, named in summary.md
+    # the last checkpoint's maps at full precision, one (heads, T, T) array per layer, for the
+    # figures and tables (attention.json rounds to 4 decimals); None after load
+    final_maps: list[np.ndarray] | None = field(default=None, repr=False)
+
+    def maps(self, layer: int, checkpoint: int = -1) -> np.ndarray:
+        """(heads, T, T) attention of `layer` at a checkpoint (default the last), zeros above the
+        diagonal."""
+        rows = self.checkpoints[checkpoint]["layers"][layer]
+        T = len(rows[0])
+        out = np.zeros((len(rows), T, T))
+        for h, head in enumerate(rows):
+            for q, row in enumerate(head):
+                out[h, q, : q + 1] = row
+        return out
+
+    def save(self, out_dir) -> dict:
+        """attention_L<l>_H<h>.png, attention_L<l>.png, top_keys.csv and summary.md of the last
+        checkpoint, and attention.json; returns the files, the head scores and the layer."""
+        return _save(self, Path(out_dir))
+
+    @classmethod
+    def load(cls, out_dir) -> AttentionResult:
+        """attention.json: the prompt, its tokens and every checkpoint's maps."""
+        d = json.loads((Path(out_dir) / "attention.json").read_text(encoding="utf-8"))
+        return cls(d.get("prompt", ""), d.get("tokens", []), d.get("checkpoints", []))
+
+
+def compute(run, prompt: str, *, layer: int = -1, heads: str | None = None, top: int = 3,
+            which: str = "final", device: str = "auto") -> AttentionResult:
+    """The maps of every layer at each checkpoint of `run` (a loaded Checkpoint, a checkpoint
+    folder, or a run folder with which="final" or "all"); a bad layer or head is an error
+    before the other checkpoints are read."""
+    paths = [run] if isinstance(run, Checkpoint) else select_checkpoints(run, which)
     evolution = []
     for i, path in enumerate(paths):  # one model in memory at a time
-        checkpoint = path if isinstance(path, lmscope.Checkpoint) else lmscope.load(path,
-                                                                                   device=device)
+        checkpoint = path if isinstance(path, Checkpoint) else load(path, device=device)
         tokens, layers = attention_probabilities(checkpoint, prompt)
         if i == 0:  # a bad --layer or --heads is told before the other checkpoints are read
             n_layer = len(layers)
@@ -102,8 +142,31 @@ def attention_probe(run, prompt: str, out_dir, *, layer: int = -1, heads: str | 
             layer = layer % n_layer
             chosen = parse_heads(heads, layers[layer].shape[0])
         evolution.append(maps_json(checkpoint.name, checkpoint.iteration, layers))
+    raw_tokens = [checkpoint.tokenizer.token_text(i) for i in checkpoint.tokenizer.encode(prompt)]
+    return AttentionResult(prompt, raw_tokens, evolution, layer=layer, heads=chosen, top=top,
+                           checkpoint_path=str(checkpoint.path), final_maps=layers)
+
+
+def attention_probe(run, prompt: str, out_dir, *, layer: int = -1, heads: str | None = None,
+                    top: int = 3, which: str = "final", device: str = "auto") -> dict:
+    """Write attention_L<l>_H<h>.png per head, attention_L<l>.png (all chosen heads),
+    top_keys.csv and summary.md for the last checkpoint, and attention.json with every layer at
+    each checkpoint of `run` (a loaded Checkpoint, a checkpoint folder, or a run folder with
+    which="final" or "all") into out_dir."""
+    return compute(run, prompt, layer=layer, heads=heads, top=top, which=which,
+                   device=device).save(out_dir)
+
+
+def _save(result: AttentionResult, out: Path) -> dict:
+    """The figures and tables of the last checkpoint, and attention.json."""
+    tokens = [visible(t) for t in result.tokens]
+    layers = result.final_maps
+    if layers is None:
+        layers = [result.maps(i) for i in range(len(result.checkpoints[-1]["layers"]))]
+    layer = result.layer % len(layers)
+    chosen = result.heads if result.heads is not None else list(range(layers[layer].shape[0]))
+    top, prompt = result.top, result.prompt
     attn = layers[layer]  # the figures and tables: the last checkpoint's
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     T = len(tokens)
     labels = [f"{t}" for t in tokens]
@@ -134,8 +197,8 @@ def attention_probe(run, prompt: str, out_dir, *, layer: int = -1, heads: str | 
     files.append(write_csv(out / "top_keys.csv", header, rows))
     scores = [[h, *head_scores(attn[h]).values()] for h in chosen]
     text = (f"# Attention, layer {layer}\n\nPrompt {prompt!r} ({T} tokens), checkpoint "
-            f"{checkpoint.path}.\n\nPer head: mean attention to the previous token, to itself and "
-            "to the first token, and the mean distance looked back (tokens).\n\n"
+            f"{result.checkpoint_path}.\n\nPer head: mean attention to the previous token, to "
+            "itself and to the first token, and the mean distance looked back (tokens).\n\n"
             + markdown_table(["head", "previous token", "self", "first token", "mean distance"],
                              scores)
             + "\nFor each query, the keys it attends to most (top_keys.csv):\n\n"
@@ -145,8 +208,7 @@ def attention_probe(run, prompt: str, out_dir, *, layer: int = -1, heads: str | 
                                  for i in range(top) if r[4 + 3 * i] != "")] for r in rows]))
     atomic_write_text(out / "summary.md", text)
     files.append(out / "summary.md")
-    raw_tokens = [checkpoint.tokenizer.token_text(i) for i in checkpoint.tokenizer.encode(prompt)]
-    maps = {"prompt": prompt, "tokens": raw_tokens, "checkpoints": evolution}
+    maps = {"prompt": prompt, "tokens": result.tokens, "checkpoints": result.checkpoints}
     atomic_write_text(out / "attention.json", json.dumps(maps, separators=(",", ":")))
     files.append(out / "attention.json")
     return {"files": [str(f) for f in files], "scores": scores, "layer": layer}

@@ -27,35 +27,29 @@ two sides, |sum_i score_i - (f(x) - f(b))|, is the completeness gap, reported fo
 Gradients are taken one prompt at a time with `torch.autograd.grad` with respect to the
 embedding tensor only, the model in eval mode, so they are exact and no parameter gets a .grad.
 
-`attribution_probe` runs the three methods over every checkpoint of a run (oldest first) and writes
-attribution.csv, one heatmap per prompt and method, by_class.csv/.png and summary.md.
+`compute(run, prompts)` runs the methods over every checkpoint of a run (oldest first) and returns
+an `AttributionResult`; its `save(dir)` writes attribution.csv, one heatmap per prompt and
+method, by_class.csv/.png and summary.md, and `load(dir)` reads the two tables back.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmscope.analysis.common import (
-    CHAR_CLASSES,
-    char_class,
-    check_prompt_fits,
-    expected_id,
-    load_prompts,
-    markdown_table,
-    run_checkpoints,
-    trained_on,
-    visible,
-    write_csv,
-)
+from lmscope.data.chars import CHAR_CLASSES, char_class, visible
+from lmscope.data.prompts import check_prompt_fits, expected_id, load_prompts
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
+from lmscope.render import plots
+from lmscope.render.tables import markdown_table, read_csv, write_csv
+from lmscope.run.checkpoint import load, select_checkpoints
 
 METHODS = ("grad_norm", "grad_x_input", "integrated_gradients")
 BASELINES = ("zero", "mean", "unk")
@@ -153,6 +147,106 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
 
 # --- the probe over a run's checkpoints ----------------------------------------------------------
 
+HEADER = ["prompt", "domain", "checkpoint", "iteration", "position", "character", "char_class",
+          "method", "score", "normalized", "target", "target_prob"]
+CLASS_HEADER = ["checkpoint", "iteration", "method", "char_class", "mean_abs_normalized",
+                "prompts", "positions"]
+
+
+@dataclass
+class AttributionRow:
+    """One input position's score by one method at one checkpoint (a row of attribution.csv)."""
+
+    prompt: str
+    domain: str
+    checkpoint: str
+    iteration: int
+    position: int
+    character: str  # as shown in tables
+    char_class: str
+    method: str
+    score: float
+    normalized: float  # score / sum of |scores| over the prompt's positions
+    target: str  # the attributed next token, as shown in tables
+    target_prob: float
+
+    def cells(self) -> list:
+        return [self.prompt, self.domain, self.checkpoint, self.iteration, self.position,
+                self.character, self.char_class, self.method, self.score, self.normalized,
+                self.target, self.target_prob]
+
+
+@dataclass
+class ClassRow:
+    """Mean |normalized score| of one character class, by one method, at one checkpoint: the
+    mean over prompts of each prompt's mean over its positions of that class (by_class.csv)."""
+
+    checkpoint: str
+    iteration: int
+    method: str
+    char_class: str
+    mean_abs_normalized: float
+    prompts: int
+    positions: int
+
+    def cells(self) -> list:
+        return [self.checkpoint, self.iteration, self.method, self.char_class,
+                self.mean_abs_normalized, self.prompts, self.positions]
+
+
+@dataclass
+class AttributionResult:
+    run: str  # the run as given
+    methods: tuple[str, ...]
+    rows: list[AttributionRow]  # checkpoints oldest first, then prompts, methods, positions
+    by_class: list[ClassRow]
+    checkpoints: list[str] = field(default_factory=list)  # the checkpoint folders
+    prompts: list[str] = field(default_factory=list)
+    target: str = "predicted"
+    baseline: str = "zero"
+    steps: int = 32
+    completeness_gaps: list[float | None] = field(default_factory=list)  # IG, per checkpoint
+
+    @property
+    def iterations(self) -> list[tuple[str, int]]:
+        """(checkpoint name, iteration) of each checkpoint, oldest first."""
+        return list(dict.fromkeys((r.checkpoint, r.iteration) for r in self.rows))
+
+    def final_by_class(self) -> dict[tuple[str, str], float]:
+        """(method, class) -> mean |normalized score| at the last checkpoint."""
+        name, iteration = self.iterations[-1]
+        return {(r.method, r.char_class): r.mean_abs_normalized for r in self.by_class
+                if (r.checkpoint, r.iteration) == (name, iteration)}
+
+    def final_rows(self) -> list[AttributionRow]:
+        """The rows of the last checkpoint."""
+        last = self.iterations[-1]
+        return [r for r in self.rows if (r.checkpoint, r.iteration) == last]
+
+    def save(self, out_dir) -> dict:
+        """attribution.csv, by_class.csv, heatmap_<prompt>_<method>.png, by_class.png and
+        summary.md; returns the paths written and the summary figures."""
+        return _save(self, Path(out_dir))
+
+    @classmethod
+    def load(cls, out_dir) -> AttributionResult:
+        """The two tables `save` wrote (numbers to 6 significant digits); the completeness gaps
+        are in summary.md only."""
+        out = Path(out_dir)
+        rows = [AttributionRow(r["prompt"], r["domain"], r["checkpoint"], int(r["iteration"]),
+                               int(r["position"]), r["character"], r["char_class"], r["method"],
+                               float(r["score"]), float(r["normalized"]), r["target"],
+                               float(r["target_prob"]))
+                for r in read_csv(out / "attribution.csv")]
+        by_class = [ClassRow(r["checkpoint"], int(r["iteration"]), r["method"], r["char_class"],
+                             float(r["mean_abs_normalized"]), int(r["prompts"]),
+                             int(r["positions"]))
+                    for r in read_csv(out / "by_class.csv")]
+        methods = tuple(dict.fromkeys(r.method for r in rows))
+        return cls("", methods, rows, by_class,
+                   prompts=list(dict.fromkeys(r.prompt for r in rows)))
+
+
 def _file_stem(name: str, taken: set[str]) -> str:
     """A prompt name made safe for a file name, distinct from the ones already taken."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "prompt"
@@ -164,11 +258,11 @@ def _file_stem(name: str, taken: set[str]) -> str:
     return unique
 
 
-def _checkpoint_label(ckpt) -> str:
+def _checkpoint_label(name: str, iteration: int) -> str:
     """'20' for iter_0000020, '30 (final)' for the others."""
-    if ckpt.name.startswith("iter_"):
-        return str(ckpt.iteration)
-    return f"{ckpt.iteration} ({ckpt.name})"
+    if name.startswith("iter_"):
+        return str(iteration)
+    return f"{iteration} ({name})"
 
 
 def _normalized(scores: np.ndarray) -> np.ndarray:
@@ -176,24 +270,13 @@ def _normalized(scores: np.ndarray) -> np.ndarray:
     return scores / total if total > 0 else np.zeros_like(scores)
 
 
-def attribution_probe(run, prompts_path, out_dir, *, methods=METHODS, baseline="zero", steps=32,
-                      which="all", target="predicted", device="cpu") -> dict:
+def compute(run, prompts_path, *, methods=METHODS, baseline="zero", steps=32, which="all",
+            target="predicted", device="cpu") -> AttributionResult:
     """Attribution of every prompt's characters, by each method, at every checkpoint of `run`.
 
     target: "predicted" (argmax of each checkpoint) or "expected" (each prompt's expected char,
-    which must then be given). Writes into out_dir:
-
-      attribution.csv   long form, one row per checkpoint, prompt, method and input position
-      heatmap_<prompt>_<method>.png   characters across, checkpoints down, |normalized score|
-      by_class.csv      per checkpoint, method and character class: mean |normalized score|
-      by_class.png      the same at the final (last) checkpoint, one bar per method
-      summary.md        first class per method at the final checkpoint, IG completeness gap
-
-    Returns the paths written and small summary figures.
+    which must then be given).
     """
-    from lmscope.api import load
-    from lmscope.report import plots
-
     # Everything the user gives is checked before any gradient is taken.
     methods = tuple(methods)
     if not methods:
@@ -206,7 +289,7 @@ def attribution_probe(run, prompts_path, out_dir, *, methods=METHODS, baseline="
     _check_steps(steps)
     _check_choice("target", target, TARGETS)
     _check_choice("checkpoint selection", which, ("all", "final"))
-    checkpoints = run_checkpoints(run, which)
+    checkpoints = select_checkpoints(run, which)
     prompts = load_prompts(prompts_path)
 
     first = load(checkpoints[0], device=device)
@@ -224,78 +307,91 @@ def attribution_probe(run, prompts_path, out_dir, *, methods=METHODS, baseline="
                            f"and the one of {checkpoints[0]} has none: use baseline zero or mean")
     del first
 
-    out_dir = Path(out_dir)
-    rows = []
-    labels, iterations = [], []  # one per checkpoint: heatmap row label, (name, iteration)
-    # [prompt][method] -> list over checkpoints of |normalized| arrays
-    maps: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
-    # (checkpoint index, method, class) -> per-prompt means of |normalized| and position counts
-    per_class: dict[tuple, list[tuple[float, int]]] = defaultdict(list)
-    gaps: list[list[float]] = []  # per checkpoint, IG gap of each prompt
-    chars: dict[str, list[str]] = {}
-    for c, path in enumerate(checkpoints):
+    rows, by_class, gaps = [], [], []
+    for path in checkpoints:
         ckpt = load(path, device=device)  # one checkpoint in memory at a time
-        tok, corpus = ckpt.tokenizer, trained_on(ckpt)
-        labels.append(_checkpoint_label(ckpt))
-        iterations.append((ckpt.name, ckpt.iteration))
-        gaps.append([])
+        tok, corpus = ckpt.tokenizer, ckpt.trained_on
+        # (method, class) -> per-prompt means of |normalized| and position counts
+        per_class: dict[tuple, list[tuple[float, int]]] = defaultdict(list)
+        checkpoint_gaps = []
         for prompt in prompts:
             ids = check_prompt_fits(prompt, tok, ckpt.model.context_length)
             target_id = expected_id(prompt, tok) if target == "expected" else None
-            chars[prompt.name] = [visible(tok.token_text(i)) for i in ids]
+            chars = [visible(tok.token_text(i)) for i in ids]
             classes = [char_class(tok.decode([i])) for i in ids]  # a lone byte of é: "�", non-ASCII
             for method in methods:
                 a = attribute(ckpt.model, ids, target_id, method, baseline=baseline, steps=steps,
                               unk_id=tok.unk_id)
                 norm = _normalized(a.scores)
-                maps[prompt.name][method].append(np.abs(norm))
                 if a.completeness_gap is not None:
-                    gaps[c].append(a.completeness_gap)
+                    checkpoint_gaps.append(a.completeness_gap)
                 target_text = visible(tok.token_text(a.target_id))
                 for pos, (score, share) in enumerate(zip(a.scores, norm, strict=True)):
-                    rows.append([prompt.name, prompt.domain_of(corpus), ckpt.name, ckpt.iteration,
-                                 pos, chars[prompt.name][pos], classes[pos], method,
-                                 float(score), float(share), target_text, a.target_prob])
+                    rows.append(AttributionRow(
+                        prompt.name, prompt.domain_of(corpus), ckpt.name, ckpt.iteration, pos,
+                        chars[pos], classes[pos], method, float(score), float(share),
+                        target_text, a.target_prob))
                 for cls in CHAR_CLASSES:
                     where = [i for i, k in enumerate(classes) if k == cls]
                     if where:
-                        per_class[(c, method, cls)].append(
+                        per_class[(method, cls)].append(
                             (float(np.abs(norm[where]).mean()), len(where)))
+        for (method, cls), entries in sorted(
+                per_class.items(), key=lambda kv: (methods.index(kv[0][0]),
+                                                   CHAR_CLASSES.index(kv[0][1]))):
+            by_class.append(ClassRow(ckpt.name, ckpt.iteration, method, cls,
+                                     float(np.mean([m for m, _ in entries])), len(entries),
+                                     sum(n for _, n in entries)))
+        gaps.append(float(np.mean(checkpoint_gaps)) if checkpoint_gaps else None)
         del ckpt
+    return AttributionResult(str(run), methods, rows, by_class,
+                             checkpoints=[str(p) for p in checkpoints],
+                             prompts=[p.name for p in prompts], target=target, baseline=baseline,
+                             steps=steps, completeness_gaps=gaps)
 
-    header = ["prompt", "domain", "checkpoint", "iteration", "position", "character",
-              "char_class", "method", "score", "normalized", "target", "target_prob"]
-    files = {"attribution_csv": write_csv(out_dir / "attribution.csv", header, rows)}
 
-    # by_class: mean over prompts of each prompt's mean |normalized| over the class's positions
-    class_rows, final = [], {}
-    last = len(checkpoints) - 1
-    for (c, method, cls), entries in sorted(per_class.items(),
-                                            key=lambda kv: (kv[0][0], methods.index(kv[0][1]),
-                                                            CHAR_CLASSES.index(kv[0][2]))):
-        mean = float(np.mean([m for m, _ in entries]))
-        count = sum(n for _, n in entries)
-        class_rows.append([iterations[c][0], iterations[c][1], method, cls, mean, len(entries),
-                           count])
-        if c == last:
-            final[(method, cls)] = mean
-    files["by_class_csv"] = write_csv(
-        out_dir / "by_class.csv",
-        ["checkpoint", "iteration", "method", "char_class", "mean_abs_normalized", "prompts",
-         "positions"], class_rows)
+def attribution_probe(run, prompts_path, out_dir, *, methods=METHODS, baseline="zero", steps=32,
+                      which="all", target="predicted", device="cpu") -> dict:
+    """`compute`, then `save` into out_dir (see AttributionResult.save):
 
-    # heatmaps: one per prompt and method
+      attribution.csv   long form, one row per checkpoint, prompt, method and input position
+      heatmap_<prompt>_<method>.png   characters across, checkpoints down, |normalized score|
+      by_class.csv      per checkpoint, method and character class: mean |normalized score|
+      by_class.png      the same at the final (last) checkpoint, one bar per method
+      summary.md        first class per method at the final checkpoint, IG completeness gap
+
+    Returns the paths written and small summary figures.
+    """
+    return compute(run, prompts_path, methods=methods, baseline=baseline, steps=steps,
+                   which=which, target=target, device=device).save(out_dir)
+
+
+def _save(result: AttributionResult, out_dir: Path) -> dict:
+    methods = result.methods
+    files = {"attribution_csv": write_csv(out_dir / "attribution.csv", HEADER,
+                                          [r.cells() for r in result.rows])}
+    files["by_class_csv"] = write_csv(out_dir / "by_class.csv", CLASS_HEADER,
+                                      [r.cells() for r in result.by_class])
+    iterations = result.iterations
+    labels = [_checkpoint_label(name, it) for name, it in iterations]
+    final = result.final_by_class()
+
+    # heatmaps: one per prompt and method, |normalized| with checkpoints down, characters across
     heatmaps, taken = [], set()
-    for prompt in prompts:
-        stem = _file_stem(prompt.name, taken)
+    for prompt in dict.fromkeys(r.prompt for r in result.rows):
+        stem = _file_stem(prompt, taken)
+        chars = [r.character for r in result.final_rows()
+                 if r.prompt == prompt and r.method == methods[0]]
         for method in methods:
-            values = np.stack(maps[prompt.name][method])
-            cols = len(chars[prompt.name])
+            values = np.stack([np.abs([r.normalized for r in result.rows
+                                       if r.prompt == prompt and r.method == method
+                                       and (r.checkpoint, r.iteration) == point])
+                               for point in iterations])
             heatmaps.append(plots.heatmap(
-                values, labels, chars[prompt.name], out_dir / f"heatmap_{stem}_{method}.png",
-                title=f"{prompt.name}: {method} (target: {target})", xlabel="input character",
+                values, labels, chars, out_dir / f"heatmap_{stem}_{method}.png",
+                title=f"{prompt}: {method} (target: {result.target})", xlabel="input character",
                 ylabel="checkpoint (iteration)", fmt="{:.2f}", cmap="magma",
-                colorbar="|normalized score|", annotate=cols < 12))
+                colorbar="|normalized score|", annotate=len(chars) < 12))
     files["heatmaps"] = heatmaps
 
     # by_class.png: the final checkpoint, a group of bars per class, one bar per method
@@ -316,15 +412,15 @@ def attribution_probe(run, prompts_path, out_dir, *, methods=METHODS, baseline="
     for method in methods:
         ranked = sorted(present, key=lambda cls, m=method: -final.get((m, cls), -np.inf))
         top[method] = ranked[0] if ranked else None
-    ig_gap = [float(np.mean(g)) if g else None for g in gaps]
+    ig_gap = result.completeness_gaps
     name, iteration = iterations[-1]
     lines = [
         "# Gradient attribution over input characters\n",
-        f"Run `{run}`: {len(prompts)} prompt(s), {len(checkpoints)} checkpoint(s) "
-        f"(iterations {', '.join(str(i) for _, i in iterations)}); target: {target}.",
+        f"Run `{result.run}`: {len(result.prompts)} prompt(s), {len(iterations)} checkpoint(s) "
+        f"(iterations {', '.join(str(i) for _, i in iterations)}); target: {result.target}.",
         f"Methods: {', '.join(methods)}."
-        + (f" Integrated gradients: baseline {baseline}, {steps} steps, midpoint rule."
-           if "integrated_gradients" in methods else "") + "\n",
+        + (f" Integrated gradients: baseline {result.baseline}, {result.steps} steps, midpoint "
+           "rule." if "integrated_gradients" in methods else "") + "\n",
         f"## Character classes at the final checkpoint ({name}, iteration {iteration})\n",
         "Mean |normalized score| of a prompt's positions of each class, averaged over prompts.\n",
         markdown_table(["method", "first class", "mean abs normalized"],
@@ -349,8 +445,8 @@ def attribution_probe(run, prompts_path, out_dir, *, methods=METHODS, baseline="
     return {
         "out_dir": out_dir,
         **files,
-        "checkpoints": [str(p) for p in checkpoints],
-        "prompts": [p.name for p in prompts],
+        "checkpoints": result.checkpoints,
+        "prompts": result.prompts,
         "top_class": top,
         "mean_completeness_gap": ig_gap[-1] if "integrated_gradients" in methods else None,
         "completeness_gap_by_checkpoint": dict(zip(labels, ig_gap, strict=True)),

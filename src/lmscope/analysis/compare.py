@@ -11,18 +11,24 @@ between them, and a verdict by this rule (thresholds in nats, configurable):
     good       neither
 
 All losses are the trainer's periodic estimates (the same fixed batches at every evaluation).
+`compute(runs)` returns a `CompareResult`; `save(dir)` writes compare.csv, compare.md and
+curves.png, and `load(dir)` reads the table back.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmscope.analysis.common import markdown_table, write_csv
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
-from lmscope.report import plots
+from lmscope.render import plots
+from lmscope.render.tables import markdown_table, read_csv, write_csv
+from lmscope.run.run_dir import RunDir
+
+HEADER = ["run", "min_val_loss", "min_at_iter", "last_iter", "final_train_loss",
+          "final_val_loss", "final_gap", "verdict"]
 
 
 @dataclass
@@ -57,27 +63,67 @@ class RunCurves:
 
 
 def read_curves(run) -> RunCurves:
-    import lmscope
-
-    if not (Path(run) / "metrics.jsonl").is_file():
+    folder = RunDir(run)
+    if not folder.is_run():
         raise LmscopeError(f"{run} is not a run folder: it has no metrics.jsonl")
-    curves = RunCurves(Path(run).name, [], [], [], [], [])
-    for row in lmscope.read_metrics(run):
-        if row.get("kind") == "train" and isinstance(row.get("loss"), (int, float)):
-            curves.train_steps.append(row["iter"])
-            curves.train_loss.append(row["loss"])
-        elif row.get("kind") == "eval" and isinstance(row.get("val_loss"), (int, float)):
-            curves.eval_steps.append(row["iter"])
-            curves.eval_train.append(row["train_loss"])
-            curves.eval_val.append(row["val_loss"])
+    metrics = folder.metrics()
+    evaluations = metrics.evaluations
+    curves = RunCurves(folder.name, [it for it, _ in metrics.train_losses],
+                       [loss for _, loss in metrics.train_losses],
+                       [e.iter for e in evaluations], [e.train_loss for e in evaluations],
+                       [e.val_loss for e in evaluations])
     if not curves.eval_val:
         raise LmscopeError(f"{run} has no evaluations in its metrics.jsonl yet")
     return curves
 
 
-def compare_runs(runs, out_dir, *, rule: Rule | None = None,
-                 names: list[str] | None = None) -> list[list]:
-    """Write compare.csv, compare.md and curves.png into out_dir; return the table rows."""
+@dataclass
+class RunFit:
+    """One run's row of the comparison."""
+
+    run: str
+    min_val_loss: float
+    min_at_iter: int  # the early-stopping point
+    last_iter: int
+    final_train_loss: float
+    final_val_loss: float
+    final_gap: float  # final val - final train
+    verdict: str  # over-fit, under-fit or good
+
+    def cells(self) -> list:
+        return [self.run, self.min_val_loss, self.min_at_iter, self.last_iter,
+                self.final_train_loss, self.final_val_loss, self.final_gap, self.verdict]
+
+
+@dataclass
+class CompareResult:
+    fits: list[RunFit]
+    rule: Rule = field(default_factory=Rule)
+    curves: list[RunCurves] = field(default_factory=list)  # for the figure; empty after load
+
+    def save(self, out_dir) -> list[list]:
+        """compare.csv, compare.md and curves.png; returns the table's rows."""
+        rows = [f.cells() for f in self.fits]
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "compare.csv", HEADER, rows)
+        atomic_write_text(out / "compare.md", "# Run comparison\n\n" + markdown_table(HEADER, rows)
+                          + f"\nRule: {self.rule.describe()}.\n")
+        if self.curves:
+            _plot(self.curves, out / "curves.png")
+        return rows
+
+    @classmethod
+    def load(cls, out_dir) -> CompareResult:
+        """compare.csv (numbers to 6 significant digits); the rule is in compare.md only."""
+        return cls([RunFit(r["run"], float(r["min_val_loss"]), int(r["min_at_iter"]),
+                           int(r["last_iter"]), float(r["final_train_loss"]),
+                           float(r["final_val_loss"]), float(r["final_gap"]), r["verdict"])
+                    for r in read_csv(Path(out_dir) / "compare.csv")])
+
+
+def compute(runs, *, rule: Rule | None = None, names: list[str] | None = None) -> CompareResult:
+    """Each run's curves, early-stopping point, final gap and verdict."""
     rule = rule or Rule()
     curves = [read_curves(run) for run in runs]
     if len(curves) < 1:
@@ -87,19 +133,22 @@ def compare_runs(runs, out_dir, *, rule: Rule | None = None,
               for run, c in zip(runs, curves, strict=True)]
     for c, label in zip(curves, names or labels, strict=True):
         c.name = label
-    rows = []
+    fits = []
     for c in curves:
         best = min(range(len(c.eval_val)), key=c.eval_val.__getitem__)
-        rows.append([c.name, c.eval_val[best], c.eval_steps[best], c.eval_steps[-1],
-                     c.eval_train[-1], c.eval_val[-1], c.eval_val[-1] - c.eval_train[-1],
-                     c.verdict(rule)])
-    header = ["run", "min_val_loss", "min_at_iter", "last_iter", "final_train_loss",
-              "final_val_loss", "final_gap", "verdict"]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "compare.csv", header, rows)
-    atomic_write_text(out / "compare.md", "# Run comparison\n\n" + markdown_table(header, rows)
-                      + f"\nRule: {rule.describe()}.\n")
+        fits.append(RunFit(c.name, c.eval_val[best], c.eval_steps[best], c.eval_steps[-1],
+                           c.eval_train[-1], c.eval_val[-1], c.eval_val[-1] - c.eval_train[-1],
+                           c.verdict(rule)))
+    return CompareResult(fits, rule, curves)
+
+
+def compare_runs(runs, out_dir, *, rule: Rule | None = None,
+                 names: list[str] | None = None) -> list[list]:
+    """`compute`, then `save`: compare.csv, compare.md and curves.png; returns the table rows."""
+    return compute(runs, rule=rule, names=names).save(out_dir)
+
+
+def _plot(curves: list[RunCurves], path: Path) -> None:
     fig, (ax_train, ax_val) = plots.panels(2, title="Training curves", width=6)
     for i, c in enumerate(curves):
         color = f"C{i % 10}"
@@ -118,5 +167,4 @@ def compare_runs(runs, out_dir, *, rule: Rule | None = None,
     finite = [v for c in curves for v in c.eval_val if math.isfinite(v)]
     if finite:
         ax_val.set_ylim(min(finite) - 0.05, min(max(finite), min(finite) * 2) + 0.05)
-    plots.save(fig, out / "curves.png")
-    return rows
+    plots.save(fig, path)

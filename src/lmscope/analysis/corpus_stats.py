@@ -1,9 +1,10 @@
 """Corpus statistics: size, characters, their frequencies and the characters outside ASCII.
 
 `corpus_stats` streams a corpus (all its splits) chunk by chunk and counts every character;
-`write_stats` turns the stats of one or more corpora into a JSON file, a table across corpora
-(CSV and Markdown), long-form CSVs of all characters and of the non-ASCII ones grouped by
-Unicode category, and one bar plot of the most frequent characters per corpus.
+`compute(corpora)` does it for several and returns a `CorpusStatsResult`, whose `save` writes a
+JSON file, a table across corpora (CSV and Markdown), long-form CSVs of all characters and of the
+non-ASCII ones grouped by Unicode category, and one bar plot of the most frequent characters per
+corpus (`load` reads the JSON file back).
 
 Line endings are kept as they are in the files: "\\r" counts as a character of its own
 (shown as <cr>). `n_unique_universal_newlines` is the number of distinct characters when the
@@ -13,16 +14,19 @@ text is read in universal-newline mode ("\\r\\n" and a lone "\\r" read as "\\n")
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmscope.analysis.common import markdown_table, visible, write_csv
 from lmscope.data import corpora
+from lmscope.data.chars import VISIBLE, visible
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_json, atomic_write_text
+from lmscope.render.plots import bar_chart
+from lmscope.render.tables import markdown_table, write_csv
 
 CATEGORY_NAMES = {
     "Lu": "Letter, uppercase", "Ll": "Letter, lowercase", "Lt": "Letter, titlecase",
@@ -51,6 +55,16 @@ def shown(char: str) -> str:
 
 def code_point(char: str) -> str:
     return f"U+{ord(char):04X}"
+
+
+def unshown(text: str) -> str:
+    """The character `shown` gave `text` for."""
+    named = {name: char for char, name in VISIBLE.items()}
+    if text in named:
+        return named[text]
+    if text.startswith("U+") and len(text) > 2:
+        return chr(int(text[2:], 16))
+    return text
 
 
 @dataclass
@@ -137,6 +151,14 @@ class CorpusStats:
             "counts": {shown(c): n for c, n in self.top()},
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> CorpusStats:
+        """The stats `to_dict` wrote."""
+        return cls(name=d["name"], n_bytes=d["n_bytes"], n_chars=d["n_chars"],
+                   n_lines=d["n_lines"], n_words=d["n_words"],
+                   counts={unshown(c): n for c, n in d["counts"].items()},
+                   splits=dict(d["splits"]), n_crlf=d["n_crlf"], files=list(d["files"]))
+
 
 def corpus_stats(corpus: str, *, val_fraction: float = 0.1,
                  chunk_size: int = 1 << 20) -> CorpusStats:
@@ -207,6 +229,27 @@ def _file_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name) or "corpus"
 
 
+@dataclass
+class CorpusStatsResult:
+    """The statistics of several corpora, and how many characters each plot shows."""
+
+    stats: list[CorpusStats]
+    top: int = 30
+
+    def save(self, out_dir) -> list[Path]:
+        return write_stats(self.stats, out_dir, top=self.top)
+
+    @classmethod
+    def load(cls, out_dir) -> CorpusStatsResult:
+        d = json.loads((Path(out_dir) / "stats.json").read_text(encoding="utf-8"))
+        return cls([CorpusStats.from_dict(c) for c in d["corpora"]])
+
+
+def compute(names: list[str], *, top: int = 30, val_fraction: float = 0.1) -> CorpusStatsResult:
+    """The statistics of each corpus (a registry name or a path)."""
+    return CorpusStatsResult([corpus_stats(c, val_fraction=val_fraction) for c in names], top)
+
+
 def write_stats(stats: list[CorpusStats], out_dir, *, top: int = 30) -> list[Path]:
     """Write the stats of the corpora into out_dir and return the paths written:
 
@@ -217,8 +260,6 @@ def write_stats(stats: list[CorpusStats], out_dir, *, top: int = 30) -> list[Pat
     non_ascii.csv      long form, characters with code point >= 128 by category
     chars_<name>.png   per corpus: the `top` most frequent characters, share in %
     """
-    from lmscope.report.plots import bar_chart  # matplotlib only when plotting
-
     if not stats:
         raise LmscopeError("no corpora to write statistics for")
     names = [_file_name(s.name) for s in stats]

@@ -6,20 +6,27 @@ per character and in bits per character. Rows are models (runs), columns are cor
 Characters a model has never seen (outside its character vocabulary) cannot be scored: they are
 left out of the loss and counted in `oov.csv`. Models trained with one joint vocabulary
 (`data.vocab_from`) have no such characters, and their numbers are directly comparable.
+
+`compute(runs, corpora)` returns a `Matrix`; `Matrix.save(dir)` writes matrix.csv (nats/char),
+matrix_bits.csv, oov.csv, matrix.md, matrix.json and matrix.png, and `Matrix.load(dir)` reads
+matrix.json back.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lmscope.analysis.common import markdown_table, trained_on, write_csv
 from lmscope.errors import LmscopeError
+from lmscope.evaluate import evaluate
 from lmscope.io import atomic_write_json, atomic_write_text
-from lmscope.report import plots
+from lmscope.render import plots
+from lmscope.render.tables import markdown_table, write_csv
+from lmscope.run.checkpoint import load
 
 
 @dataclass
@@ -44,13 +51,21 @@ class Matrix:
             out[corpus] = None if not own else int(np.argmin(self.nats[:, c])) in own
         return out
 
+    def save(self, out_dir) -> list[Path]:
+        return write_matrix(self, out_dir)
 
-def cross_domain_matrix(runs, corpora, *, split: str = "val", batch_size: int = 32,
-                        device: str = "auto", log=print) -> Matrix:
+    @classmethod
+    def load(cls, out_dir) -> Matrix:
+        d = json.loads((Path(out_dir) / "matrix.json").read_text(encoding="utf-8"))
+        return cls(runs=d["runs"], corpora=d["corpora"], trained_on=d["trained_on"],
+                   nats=np.array(d["nats_per_char"], dtype=np.float64),
+                   oov_rate=np.array(d["oov_rate"], dtype=np.float64), results=d["cells"],
+                   joint_vocabulary=d["joint_vocabulary"])
+
+
+def compute(runs, corpora, *, split: str = "val", batch_size: int = 32,
+            device: str = "auto", log=print) -> Matrix:
     """Evaluate the final checkpoint of each run (or a checkpoint folder) on each corpus."""
-    from lmscope.api import load
-    from lmscope.evaluate import evaluate
-
     runs, corpora = list(runs), list(corpora)
     if not runs or not corpora:
         raise LmscopeError("the matrix needs at least one run (--runs) and one corpus (--data)")
@@ -71,8 +86,11 @@ def cross_domain_matrix(runs, corpora, *, split: str = "val", batch_size: int = 
         results.append(row)
     col_labels = [row["corpus"] for row in results[0]]
     fingerprints = {ckpt.tokenizer.fingerprint() for ckpt in checkpoints}
-    return Matrix(runs=labels, corpora=col_labels, trained_on=[trained_on(c) for c in checkpoints],
+    return Matrix(runs=labels, corpora=col_labels, trained_on=[c.trained_on for c in checkpoints],
                   nats=nats, oov_rate=oov, results=results, joint_vocabulary=len(fingerprints) == 1)
+
+
+cross_domain_matrix = compute  # its name before the probes shared one; kept for callers
 
 
 def _unique_labels(paths: list[Path]) -> list[str]:

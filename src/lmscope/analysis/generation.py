@@ -5,11 +5,11 @@ tokens one at a time (batch size 1, seeds seed, seed+1, ...; the seed's inferenc
 records:
 
 - sampling speed: generated tokens per second of wall-clock sampling time;
-- generation quality (analysis/generation_quality.py): distinct-n over characters and words pooled
+- generation quality (metrics/text_quality.py): distinct-n over characters and words pooled
   across the samples, the repetition rate and the coherence of each sample;
 - generation-time attention (gpt models): the model reads each sample (prompt + generated text,
   its last context-length tokens) and its attention maps are summarised with the same metrics the
-  trainer tracks (analysis/attention_metrics.py). In a causal model these are exactly the
+  trainer tracks (metrics/attention.py). In a causal model these are exactly the
   attention rows the model used when it generated those tokens;
 - training-time attention at that checkpoint's iteration, from RUN/attention.jsonl when the run
   tracked it, so the two can be compared side by side.
@@ -17,7 +17,7 @@ records:
 Then it correlates (analysis/correlation.py) each sample's attention metrics with its quality
 metrics, and the run's tracked attention metrics with its validation loss over training.
 
-Output (OUT/):
+`compute(run)` returns a `GenerationResult`; `save(dir)` writes (`load(dir)` reads the tables back):
 
     generation.csv / .md          one row per checkpoint: speed, quality, attention (gen. and train)
     samples.csv                   one row per sample: its quality and attention metrics
@@ -35,19 +35,21 @@ from pathlib import Path
 
 import torch
 
-from lmscope.analysis import generation_quality as quality
-from lmscope.analysis.attention_metrics import attention_summary
-from lmscope.analysis.common import markdown_table, run_checkpoints, write_csv
 from lmscope.analysis.correlation import (
     ATTENTION_METRICS,
     attention_loss_correlations,
     attention_with_loss,
-    correlate,
-    tracked_attention,
     write_correlations,
 )
+from lmscope.api import generate
 from lmscope.io import atomic_write_text
-from lmscope.report import plots
+from lmscope.metrics import text_quality as quality
+from lmscope.metrics.attention import attention_summary
+from lmscope.metrics.correlation import correlate
+from lmscope.render import plots
+from lmscope.render.tables import markdown_table, read_csv, write_csv
+from lmscope.run.checkpoint import load, select_checkpoints
+from lmscope.run.run_dir import RunDir
 
 QUALITY = ("distinct_1_chars", "distinct_2_chars", "distinct_3_chars", "distinct_4_chars",
            "distinct_1_words", "distinct_2_words", "distinct_3_words", "distinct_4_words",
@@ -61,6 +63,30 @@ class GenerationResult:
     texts: dict[str, list[str]] = field(default_factory=dict)  # checkpoint name -> samples
     correlation_samples: list[dict] = field(default_factory=list)
     correlation_loss: list[dict] = field(default_factory=list)
+
+    def save(self, out_dir, *, title: str = "") -> None:
+        write_generation(self, out_dir, title=title)
+
+    @classmethod
+    def load(cls, out_dir) -> GenerationResult:
+        """The per-checkpoint and per-sample tables (numbers as written; empty cells None)."""
+        out = Path(out_dir)
+        return cls(checkpoints=[{k: _cell(v) for k, v in r.items()}
+                                for r in read_csv(out / "generation.csv")],
+                   samples=[{k: _cell(v) for k, v in r.items()}
+                            for r in read_csv(out / "samples.csv")])
+
+
+def _cell(text: str):
+    """A CSV cell as it was written: None, an int, a float or a string."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 @torch.no_grad()
@@ -89,23 +115,21 @@ def _training_attention(tracked: list[dict], it) -> dict:
     return {f"train_{m}": last.get(m) for m in ATTENTION_METRICS}
 
 
-def generation_probe(run: str | Path, *, num_samples: int = 8, prompt: str = "\n",
-                     max_new_tokens: int = 200, temperature: float = 0.8,
-                     top_k: int | None = None, seed: int = 0, which: str = "all",
-                     device: str = "auto", log=print) -> GenerationResult:
-    import lmscope
-
+def compute(run: str | Path, *, num_samples: int = 8, prompt: str = "\n",
+            max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
+            seed: int = 0, which: str = "all", device: str = "auto",
+            log=print) -> GenerationResult:
     run = Path(run)
-    run_dir = run if (run / "checkpoints").is_dir() else run.parent.parent
+    run_dir = RunDir(run if RunDir(run).checkpoints_dir.is_dir() else run.parent.parent)
     result = GenerationResult()
-    tracked = tracked_attention(run_dir)  # training-time attention, read once
-    for path in run_checkpoints(run, which):
-        ckpt = lmscope.load(path, device=device)
+    tracked = run_dir.attention()  # training-time attention, read once
+    for path in select_checkpoints(run, which):
+        ckpt = load(path, device=device)
         texts, seconds = [], 0.0
         for i in range(num_samples):
             start = time.perf_counter()
-            texts.append(lmscope.generate(ckpt, prompt, max_new_tokens=max_new_tokens,
-                                          temperature=temperature, top_k=top_k, seed=seed + i))
+            texts.append(generate(ckpt, prompt, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, top_k=top_k, seed=seed + i))
             seconds += time.perf_counter() - start
         it = ckpt.meta.get("iter")
         row = {"checkpoint": path.name, "iter": it, "val_loss": ckpt.meta.get("val_loss"),
@@ -133,8 +157,11 @@ def generation_probe(run: str | Path, *, num_samples: int = 8, prompt: str = "\n
         {q: [s.get(q) for s in result.samples] for q in QUALITY})
     if tracked:
         result.correlation_loss = attention_loss_correlations(
-            attention_with_loss(tracked, lmscope.read_metrics(run_dir)))
+            attention_with_loss(tracked, run_dir.metrics()))
     return result
+
+
+generation_probe = compute  # its name before the probes shared one; kept for callers
 
 
 def write_generation(result: GenerationResult, out_dir: str | Path, *, title: str = "") -> None:

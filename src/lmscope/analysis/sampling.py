@@ -2,16 +2,19 @@
 
 `top_p_sweep` continues the same prompt once per nucleus threshold p (and once greedily), each
 from the same seed, so the rows differ only by the setting: low p stays close to greedy decoding,
-p = 1.0 samples from the whole distribution.
+p = 1.0 samples from the whole distribution. `compute` returns a `SweepResult`, whose `save(dir)`
+writes top_p_sweep.md and .csv (`load(dir)` reads the CSV back).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from lmscope.analysis.common import markdown_table, write_csv
+from lmscope.api import generate
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
+from lmscope.render.tables import markdown_table, read_csv, write_csv
 
 
 def parse_top_ps(text: str) -> list[float]:
@@ -31,17 +34,44 @@ def parse_top_ps(text: str) -> list[float]:
     return values
 
 
+@dataclass
+class SweepResult:
+    """One prompt continued once per sampling setting, every row from the same seed."""
+
+    prompt: str
+    rows: list[tuple[str, str]]  # (setting: "greedy" or p, generated text without the prompt)
+    seed: int = 0
+    temperature: float = 1.0
+
+    def save(self, out_dir) -> list[Path]:
+        return write_sweep(self.rows, self.prompt, out_dir, seed=self.seed,
+                           temperature=self.temperature)
+
+    @classmethod
+    def load(cls, out_dir) -> SweepResult:
+        """The rows of top_p_sweep.csv (the seed and temperature are in the Markdown only)."""
+        table = read_csv(Path(out_dir) / "top_p_sweep.csv")
+        return cls(table[0]["prompt"] if table else "",
+                   [(r["top_p"], r["generated"]) for r in table])
+
+
+def compute(checkpoint, prompt: str, top_ps: list[float], *, greedy: bool = True,
+            max_new_tokens: int = 100, temperature: float = 1.0, seed: int = 0,
+            precision: str = "float32") -> SweepResult:
+    """"greedy" first (when asked), then one row per p."""
+    settings = ([("greedy", {"greedy": True})] if greedy else []) + [
+        (f"{p:g}", {"top_p": p, "temperature": temperature}) for p in top_ps]
+    return SweepResult(prompt, [(name, generate(checkpoint, prompt, max_new_tokens=max_new_tokens,
+                                                seed=seed, precision=precision, **kwargs))
+                                for name, kwargs in settings], seed, temperature)
+
+
 def top_p_sweep(checkpoint, prompt: str, top_ps: list[float], *, greedy: bool = True,
                 max_new_tokens: int = 100, temperature: float = 1.0, seed: int = 0,
                 precision: str = "float32") -> list[tuple[str, str]]:
-    """[(setting, generated text)]: "greedy" first (when asked), then one row per p."""
-    import lmscope
-
-    settings = ([("greedy", {"greedy": True})] if greedy else []) + [
-        (f"{p:g}", {"top_p": p, "temperature": temperature}) for p in top_ps]
-    return [(name, lmscope.generate(checkpoint, prompt, max_new_tokens=max_new_tokens, seed=seed,
-                                    precision=precision, **kwargs))
-            for name, kwargs in settings]
+    """[(setting, generated text)]: the rows of `compute`."""
+    return compute(checkpoint, prompt, top_ps, greedy=greedy, max_new_tokens=max_new_tokens,
+                   temperature=temperature, seed=seed, precision=precision).rows
 
 
 def sweep_table(rows: list[tuple[str, str]], prompt: str) -> str:

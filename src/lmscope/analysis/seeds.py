@@ -1,8 +1,8 @@
 """Multi-seed results: the same runs trained with several seeds, reported as means with standard
 errors (the AI-Scientist nanoGPT template's final_info and plots, from ordinary run folders).
 
-`aggregate_seeds(groups, out_dir)` takes, for each dataset, the runs of each variant (one run
-folder per seed) and writes:
+`compute(groups)` takes, for each dataset, the runs of each variant (one run folder per seed) and
+returns a `SeedsResult`, whose `save(dir)` writes (`load(dir)` reads results.json back):
 
     results.json                  per dataset (and variant, when a dataset has several):
                                   final_train_loss, best_val_loss, total_train_time,
@@ -24,28 +24,29 @@ evaluation (metrics.jsonl), best_val_loss the lowest validation estimate (summar
 total_train_time the run's wall-clock training seconds (summary.json), and
 avg_inference_tokens_per_second the sampling speed of the final checkpoint measured by the
 generation step (generation/<run>/generation.csv; empty when that step did not run).
+`aggregate_seeds(groups, out_dir)` is `compute`, then `save`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lmscope.analysis.common import markdown_table
 from lmscope.analysis.correlation import (
     attention_loss_correlations,
     attention_with_loss,
-    tracked_attention,
     write_correlations,
 )
+from lmscope.analysis.generation import GenerationResult
 from lmscope.io import atomic_write_json, atomic_write_text
-from lmscope.report import plots
+from lmscope.render import plots
+from lmscope.render.tables import markdown_table
+from lmscope.run.run_dir import Metrics, RunDir
 
 QUANTITIES = ("final_train_loss", "best_val_loss", "total_train_time",
               "avg_inference_tokens_per_second")
@@ -66,29 +67,28 @@ def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
 class RunRows:
     """What the aggregation reads of one run, read once: metrics.jsonl and attention.jsonl."""
 
-    metrics: list[dict]
+    metrics: Metrics
     attention: list[dict]
 
     @classmethod
     def read(cls, run: Path) -> RunRows:
-        from lmscope.train.trainer import read_metrics
+        folder = RunDir(run)
+        return cls(folder.metrics(), folder.attention())
 
-        return cls(read_metrics(run), tracked_attention(run))
 
-
-def run_figures(run_dir: Path, rows: RunRows, generation_csv: Path | None = None) -> dict:
-    """The four quantities of one run (see the module docstring)."""
-    evals = [r for r in rows.metrics if r.get("kind") == "eval"]
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+def run_figures(run_dir: Path, rows: RunRows, generation_dir: Path | None = None) -> dict:
+    """The four quantities of one run (see the module docstring); `generation_dir` is where the
+    generation step wrote this run's result."""
+    evals = rows.metrics.evaluations
+    summary = RunDir(run_dir).summary()
     speed = None
-    if generation_csv is not None and generation_csv.is_file():
-        with open(generation_csv, encoding="utf-8", newline="") as f:
-            table = list(csv.DictReader(f))
+    if generation_dir is not None and (generation_dir / "generation.csv").is_file():
+        table = GenerationResult.load(generation_dir).checkpoints
         if table:
             speed = float(table[-1]["tokens_per_s"])  # the last checkpoint: the final model
-    return {"final_train_loss": evals[-1]["train_loss"] if evals else None,
-            "best_val_loss": summary.get("best_val_loss"),
-            "total_train_time": summary.get("elapsed_s"),
+    return {"final_train_loss": evals[-1].train_loss if evals else None,
+            "best_val_loss": summary.best_val_loss,
+            "total_train_time": summary.elapsed_s,
             "avg_inference_tokens_per_second": speed}
 
 
@@ -110,10 +110,12 @@ def _band(ax, iters, values: np.ndarray, label: str, color: str) -> None:
         ax.fill_between(iters, mean - se, mean + se, color=color, alpha=0.25)
 
 
-def _losses(kind: str, key: str):
+def _losses(kind: str):
+    """The finite training losses (kind "train") or validation estimates (kind "eval")."""
     def pick(run: RunRows):
-        return [(r["iter"], r[key]) for r in run.metrics
-                if r.get("kind") == kind and r.get(key) is not None and math.isfinite(r[key])]
+        points = (run.metrics.train_losses if kind == "train" else
+                  [(e.iter, e.val_loss) for e in run.metrics.evaluations])
+        return [(it, loss) for it, loss in points if math.isfinite(loss)]
     return pick
 
 
@@ -126,17 +128,55 @@ def _attention(key, layer=None, pair=None):
     return pick
 
 
+@dataclass
+class SeedsResult:
+    """Means over seeds: `results` is what results.json holds, `table` the rows of results.md."""
+
+    results: dict
+    table: list[list] = field(default_factory=list)
+    # dataset -> variant -> each seed's rows, for the figures; empty after load
+    runs: dict[str, dict[str, list[RunRows]]] = field(default_factory=dict, repr=False)
+
+    def save(self, out_dir) -> dict:
+        out_dir = Path(out_dir)
+        for dataset, variants in self.runs.items():
+            _plot_dataset(dataset, variants, out_dir)
+            rows = [r for runs in variants.values() for run in runs
+                    for r in attention_with_loss(run.attention, run.metrics)]
+            if rows:
+                write_correlations(
+                    attention_loss_correlations(rows), out_dir, f"correlation_{dataset}",
+                    f"{dataset}: attention metrics vs validation loss (all seeds' points)")
+        atomic_write_json(out_dir / "results.json", self.results)
+        atomic_write_text(out_dir / "results.md", "# Means over seeds (+- standard error)\n\n" +
+                          markdown_table(["dataset", "variant", "seeds", *QUANTITIES], self.table))
+        return self.results
+
+    @classmethod
+    def load(cls, out_dir) -> SeedsResult:
+        """results.json."""
+        return cls(json.loads((Path(out_dir) / "results.json").read_text(encoding="utf-8")))
+
+
 def aggregate_seeds(groups: Mapping[str, Mapping[str, Sequence[Path]]], out_dir: str | Path, *,
                     generation_dir: Path | None = None) -> dict:
-    """groups: dataset -> variant -> run folders (one per seed). Returns what results.json holds."""
-    out_dir = Path(out_dir)
+    """`compute`, then `save` into out_dir. Returns what results.json holds."""
+    return compute(groups, generation_dir=generation_dir).save(out_dir)
+
+
+def compute(groups: Mapping[str, Mapping[str, Sequence[Path]]], *,
+            generation_dir: Path | None = None) -> SeedsResult:
+    """groups: dataset -> variant -> run folders (one per seed); `generation_dir` holds the
+    generation step's results, one folder per run."""
     results: dict = {}
     table = []
+    all_runs = {}
     for dataset, folders in groups.items():
         results[dataset] = {}
         variants = {v: [RunRows.read(run) for run in runs] for v, runs in folders.items()}
+        all_runs[dataset] = variants
         for variant, runs in folders.items():
-            per_seed = [run_figures(run, rows, generation_dir / run.name / "generation.csv"
+            per_seed = [run_figures(run, rows, generation_dir / run.name
                                     if generation_dir else None)
                         for run, rows in zip(runs, variants[variant], strict=True)]
             entry: dict = {"n_seeds": len(runs), "runs": [run.name for run in runs]}
@@ -150,17 +190,7 @@ def aggregate_seeds(groups: Mapping[str, Mapping[str, Sequence[Path]]], out_dir:
         if len(variants) == 1:  # one model per dataset: its figures directly under the dataset
             (variant,) = variants
             results[dataset] = {"variant": variant, **results[dataset][variant]}
-        _plot_dataset(dataset, variants, out_dir)
-        rows = [r for runs in variants.values() for run in runs
-                for r in attention_with_loss(run.attention, run.metrics)]
-        if rows:
-            write_correlations(
-                attention_loss_correlations(rows), out_dir, f"correlation_{dataset}",
-                f"{dataset}: attention metrics vs validation loss (all seeds' points)")
-    atomic_write_json(out_dir / "results.json", results)
-    atomic_write_text(out_dir / "results.md", "# Means over seeds (+- standard error)\n\n" +
-                      markdown_table(["dataset", "variant", "seeds", *QUANTITIES], table))
-    return results
+    return SeedsResult(results, table, all_runs)
 
 
 def _pm(mean, se) -> str:
@@ -170,12 +200,12 @@ def _pm(mean, se) -> str:
 
 
 def _plot_dataset(dataset: str, variants: Mapping[str, Sequence[RunRows]], out_dir: Path) -> None:
-    for kind, key, name, label in (("train", "loss", "train_loss", "train loss"),
-                                   ("eval", "val_loss", "val_loss", "validation loss")):
+    for kind, name, label in (("train", "train_loss", "train loss"),
+                              ("eval", "val_loss", "validation loss")):
         fig, axes = plots.panels(1, title=f"{dataset}: {label}, mean over seeds +- 1 SE",
                                  width=7, height=4)
         for i, (variant, runs) in enumerate(variants.items()):
-            iters, values = _curve(runs, _losses(kind, key))
+            iters, values = _curve(runs, _losses(kind))
             _band(axes[0], iters, values, f"{variant} ({len(runs)} seeds)", f"C{i}")
         plots.finish_axes(axes, ylabel=f"{label} (nats/token)")
         plots.save(fig, out_dir / f"{name}_{dataset}.png")

@@ -11,30 +11,96 @@ next token after the prompt gives:
 
 Prompts are in-domain or out-of-domain for the run (the prompt file says, by corpus name or
 "in"/"out"), and the plots show the two side by side.
+
+`compute(run, prompts)` returns a `SoftmaxResult`, one `SoftmaxRow` per prompt and checkpoint;
+`save(dir)` writes softmax.csv, topk.csv, entropy.png, expected_prob.png (when prompts give the
+expected character) and summary.md, and `load(dir)` reads the two tables back.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lmscope.analysis.common import (
-    check_prompt_fits,
-    expected_id,
-    load_prompts,
-    markdown_table,
-    run_checkpoints,
-    trained_on,
-    visible,
-    write_csv,
-)
+from lmscope.data.chars import visible
+from lmscope.data.prompts import check_prompt_fits, expected_id, load_prompts
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
-from lmscope.report import plots
+from lmscope.render import plots
+from lmscope.render.tables import markdown_table, read_csv, write_csv
+from lmscope.run.checkpoint import load, select_checkpoints
 
 DOMAINS = ("in-domain", "out-of-domain")
+HEADER = ["prompt", "domain", "checkpoint", "iteration", "entropy_bits", "predicted",
+          "max_prob", "expected", "p_expected", "expected_rank", "top_k"]
+TOPK_HEADER = ["prompt", "checkpoint", "iteration", "rank", "token", "prob"]
+
+
+@dataclass
+class SoftmaxRow:
+    """The next-token distribution after one prompt at one checkpoint (a row of softmax.csv)."""
+
+    prompt: str
+    domain: str  # in-domain, out-of-domain or unknown
+    checkpoint: str
+    iteration: int
+    entropy_bits: float
+    predicted: str  # the most likely token, as shown in tables
+    max_prob: float
+    expected: str  # the expected character as shown in tables; "" when the prompt gives none
+    p_expected: float  # NaN when the prompt gives no expected character
+    expected_rank: int | None  # 1 = the model's first choice; None without an expected one
+    top_k: str  # "a 0.412; b 0.100; ..."
+
+    def cells(self) -> list:
+        return [self.prompt, self.domain, self.checkpoint, self.iteration, self.entropy_bits,
+                self.predicted, self.max_prob, self.expected, self.p_expected,
+                "" if self.expected_rank is None else self.expected_rank, self.top_k]
+
+
+@dataclass
+class SoftmaxResult:
+    run: str  # the run's folder name
+    corpus: str  # what it was trained on
+    rows: list[SoftmaxRow]
+    topk: list[list]  # [prompt, checkpoint, iteration, rank, token, prob]
+
+    @property
+    def title(self) -> str:
+        return f"{self.run} (trained on {self.corpus or '?'})"
+
+    def save(self, out_dir) -> dict[str, str]:
+        """Write the tables, figures and summary.md; returns their paths by kind."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files = {"softmax_csv": write_csv(out / "softmax.csv", HEADER,
+                                          [r.cells() for r in self.rows]),
+                 "topk_csv": write_csv(out / "topk.csv", TOPK_HEADER, self.topk)}
+        files["entropy_png"] = _plot(self.rows, "entropy_bits", out / "entropy.png",
+                                     f"Next-character entropy: {self.title}", "entropy (bits)")
+        if any(r.expected for r in self.rows):
+            files["expected_png"] = _plot(self.rows, "p_expected", out / "expected_prob.png",
+                                          f"Probability of the expected character: {self.title}",
+                                          "p(expected)")
+        files["summary_md"] = _summary(self.rows, out / "summary.md", self.title)
+        return {k: str(v) for k, v in files.items()}
+
+    @classmethod
+    def load(cls, out_dir) -> SoftmaxResult:
+        """The tables `save` wrote (numbers as written, to 6 significant digits); the run's
+        name and corpus are not in them and come back empty."""
+        out = Path(out_dir)
+        rows = [SoftmaxRow(r["prompt"], r["domain"], r["checkpoint"], int(r["iteration"]),
+                           float(r["entropy_bits"]), r["predicted"], float(r["max_prob"]),
+                           r["expected"], float(r["p_expected"]),
+                           int(r["expected_rank"]) if r["expected_rank"] else None, r["top_k"])
+                for r in read_csv(out / "softmax.csv")]
+        topk = [[r["prompt"], r["checkpoint"], int(r["iteration"]), int(r["rank"]), r["token"],
+                 float(r["prob"])] for r in read_csv(out / "topk.csv")]
+        return cls("", "", rows, topk)
 
 
 @torch.no_grad()
@@ -46,24 +112,22 @@ def next_token_distribution(checkpoint, ids: list[int]) -> torch.Tensor:
     return torch.softmax(logits.double(), dim=-1).cpu()
 
 
-def softmax_probe(run, prompts_path, out_dir, *, top_k: int = 5, which: str = "all",
-                  device: str = "auto") -> dict:
-    """Write softmax.csv, topk.csv, entropy.png, expected_prob.png and summary.md into out_dir."""
-    import lmscope
-
+def compute(run, prompts_path, *, top_k: int = 5, which: str = "all",
+            device: str = "auto") -> SoftmaxResult:
+    """The next-token distribution after every prompt at each checkpoint of `run`."""
     if top_k < 1:
         raise LmscopeError(f"--top-k must be at least 1, got {top_k}")
     prompts = load_prompts(prompts_path)
-    paths = run_checkpoints(run, which)
-    first = lmscope.load(paths[0], device=device)
-    corpus = trained_on(first)
+    paths = select_checkpoints(run, which)
+    first = load(paths[0], device=device)
+    corpus = first.trained_on
     encoded = {}
     for p in prompts:  # every prompt is checked before any work
         encoded[p.name] = (check_prompt_fits(p, first.tokenizer, first.model.context_length),
                            expected_id(p, first.tokenizer))
     rows, topk_rows = [], []
     for i, path in enumerate(paths):
-        ckpt = first if i == 0 else lmscope.load(path, device=device)
+        ckpt = first if i == 0 else load(path, device=device)
         tok = ckpt.tokenizer
         for p in prompts:
             ids, want = encoded[p.name]
@@ -73,39 +137,33 @@ def softmax_probe(run, prompts_path, out_dir, *, top_k: int = 5, which: str = "a
             top = [(visible(tok.token_text(int(t))), float(q))
                    for t, q in zip(top_i, top_p, strict=True)]
             p_expected = float(probs[want]) if want is not None else math.nan
-            rank = int((probs > probs[want]).sum()) + 1 if want is not None else ""
-            rows.append([p.name, p.domain_of(corpus), ckpt.name, ckpt.iteration, entropy,
-                         top[0][0], top[0][1], visible(p.expected) if p.expected else "",
-                         p_expected, rank, "; ".join(f"{c} {q:.3f}" for c, q in top)])
+            rank = int((probs > probs[want]).sum()) + 1 if want is not None else None
+            rows.append(SoftmaxRow(p.name, p.domain_of(corpus), ckpt.name, ckpt.iteration,
+                                   entropy, top[0][0], top[0][1],
+                                   visible(p.expected) if p.expected else "", p_expected, rank,
+                                   "; ".join(f"{c} {q:.3f}" for c, q in top)))
             topk_rows += [[p.name, ckpt.name, ckpt.iteration, r + 1, c, q]
                           for r, (c, q) in enumerate(top)]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    header = ["prompt", "domain", "checkpoint", "iteration", "entropy_bits", "predicted",
-              "max_prob", "expected", "p_expected", "expected_rank", "top_k"]
-    files = {"softmax_csv": write_csv(out / "softmax.csv", header, rows),
-             "topk_csv": write_csv(out / "topk.csv", ["prompt", "checkpoint", "iteration", "rank",
-                                                      "token", "prob"], topk_rows)}
-    title = f"{Path(run).name} (trained on {corpus or '?'})"
-    files["entropy_png"] = _plot(rows, 4, out / "entropy.png", f"Next-character entropy: {title}",
-                                 "entropy (bits)")
-    if any(p.expected for p in prompts):
-        files["expected_png"] = _plot(rows, 8, out / "expected_prob.png",
-                                      f"Probability of the expected character: {title}",
-                                      "p(expected)")
-    files["summary_md"] = _summary(rows, out / "summary.md", title)
-    return {k: str(v) for k, v in files.items()}
+    return SoftmaxResult(Path(run).name, corpus, rows, topk_rows)
 
 
-def _plot(rows, column: int, path: Path, title: str, ylabel: str) -> Path:
+def softmax_probe(run, prompts_path, out_dir, *, top_k: int = 5, which: str = "all",
+                  device: str = "auto") -> dict:
+    """`compute`, then `save` into out_dir: softmax.csv, topk.csv, entropy.png,
+    expected_prob.png and summary.md; returns their paths by kind."""
+    return compute(run, prompts_path, top_k=top_k, which=which, device=device).save(out_dir)
+
+
+def _plot(rows: list[SoftmaxRow], field: str, path: Path, title: str, ylabel: str) -> Path:
     """One panel per domain (in / out), one line per prompt over iterations, plus their mean."""
-    domains = [d for d in (*DOMAINS, "unknown") if any(r[1] == d for r in rows)]
+    domains = [d for d in (*DOMAINS, "unknown") if any(r.domain == d for r in rows)]
     fig, axes = plots.panels(len(domains), title=title)
     for ax, domain in zip(axes, domains, strict=True):
         by_prompt: dict[str, list] = {}
         for r in rows:
-            if r[1] == domain and not (isinstance(r[column], float) and math.isnan(r[column])):
-                by_prompt.setdefault(r[0], []).append((r[3], r[column]))
+            value = getattr(r, field)
+            if r.domain == domain and not (isinstance(value, float) and math.isnan(value)):
+                by_prompt.setdefault(r.prompt, []).append((r.iteration, value))
         for name, points in by_prompt.items():
             ax.plot(*zip(*points, strict=True), marker=".", alpha=0.6, label=name)
         if len(by_prompt) > 1:
@@ -113,7 +171,7 @@ def _plot(rows, column: int, path: Path, title: str, ylabel: str) -> Path:
             mean = [sum(y for pts in by_prompt.values() for x, y in pts if x == it) /
                     sum(1 for pts in by_prompt.values() for x, _ in pts if x == it) for it in iters]
             ax.plot(iters, mean, "k-", linewidth=2.5, label="mean")
-        iters = sorted({r[3] for r in rows})
+        iters = sorted({r.iteration for r in rows})
         positive = [i for i in iters if i > 0]
         if positive and iters[-1] > 20 * positive[0]:  # spans decades: log scale past the first
             ax.set_xscale("symlog", linthresh=positive[0], linscale=0.5)
@@ -128,19 +186,19 @@ def _plot(rows, column: int, path: Path, title: str, ylabel: str) -> Path:
     return plots.save(fig, path)
 
 
-def _summary(rows, path: Path, title: str) -> Path:
-    iters = sorted({r[3] for r in rows})
+def _summary(rows: list[SoftmaxRow], path: Path, title: str) -> Path:
+    iters = sorted({r.iteration for r in rows})
     table = []
     for it in (iters[0], iters[-1]) if len(iters) > 1 else iters:
         for domain in DOMAINS:
-            sel = [r for r in rows if r[3] == it and r[1] == domain]
+            sel = [r for r in rows if r.iteration == it and r.domain == domain]
             if not sel:
                 continue
-            with_expected = [r[8] for r in sel if not math.isnan(r[8])]
-            table.append([it, domain, len(sel), sum(r[4] for r in sel) / len(sel),
-                          sum(r[6] for r in sel) / len(sel),
+            with_expected = [r.p_expected for r in sel if not math.isnan(r.p_expected)]
+            table.append([it, domain, len(sel), sum(r.entropy_bits for r in sel) / len(sel),
+                          sum(r.max_prob for r in sel) / len(sel),
                           sum(with_expected) / len(with_expected) if with_expected else "",
-                          sum(1 for r in sel if r[9] == 1) if with_expected else ""])
+                          sum(1 for r in sel if r.expected_rank == 1) if with_expected else ""])
     text = (f"# Softmax confidence: {title}\n\nMeans over prompts at the first and the last "
             "checkpoint.\n\n" + markdown_table(
                 ["iteration", "domain", "prompts", "entropy (bits)", "max prob", "p(expected)",

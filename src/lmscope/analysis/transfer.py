@@ -10,22 +10,31 @@ it estimates two validation losses on fixed batches (the same batches at every p
 The summary answers "does partial training make adaptation easier?" with numbers: the target
 loss each start reaches after the same number of steps, how much it dropped, and what the
 source loss rose by.
+
+`transfer(run, target, out)` fine-tunes (each fine-tuning is an ordinary run folder under
+out/runs/) and returns a `TransferResult`, whose `save(dir)` writes curves.csv, curves.png,
+summary.csv, summary.md and samples.md (`load(dir)` reads the tables back).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmscope.analysis.common import markdown_table, run_checkpoints, trained_on, write_csv
+from lmscope.api import generate
+from lmscope.config import resolve_config
 from lmscope.data import corpora
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
-from lmscope.report import plots
-from lmscope.train.checkpoint import read_meta
+from lmscope.render import plots
+from lmscope.render.tables import markdown_table, read_csv, write_csv
+from lmscope.run.checkpoint import Checkpoint, load, read_meta, select_checkpoints
+from lmscope.run.run_dir import RunDir
+from lmscope.train.trainer import train
 
 NAMED = ("early", "mid", "late")
+HEADER = ["start", "start_iter", "target_before", "target_after", "target_gain", "source_before",
+          "source_after", "forgetting"]
 
 
 def pick_checkpoints(run, spec: str) -> dict[str, Path]:
@@ -34,7 +43,7 @@ def pick_checkpoints(run, spec: str) -> dict[str, Path]:
     early is the first kept checkpoint after iteration 0 (iteration 0 is the untrained model;
     ask for it as "0"), late is the final one, mid the one nearest to half of late's iteration.
     """
-    found = run_checkpoints(run)
+    found = select_checkpoints(run)
     iters = {p: int(read_meta(p).get("iter", 0)) for p in found}
     late = found[-1]
     trained = [p for p in found if iters[p] > 0] or found
@@ -72,21 +81,80 @@ class TransferRun:
     start_iter: int
     run_dir: Path
     curve: list[dict]  # {"step", "target_loss", "source_loss"} at every evaluation
+    samples: dict[str, str] = field(default_factory=dict)  # "before" / "after" -> text
+
+    @property
+    def summary(self) -> TransferSummary:
+        a, b = self.curve[0], self.curve[-1]
+        return TransferSummary(self.start, self.start_iter, a["target_loss"], b["target_loss"],
+                               a["target_loss"] - b["target_loss"], a["source_loss"],
+                               b["source_loss"], b["source_loss"] - a["source_loss"])
+
+
+@dataclass
+class TransferSummary:
+    """Before (step 0) and after (the last step) of one fine-tuning: a row of summary.csv."""
+
+    start: str
+    start_iter: int
+    target_before: float
+    target_after: float
+    target_gain: float  # before - after on the target
+    source_before: float
+    source_after: float
+    forgetting: float  # after - before on the source
+
+    def cells(self) -> list:
+        return [self.start, self.start_iter, self.target_before, self.target_after,
+                self.target_gain, self.source_before, self.source_after, self.forgetting]
+
+
+@dataclass
+class TransferResult:
+    """Fine-tuning from several checkpoints of a `source` model on a `target` corpus."""
+
+    source: str  # the source corpus's short name
+    target: str  # the target corpus's name
+    summaries: list[TransferSummary]
+    runs: list[TransferRun] = field(default_factory=list)  # curves and samples; empty after load
+    prompt: str = "\n"
+    seed: int = 1337
+
+    def save(self, out_dir) -> None:
+        _write(self, Path(out_dir))
+
+    @classmethod
+    def load(cls, out_dir) -> TransferResult:
+        """summary.csv (numbers to 6 significant digits); the corpus names are in summary.md."""
+        rows = read_csv(Path(out_dir) / "summary.csv")
+        return cls("", "", [TransferSummary(r["start"], int(r["start_iter"]),
+                                            *(float(r[k]) for k in HEADER[2:])) for r in rows])
 
 
 def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", iters: int = 200,
              eval_every: int = 20, eval_iters: int = 20, overrides=(), sample_prompt: str = "\n",
              sample_tokens: int = 200, seed: int = 1337, device: str = "auto",
              log=print) -> list[TransferRun]:
-    """Fine-tune from each picked checkpoint of `run` on `target`; write curves, samples, summary.
+    """Fine-tune from each picked checkpoint of `run` on `target`; write curves, samples, summary
+    (TransferResult.save) into out_dir and return the fine-tunings.
 
     `overrides` are more `train.KEY=VALUE` settings for the fine-tuning runs (batch size, lr, ...);
     by default they train with the source run's own [train] settings.
     A fine-tuning run that finished is reused; one that was stopped is resumed.
     """
-    import lmscope
-    from lmscope.config import resolve_config
+    result = compute(run, target, out_dir, checkpoints=checkpoints, iters=iters,
+                     eval_every=eval_every, eval_iters=eval_iters, overrides=overrides,
+                     sample_prompt=sample_prompt, sample_tokens=sample_tokens, seed=seed,
+                     device=device, log=log)
+    result.save(out_dir)
+    return result.runs
 
+
+def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", iters: int = 200,
+            eval_every: int = 20, eval_iters: int = 20, overrides=(), sample_prompt: str = "\n",
+            sample_tokens: int = 200, seed: int = 1337, device: str = "auto",
+            log=print) -> TransferResult:
+    """The fine-tunings (run folders under out_dir/runs/) with their curves and samples."""
     if iters < 1 or eval_every < 1 or eval_iters < 1:
         raise LmscopeError("--iters, --eval-every and --eval-iters must be at least 1")
     for item in overrides:
@@ -95,16 +163,16 @@ def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", 
                                f"from the checkpoint and --data), got {item!r}")
     picked = pick_checkpoints(run, checkpoints)
     corpora.resolve(target)  # an unknown target is an error before anything is written
-    first = lmscope.load(next(iter(picked.values())), device="cpu")
-    source = trained_on(first)
+    first = load(next(iter(picked.values())), device="cpu")
+    source = first.trained_on
     source_corpus = first.meta.get("run_config", {}).get("data", {}).get("corpus", source)
     if not source:
         raise LmscopeError(f"{run}: its checkpoints do not say which corpus they were trained on")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    runs = []
     for name, ckpt_path in picked.items():
-        run_dir = out / "runs" / name.replace(" ", "_").replace("=", "+")
+        run_dir = RunDir(out / "runs" / name.replace(" ", "_").replace("=", "+"))
         base = dict(first.meta["run_config"])
         base = {"train": dict(base.get("train", {})), "data": dict(base.get("data", {}))}
         base["train"].update(
@@ -115,32 +183,32 @@ def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", 
             eval_corpora=[source_corpus], log_interval=max(1, min(eval_every, 10)))
         base["data"].update(corpus=target, vocab_from=[])
         config = resolve_config(base=base, overrides=list(overrides))
-        if (run_dir / "summary.json").is_file():
-            log(f"{name}: fine-tuning already done ({run_dir})")
+        if run_dir.is_finished():
+            log(f"{name}: fine-tuning already done ({run_dir.path})")
         else:
-            resume = (run_dir / "checkpoints" / "last" / "train_state.json").is_file()
-            if run_dir.is_dir() and not resume and any(run_dir.iterdir()):
-                raise LmscopeError(f"{run_dir} holds an unfinished fine-tuning run that cannot "
-                                   "be resumed; remove it and run again")
+            resume = run_dir.resumable_state() is not None
+            if run_dir.path.is_dir() and not resume and any(run_dir.path.iterdir()):
+                raise LmscopeError(f"{run_dir.path} holds an unfinished fine-tuning run that "
+                                   "cannot be resumed; remove it and run again")
             log(f"{name}: fine-tuning from {ckpt_path} on {target} for {iters} steps")
-            lmscope.train(config, run_dir, resume=resume, progress=False, log=lambda *a: None)
-        curve = []
-        for row in lmscope.read_metrics(run_dir):
-            if row.get("kind") == "eval":
-                curve.append({"step": row["iter"], "target_loss": row["val_loss"],
-                              "source_loss": row.get(f"val_loss:{source}", math.nan)})
-        results.append(TransferRun(name, ckpt_path, int(read_meta(ckpt_path).get("iter", 0)),
-                                   run_dir, curve))
-    _write(results, out, source=source, target=target, prompt=sample_prompt,
-           sample_tokens=sample_tokens, seed=seed)
-    return results
+            train(config, run_dir.path, resume=resume, progress=False, log=lambda *a: None)
+        curve = [{"step": e.iter, "target_loss": e.val_loss,
+                  "source_loss": e.val_loss_of(source)} for e in run_dir.metrics().evaluations]
+        runs.append(TransferRun(name, ckpt_path, int(read_meta(ckpt_path).get("iter", 0)),
+                                run_dir.path, curve))
+    finals = [RunDir(r.run_dir).final_checkpoint() for r in runs]
+    target_name = read_meta(finals[0]).get("corpus", "") or target
+    for r, final in zip(runs, finals, strict=True):
+        before = load(r.checkpoint, device="cpu")
+        after = load(final, device="cpu")
+        r.samples = {"before": _sample(before, sample_prompt, sample_tokens, seed),
+                     "after": _sample(after, sample_prompt, sample_tokens, seed)}
+    return TransferResult(source, target_name, [r.summary for r in runs], runs, sample_prompt,
+                          seed)
 
 
-def _write(results: list[TransferRun], out: Path, *, source: str, target: str, prompt: str,
-           sample_tokens: int, seed: int) -> None:
-    import lmscope
-
-    target_name = _corpus_name(results[0].run_dir) or target
+def _write(result: TransferResult, out: Path) -> None:
+    source, target_name, results = result.source, result.target, result.runs
     write_csv(out / "curves.csv", ["start", "start_iter", "step", "target_loss", "source_loss"],
               [[r.start, r.start_iter, c["step"], c["target_loss"], c["source_loss"]]
                for r in results for c in r.curve])
@@ -159,52 +227,35 @@ def _write(results: list[TransferRun], out: Path, *, source: str, target: str, p
         ax.legend(fontsize=8)
     plots.save(fig, out / "curves.png")
 
-    header = ["start", "start_iter", "target_before", "target_after", "target_gain",
-              "source_before", "source_after", "forgetting"]
-    rows = []
-    for r in results:
-        a, b = r.curve[0], r.curve[-1]
-        rows.append([r.start, r.start_iter, a["target_loss"], b["target_loss"],
-                     a["target_loss"] - b["target_loss"], a["source_loss"], b["source_loss"],
-                     b["source_loss"] - a["source_loss"]])
-    write_csv(out / "summary.csv", header, rows)
+    rows = result.summaries
+    write_csv(out / "summary.csv", HEADER, [r.cells() for r in rows])
     steps = results[0].curve[-1]["step"]
-    best = min(rows, key=lambda row: row[3])
-    most = max(rows, key=lambda row: row[4])
-    least_forgot = min(rows, key=lambda row: row[7])
+    best = min(rows, key=lambda row: row.target_after)
+    most = max(rows, key=lambda row: row.target_gain)
+    least_forgot = min(rows, key=lambda row: row.forgetting)
     text = [f"# Few-shot transfer: {source} -> {target_name}, {steps} steps\n\n",
             "Losses in nats per character, estimated on the same fixed validation batches at "
             "every point (before = step 0, after = the last step).\n\n",
-            markdown_table(header, rows),
+            markdown_table(HEADER, [r.cells() for r in rows]),
             f"\nDoes partial training make adaptation easier? After {steps} steps the lowest "
-            f"{target_name} loss ({best[3]:.4f}) comes from the **{best[0]}** checkpoint "
-            f"(iteration {best[1]}); the largest drop ({most[4]:.4f}) from **{most[0]}** "
-            f"(iteration {most[1]}); the least forgetting of {source} ({least_forgot[7]:+.4f}) "
-            f"from **{least_forgot[0]}**.\n"]
+            f"{target_name} loss ({best.target_after:.4f}) comes from the **{best.start}** "
+            f"checkpoint (iteration {best.start_iter}); the largest drop ({most.target_gain:.4f}) "
+            f"from **{most.start}** (iteration {most.start_iter}); the least forgetting of "
+            f"{source} ({least_forgot.forgetting:+.4f}) from **{least_forgot.start}**.\n"]
     atomic_write_text(out / "summary.md", "".join(text))
 
     samples = [f"# Samples before and after fine-tuning on {target_name}\n\n"
-               f"Prompt {prompt!r}, temperature 0.8, seed {seed}.\n"]
+               f"Prompt {result.prompt!r}, temperature 0.8, seed {result.seed}.\n"]
     for r in results:
-        before = lmscope.load(r.checkpoint, device="cpu")
-        after = lmscope.load(r.run_dir / "checkpoints" / "final", device="cpu")
-        for when, ckpt in (("before", before), ("after", after)):
-            text = _sample(ckpt, prompt, sample_tokens, seed)
+        for when in ("before", "after"):
             samples.append(f"\n## {r.start} (iteration {r.start_iter}), {when}\n\n```text\n"
-                           f"{text}\n```\n")
+                           f"{r.samples[when]}\n```\n")
     atomic_write_text(out / "samples.md", "".join(samples))
 
 
-def _sample(ckpt, prompt: str, tokens: int, seed: int) -> str:
-    import lmscope
-
+def _sample(ckpt: Checkpoint, prompt: str, tokens: int, seed: int) -> str:
     try:
         ckpt.tokenizer.encode(prompt, unknown="error")
     except LmscopeError:  # characters the model does not know: start from a newline instead
         prompt = "\n"
-    return prompt + lmscope.generate(ckpt, prompt, max_new_tokens=tokens, temperature=0.8,
-                                     seed=seed)
-
-
-def _corpus_name(run_dir: Path) -> str:
-    return read_meta(run_dir / "checkpoints" / "final").get("corpus", "")
+    return prompt + generate(ckpt, prompt, max_new_tokens=tokens, temperature=0.8, seed=seed)

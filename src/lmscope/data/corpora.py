@@ -358,7 +358,7 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
 
     `"shakespeare"` is one corpus with weight 1; `"tinystories:0.7+3seqs:0.3"` is a mixture
     whose batches draw each sequence from tinystories with probability 0.7 and from 3seqs with
-    0.3 (a part without `:WEIGHT` weighs 1; weights are normalised). A spec that is an existing
+    0.3 (a part without `:WEIGHT` weighs 1; weights are normalized). A spec that is an existing
     path is always one corpus, whatever characters its name has.
     """
     if not spec or path_exists(user_path(spec)):
@@ -393,6 +393,78 @@ def mixture_spec(parts: Sequence[tuple[str, float]]) -> str:
     if len(parts) == 1 and parts[0][1] == 1.0:
         return parts[0][0]
     return "+".join(f"{name}:{weight:g}" for name, weight in parts)
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """The training data of a run, parsed once: one corpus, or several drawn by weight.
+
+    `Mixture.parse("tinystories:0.7+3seqs:0.3")` (the `data.corpus` value) and
+    `Mixture.from_items(["tinystories:0.7", "3seqs:0.3"])` (repeated `--data`) give the same
+    parts; `str(mixture)` is the spec again, with weights normalized."""
+
+    parts: tuple[tuple[str, float], ...]  # (registry name or path, weight); weights sum to 1
+
+    @classmethod
+    def parse(cls, spec: str) -> Mixture:
+        return cls(tuple(parse_mixture(spec)))
+
+    @classmethod
+    def from_items(cls, items: Sequence[str]) -> Mixture:
+        """Several CORPUS[:WEIGHT] items (the command line's repeated --data) as one mixture."""
+        return cls.parse("+".join(items))
+
+    def __str__(self) -> str:
+        return mixture_spec(self.parts)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.parts]
+
+    @property
+    def weights(self) -> list[float]:
+        return [weight for _, weight in self.parts]
+
+    def absolute(self) -> Mixture:
+        """The same mixture with every part that names an existing path made absolute, so a
+        run resumes from any working folder."""
+        return Mixture(tuple((absolute_if_path(name), w) for name, w in self.parts))
+
+    @property
+    def label(self) -> str:
+        """A short name: 'shakespeare' for the registry's, 'notes' for notes.txt; a mixture's
+        parts are each shortened ('tinystories:0.7+notes:0.3')."""
+        if len(self.parts) > 1:
+            return mixture_spec([(corpus_label(name), w) for name, w in self.parts])
+        name = self.parts[0][0]
+        path = Path(name)
+        return path.stem if path.suffix else path.name or name
+
+    @property
+    def folder_name(self) -> str:
+        """`label` made fit for a folder name: the mixture a:0.7+b:0.3 gives a0.7-b0.3."""
+        return self.label.replace(":", "").replace("+", "-")
+
+
+def corpus_label(corpus: str) -> str:
+    """`Mixture.label` of a corpus given as text; text that is not a valid spec is shortened as
+    one name (for display, never an error)."""
+    try:
+        return Mixture.parse(corpus).label
+    except LmscopeError:
+        return Mixture(((corpus, 1.0),)).label
+
+
+def folder_name(corpus: str) -> str:
+    """`Mixture.folder_name` of a corpus given as text (the one corpus-to-folder rule of run
+    defaults, study runs, transfer pairs and seed datasets)."""
+    return corpus_label(corpus).replace(":", "").replace("+", "-")
+
+
+def absolute_if_path(corpus: str) -> str:
+    """`corpus` made absolute where it names an existing file or folder; a name stays a name."""
+    path = user_path(corpus)
+    return str(path.resolve()) if path_exists(path) else corpus
 
 
 def _unknown(spec: str) -> LmscopeError:

@@ -8,10 +8,10 @@ embeddings (RoPE, Su et al. 2021), which rotate every head's queries and keys by
 with the position, so attention scores depend on how far apart two tokens are, not where they are.
 
 Each Block is causal self-attention followed by an MLP, each wrapped in a residual connection,
-with the normalisation either before the sublayer (pre-norm, GPT-2) or after the residual sum
+with the normalization either before the sublayer (pre-norm, GPT-2) or after the residual sum
 (post-norm, the original Transformer).
 
-Three ways to run it:
+Four ways to run it:
 - `model(idx)`: logits for every position, the training and evaluation path (fast, fused attention).
 - `model.decode(idx, cache)`: the generation path; keys and values of earlier tokens are kept in a
   `KVCache`, so each new token costs one position's work instead of the whole context's.

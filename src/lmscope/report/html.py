@@ -15,6 +15,11 @@ inline. It shows, where the folder has them:
                        through the checkpoints (a few lines of JavaScript, ATTENTION_SCRIPT)
     figures            every PNG a step wrote, under its step
 
+A study's sections, in order, come from the study's step registry (lmscope.study): each step
+that has a folder gives its title, and may give a view (`matrix_view`, `attribution_view`,
+`attention_view` here) drawn from its typed results; every section then shows the step's
+Markdown files and figures.
+
 Markdown is turned into HTML by `markdown_to_html`, which knows the subset the steps write
 (headings, tables, fenced code, images, paragraphs, **bold** and `code`).
 """
@@ -22,14 +27,19 @@ Markdown is turned into HTML by `markdown_to_html`, which knows the subset the s
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from lmscope.analysis.attention import AttentionResult
+from lmscope.analysis.attribution import AttributionResult
+from lmscope.analysis.cross_domain import Matrix
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
+from lmscope.run.run_dir import RunDir
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1em 2em;
@@ -121,21 +131,24 @@ function show(view) {
 }
 """
 
-STUDY_SECTIONS = [  # (title, folder): the steps of analysis/study.py, in order
-    ("Corpora", "stats"), ("Zero-shot cross-domain matrix", "matrix"),
-    ("Few-shot transfer", "transfer"), ("Softmax confidence", "softmax"),
-    ("Gradient attribution", "attribution"), ("Run comparison", "compare"),
-    ("Generation", "generate"), ("Attention maps", "attention"),
-    ("Generation quality and attention", "generation"), ("Means over seeds", "seeds"),
-]
+@dataclass(frozen=True)
+class Section:
+    """How one study step shows in the report: under `title`, its folder's view (if any), then
+    the Markdown files (but `skip`) and the figures of the folder."""
+
+    title: str
+    folder: str  # the step's folder in the study folder
+    view: Callable[[Path], str] | None = None  # HTML drawn from the step's results
+    skip: tuple[str, ...] = ()  # Markdown files the view already shows
 
 
-def write_report(folder: str | Path) -> Path:
-    """Write FOLDER/report.html for a run or study folder; returns its path."""
+def write_page(folder: str | Path, sections: Sequence[Section] = ()) -> Path:
+    """Write FOLDER/report.html for a run or study folder; returns its path. A study's
+    `sections` are its steps' (`lmscope.study.runner.write_report` passes them)."""
     folder = Path(folder)
     if (folder / "study.json").is_file():
-        body = _study(folder)
-    elif (folder / "metrics.jsonl").is_file():
+        body = _study(folder, sections)
+    elif RunDir(folder).is_run():
         body = _run(folder, level=1)
     else:
         raise LmscopeError(f"{folder} is neither a run folder (metrics.jsonl) nor a study folder "
@@ -152,50 +165,43 @@ def write_report(folder: str | Path) -> Path:
 
 # --- a study ---------------------------------------------------------------------------------------
 
-def _study(folder: Path) -> str:
+def _study(folder: Path, sections: Sequence[Section]) -> str:
     settings = json.loads((folder / "study.json").read_text(encoding="utf-8"))
     parts = [f"<h1>Study: {html.escape(str(settings.get('name', folder.name)))}</h1>",
              _details("study settings (study.json)", json.dumps(settings, indent=2))]
-    runs = sorted(p.parent for p in (folder / "runs").glob("*/summary.json"))
+    runs = [RunDir(p) for p in sorted(p.parent for p in (folder / "runs").glob("*/summary.json"))]
     if runs:
         parts.append("<h2>Training</h2>" + _runs_table(runs) + _figures(
-            [(r / "loss.png", r.name) for r in runs]) + _samples_side_by_side(runs))
-    for title, name in STUDY_SECTIONS:
-        sub = folder / name
+            [(r.loss_plot, r.name) for r in runs]) + _samples_side_by_side(runs))
+    for section in sections:
+        sub = folder / section.folder
         if not sub.is_dir():
             continue
-        parts.append(f"<h2>{title}</h2>")
-        if name == "matrix" and (sub / "matrix.csv").is_file():
-            parts.append(_matrix(sub / "matrix.csv"))
-        if name == "attribution":
-            parts.append(_attribution_views(sub))
-        if name == "attention":
-            parts.append(_attention_views(sub))
-        parts.append(_markdown_files(sub, skip={"matrix.md"} if name == "matrix" else set()))
+        parts.append(f"<h2>{section.title}</h2>")
+        if section.view is not None:
+            parts.append(section.view(sub))
+        parts.append(_markdown_files(sub, skip=set(section.skip)))
         parts.append(_figures([(p, str(p.relative_to(sub))) for p in sorted(sub.rglob("*.png"))]))
     return "\n".join(parts)
 
 
-def _runs_table(runs: list[Path]) -> str:
+def _runs_table(runs: list[RunDir]) -> str:
     header = ["run", "model", "corpus", "iterations", "parameters", "val loss", "bits/char",
               "seconds"]
     rows = []
     for run in runs:
-        s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        rows.append([run.name, s.get("model"), s.get("corpus"), s.get("iterations"),
-                     f"{s.get('params', 0):,}", _num(s.get("val_loss")),
-                     _num(s.get("val_bits_per_char")), _num(s.get("elapsed_s"), 0)])
+        s = run.summary()
+        rows.append([run.name, s.model, s.corpus, s.iterations, f"{s.params:,}",
+                     _num(s.val_loss), _num(s.val_bits_per_char), _num(s.elapsed_s, 0)])
     return _table(header, rows)
 
 
-def _samples_side_by_side(runs: list[Path]) -> str:
+def _samples_side_by_side(runs: list[RunDir]) -> str:
     """One row per checkpoint name, one column per run: how generation improves."""
     samples: dict[str, dict[str, str]] = {}
     for run in runs:
-        for path in sorted((run / "checkpoints").glob("*/sample.txt")):
-            if path.parent.name.startswith(("iter_", "final")):
-                samples.setdefault(path.parent.name, {})[run.name] = path.read_text(
-                    encoding="utf-8", errors="replace")
+        for name, text in run.samples().items():
+            samples.setdefault(name, {})[run.name] = text
     if not samples:
         return ""
     names = sorted(samples, key=lambda n: (n == "final", n))
@@ -208,53 +214,52 @@ def _samples_side_by_side(runs: list[Path]) -> str:
             f"<table class=\"samples\">{head}{rows}</table></div>")
 
 
-def _matrix(path: Path) -> str:
+def matrix_view(folder: Path) -> str:
     """The zero-shot matrix coloured per column: the lowest loss green, the highest red."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    first = 2 if len(header) > 1 and header[1] == "trained_on" else 1
-    values = [[float(v) for v in r[first:]] for r in body]
+    if not (folder / "matrix.json").is_file():
+        return ""
+    matrix = Matrix.load(folder)
+    header = ["model", "trained_on", *matrix.corpora]
+    values = matrix.nats.tolist()
     cols = list(zip(*values, strict=True))
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
-    for r, row in zip(body, values, strict=True):
+    for run, trained_on, row in zip(matrix.runs, matrix.trained_on, values, strict=True):
         cells = []
         for j, v in enumerate(row):
             lo, hi = min(cols[j]), max(cols[j])
             t = 0.0 if hi == lo else (v - lo) / (hi - lo)
             colour = f"hsl({120 * (1 - t):.0f}, 60%, 82%)"
             cells.append(f"<td style=\"background:{colour}\">{v:.4f}</td>")
-        out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in r[:first])
+        out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in (run, trained_on))
                    + "".join(cells) + "</tr>")
     return ("<p>nats per character on each corpus's validation split; each column coloured from "
             "its lowest (green) to its highest (red) loss.</p>" + "".join(out) + "</table>")
 
 
-def _attribution_views(folder: Path) -> str:
+def attribution_view(folder: Path) -> str:
     """Each prompt's characters coloured by importance (|normalized score|), final checkpoint,
     one line per model and method."""
     parts = []
     for path in sorted(folder.glob("*/attribution.csv")):
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows:
+        result = AttributionResult.load(path.parent)
+        if not result.rows:
             continue
-        final = max(int(r["iteration"]) for r in rows)
-        rows = [r for r in rows if int(r["iteration"]) == final]
-        groups: dict[tuple[str, str], list[dict]] = {}
-        for r in rows:
-            groups.setdefault((r["prompt"], r["method"]), []).append(r)
+        final = max(r.iteration for r in result.rows)
+        groups: dict[tuple[str, str], list] = {}
+        for r in result.rows:
+            if r.iteration == final:
+                groups.setdefault((r.prompt, r.method), []).append(r)
         lines = []
         for (prompt, method), chars in groups.items():
-            chars.sort(key=lambda r: int(r["position"]))
-            top = max(abs(float(r["normalized"])) for r in chars) or 1.0
+            chars.sort(key=lambda r: r.position)
+            top = max(abs(r.normalized) for r in chars) or 1.0
             spans = "".join(
-                f"<span title=\"{html.escape(method)}: {float(r['normalized']):+.3f}\" "
-                f"style=\"background: rgba(220, 80, 40, {abs(float(r['normalized'])) / top:.2f})\">"
-                f"{html.escape(r['character'] if r['character'] != chr(10) else '⏎')}</span>"
+                f"<span title=\"{html.escape(method)}: {r.normalized:+.3f}\" "
+                f"style=\"background: rgba(220, 80, 40, {abs(r.normalized) / top:.2f})\">"
+                f"{html.escape(r.character if r.character != chr(10) else '⏎')}</span>"
                 for r in chars)
             lines.append(f"<tr><td>{html.escape(prompt)}</td><td>{html.escape(method)}</td>"
-                         f"<td class=\"prompt\">{spans}</td><td>{html.escape(chars[0]['target'])}"
+                         f"<td class=\"prompt\">{spans}</td><td>{html.escape(chars[0].target)}"
                          "</td></tr>")
         parts.append(f"<h3>{html.escape(path.parent.name)} model, iteration {final}</h3><table>"
                      "<tr><th>prompt</th><th>method</th><th>characters, coloured by importance"
@@ -262,14 +267,16 @@ def _attribution_views(folder: Path) -> str:
     return "".join(parts)
 
 
-def _attention_views(folder: Path) -> str:
+def attention_view(folder: Path) -> str:
     """One interactive view per attention.json (a run's maps at each checkpoint), drawn by
     ATTENTION_SCRIPT from the JSON embedded next to it."""
     parts = []
     for n, path in enumerate(sorted(folder.glob("*/attention.json"))):
-        maps = json.loads(path.read_text(encoding="utf-8"))
-        if not maps.get("checkpoints"):
+        result = AttentionResult.load(path.parent)
+        if not result.checkpoints:
             continue
+        maps = {"prompt": result.prompt, "tokens": result.tokens,
+                "checkpoints": result.checkpoints}
         last = len(maps["checkpoints"]) - 1
         n_layer = len(maps["checkpoints"][0]["layers"])
         layers = "".join(f"<option value=\"{i}\"{' selected' if i == n_layer - 1 else ''}>{i}"
@@ -293,16 +300,17 @@ def _attention_views(folder: Path) -> str:
 
 # --- a run ---------------------------------------------------------------------------------------
 
-def _run(run: Path, level: int) -> str:
+def _run(folder: Path, level: int) -> str:
+    run = RunDir(folder)
     h = f"h{level}"
     parts = [f"<{h}>Run: {html.escape(run.name)}</{h}>"]
-    if (run / "summary.json").is_file():
+    if run.is_finished():
         parts.append(_runs_table([run]))
-    if (run / "config.toml").is_file():
-        parts.append(_details("config.toml", (run / "config.toml").read_text(encoding="utf-8")))
-    parts.append(_figures([(run / "loss.png", "loss curves")]))
-    if (run / "samples.md").is_file():
-        parts.append(markdown_to_html((run / "samples.md").read_text(encoding="utf-8"), run))
+    if run.config_file.is_file():
+        parts.append(_details("config.toml", run.config_file.read_text(encoding="utf-8")))
+    parts.append(_figures([(run.loss_plot, "loss curves")]))
+    if run.samples_file.is_file():
+        parts.append(markdown_to_html(run.samples_file.read_text(encoding="utf-8"), run.path))
     return "\n".join(parts)
 
 

@@ -27,7 +27,7 @@ import math
 from pathlib import Path
 
 from lmscope.errors import ConfigError
-from lmscope.io import read_jsonl
+from lmscope.run.run_dir import RunDir
 
 # the metrics of attention_summary() that become tags (and its span key, e.g. span90)
 ATTENTION_METRICS = ("entropy_bits", "entropy_norm", "mean_distance", "head_diversity_js")
@@ -86,11 +86,11 @@ class TensorBoardLogger:
         # stale points.
         self.writer = SummaryWriter(str(self.log_dir), purge_step=0)
         if resume:
-            for name, write in (("metrics.jsonl", self.metrics),
-                                ("attention.jsonl", self.attention)):
-                path = run_dir / name
-                for row in read_jsonl(path) if path.is_file() else []:
-                    write(row)
+            run = RunDir(run_dir)
+            for row in run.metrics().rows:
+                self.metrics(row)
+            for row in run.attention():
+                self.attention(row)
 
     def metrics(self, row: dict) -> None:
         self._write(metric_scalars(row), row["iter"])

@@ -4,7 +4,7 @@ Every `track.attention_every` iterations the trainer hands the model to `Attenti
 which runs it in eval mode, without gradients, on a fixed probe batch (`track.attention_batch`
 windows of the validation split, evenly spaced, the same at every capture and in every run on the
 same text), turns the attention probabilities into the metrics of
-`lmscope.analysis.attention_metrics.attention_summary` (entropy, span, head diversity, cross-layer
+`lmscope.metrics.attention.attention_summary` (entropy, span, head diversity, cross-layer
 similarity) and appends them as one line of RUN/attention.jsonl. With `track.save_maps=true` the
 raw maps are also kept, as RUN/attention/iter_XXXXXXX.safetensors (float16, one tensor per layer,
 (batch, head, query, key)); they are large, so this is off by default.
@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from lmscope.analysis.attention_metrics import attention_summary
 from lmscope.io import atomic_write
+from lmscope.metrics.attention import attention_summary
+from lmscope.run.run_dir import RunDir
 
 
 def probe_batch(tokens: np.ndarray, block_size: int, n: int) -> torch.Tensor:
@@ -36,8 +37,9 @@ def probe_batch(tokens: np.ndarray, block_size: int, n: int) -> torch.Tensor:
 
 class AttentionTracker:
     def __init__(self, run_dir: Path, probe: torch.Tensor, *, save_maps: bool):
-        self.path = run_dir / "attention.jsonl"
-        self.maps_dir = run_dir / "attention" if save_maps else None
+        run = RunDir(run_dir)
+        self.path = run.attention_file
+        self.maps_dir = run.attention_maps_dir if save_maps else None
         self.probe = probe
         self.seconds = 0.0  # time spent capturing, for the overhead in summary.json
 

@@ -16,6 +16,13 @@ clipping, bf16 autocast on CUDA, optional torch.compile, periodic loss estimates
 and a whole-split validation loss at the end. Everything a resumed run needs (model, optimizer,
 data sampler, RNG states, iteration, clock) is saved in `last/`, so stopping and resuming gives the
 same trajectory as an uninterrupted run.
+
+The trainer never changes the config it is given. It works on its own copy, the *resolved*
+config: corpora given as paths made absolute, the model (and tokenizer) of train.init_from, and
+for epoch-style runs the planned max_iters, eval_interval and log_interval. That copy is what
+RUN/config.toml and every checkpoint's meta.json record. A resumed run may change only [train],
+[track] and [log] (config.check_resume); while a process writes a run folder it holds the
+folder's lock (run/lock.py), so a second writer gets an error naming it.
 """
 
 from __future__ import annotations
@@ -30,17 +37,15 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from lmscope.config import RunConfig
+from lmscope.config import RunConfig, check_resume
 from lmscope.data import corpora
 from lmscope.data.tokenizers import (
     BPETokenizer,
@@ -51,26 +56,21 @@ from lmscope.data.tokenizers import (
     tokenizer_from_dict,
 )
 from lmscope.data.tokens import BatchSampler, MixtureSampler, encode_to_file
+from lmscope.device import pick_device
 from lmscope.errors import CheckpointError, LmscopeError
-from lmscope.evaluate import evaluate_token_file
 from lmscope.generate import SamplingConfig, generate
-from lmscope.io import (
-    atomic_write_json,
-    atomic_write_text,
-    existing_dir,
-    path_exists,
-    read_jsonl,
-    rewrite_jsonl,
-    user_path,
-)
+from lmscope.io import atomic_write_json, atomic_write_text, rewrite_jsonl, user_path
+from lmscope.metrics.losses import evaluate_token_file, summed_nll
 from lmscope.models import build_model
-from lmscope.train.checkpoint import (
-    list_checkpoints,
+from lmscope.render.plots import training_curves
+from lmscope.run.checkpoint import (
     load_checkpoint,
     read_meta,
+    read_train_state,
     resolve_checkpoint,
     save_checkpoint,
 )
+from lmscope.run.run_dir import RunDir, RunSummary, TrainResult, read_metrics
 from lmscope.train.distributed import Distributed, init_distributed, shutdown
 from lmscope.train.tensorboard import TensorBoardLogger, check_installed
 from lmscope.train.tracking import AttentionTracker, probe_batch
@@ -78,46 +78,6 @@ from lmscope.train.tracking import AttentionTracker, probe_batch
 
 class TrainingInterrupted(LmscopeError):
     """Ctrl-C during training: the state was saved and the run can be resumed."""
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    iterations: int
-    best_val_loss: float  # lowest estimated validation loss seen at an evaluation
-    val_loss: float  # whole-split validation loss of the final model (nats per token)
-    val_bits_per_char: float
-    elapsed_s: float
-    tokens_per_s: float
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of a run's metrics.jsonl, oldest first; a line torn by a crash is skipped."""
-    return read_jsonl(Path(run_dir) / "metrics.jsonl")
-
-
-def pick_device(name: str) -> torch.device:
-    """A torch device from "auto" (cuda, else mps, else cpu), "cpu", "cuda", "cuda:N" or "mps"."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise LmscopeError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise LmscopeError(f"device {name} asked for, but CUDA is not available here")
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise LmscopeError(f"device {name} asked for, but this machine has "
-                               f"{torch.cuda.device_count()} CUDA device(s)")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise LmscopeError(f"device {name} asked for, but MPS is not available here")
-        if device.type not in ("cpu", "cuda", "mps"):
-            raise LmscopeError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def build_tokenizer(config: RunConfig, corpus: corpora.Corpus | list[corpora.Corpus]) -> Tokenizer:
@@ -138,24 +98,14 @@ def build_tokenizer(config: RunConfig, corpus: corpora.Corpus | list[corpora.Cor
     return CharTokenizer(char_vocab(chunks))
 
 
-def _absolute_if_path(corpus: str) -> str:
-    path = user_path(corpus)
-    return str(path.resolve()) if path_exists(path) else corpus
-
-
-def _absolute_spec(spec: str) -> str:
-    """A data spec with each corpus given as a path made absolute (weights kept as written)."""
-    parts = corpora.parse_mixture(spec)
-    if len(parts) == 1:
-        return _absolute_if_path(spec)
-    return corpora.mixture_spec([(_absolute_if_path(name), w) for name, w in parts])
-
-
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False,
                  progress: bool | None = None, log=print):
-        self.config = config
+        self.given = config  # as received, never changed
+        self.config = config.with_absolute_paths()  # the trainer's own copy (module docstring)
         self.run_dir = Path(run_dir)
+        self.folder = RunDir(self.run_dir)
+        self.lock = None  # held by rank 0 while it writes the run folder
         self.resume = resume
         self.progress = progress
         self.log = log
@@ -165,21 +115,34 @@ class Trainer:
     # --- set-up ----------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
         if self.resume:
-            last = existing_dir(self.run_dir / "checkpoints" / "last")
-            if last is None or not (last / "train_state.json").is_file():
+            if self.folder.resumable_state() is None:
                 raise LmscopeError(f"cannot resume: {self.run_dir} has no checkpoints/last with a "
                                    "training state (start a new run without --resume)")
+            if self.folder.config_file.is_file():  # before anything is written
+                check_resume(self.folder.config(), self.given)
             if self.dist.is_main:
+                self._lock()
                 self._remove_leftovers()
             return
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise LmscopeError(f"--out {self.run_dir} is a file, not a folder")
-        if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
+        if self._holds_files():
             raise LmscopeError(f"{self.run_dir} already holds files; continue it with --resume "
                                "or choose another --out")
         self.dist.barrier()  # every process has checked before the first one writes
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock()
+            if self._holds_files():  # another process started writing between check and lock
+                raise LmscopeError(f"{self.run_dir} already holds files; continue it with "
+                                   "--resume or choose another --out")
+
+    def _holds_files(self) -> bool:
+        """Whether the run folder holds anything but a lock (one left by a killed run, say)."""
+        return self.run_dir.is_dir() and any(p.name != ".lock" for p in self.run_dir.iterdir())
+
+    def _lock(self) -> None:
+        self.lock = self.folder.lock(log=lambda message: print(message, file=sys.stderr))
+        self.lock.acquire()
 
     def _remove_leftovers(self) -> None:
         """Half-written files of a process killed mid-write (temporary names, never read)."""
@@ -209,22 +172,19 @@ class Trainer:
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16
                          else nullcontext())
 
-        # A corpus given as a path is kept as an absolute path, so the run resumes from anywhere.
-        cfg.data.corpus = _absolute_spec(cfg.data.corpus)
-        cfg.data.vocab_from = [_absolute_if_path(c) for c in cfg.data.vocab_from]
-        tc.eval_corpora = [_absolute_if_path(c) for c in tc.eval_corpora]
         source = self._init_checkpoint() if tc.init_from and not self.resume else None
         if not self.dist.is_main:
             self.dist.barrier()  # rank 0 prepares the data (tokenizer, token files) first
         # the training text: one corpus, or a mixture whose batches draw rows by weight
-        spec = corpora.parse_mixture(cfg.data.corpus)
+        mixture = cfg.data.mixture
         self.parts = [corpora.resolve(name, val_fraction=cfg.data.val_fraction)
-                      for name, _ in spec]
-        self.weights = [w for _, w in spec]
+                      for name in mixture.names]
+        self.weights = mixture.weights
         named = [(c.name, w) for c, w in zip(self.parts, self.weights, strict=True)]
-        self.corpus_name = self.parts[0].name if len(spec) == 1 else corpora.mixture_spec(named)
+        self.corpus_name = (self.parts[0].name if len(named) == 1
+                            else str(corpora.Mixture(tuple(named))))
         self.corpus_fingerprint = self._fingerprint()  # saved with, and checked on, resume
-        tok_file = self.run_dir / "tokenizer.json"
+        tok_file = self.folder.tokenizer_file
         if (self.resume or not self.dist.is_main) and tok_file.is_file():
             self.tokenizer = tokenizer_from_dict(json.loads(tok_file.read_text(encoding="utf-8")))
         elif source is not None:
@@ -379,15 +339,14 @@ class Trainer:
         return tensors, info
 
     def _restore(self) -> None:
-        last = existing_dir(self.run_dir / "checkpoints" / "last")
+        last = self.folder.resumable_state()
         ckpt = load_checkpoint(last, device=self.device)
         self.raw_model.load_state_dict(ckpt.model.state_dict())
         try:
-            info = json.loads((last / "train_state.json").read_text(encoding="utf-8"))
+            tensors, info = read_train_state(last)
             if info.get("corpus_fingerprint") != self.corpus_fingerprint:
                 raise LmscopeError(f"cannot resume: corpus {self.corpus_name} is not the text this "
                                    "run was trained on (its content changed)")
-            tensors = load_file(last / "train_state.safetensors")
             state: dict = {}
             for key, value in tensors.items():
                 if key.startswith("optimizer."):
@@ -406,6 +365,8 @@ class Trainer:
             self.elapsed, self.tokens_seen = info["elapsed_s"], info["tokens_seen"]
             self.step_time = info["step_time_s"]
             self.skipped_steps = info.get("skipped_steps", 0)
+        except CheckpointError as e:  # a file that differs from its recorded sha256
+            raise CheckpointError(f"cannot resume: {e}") from None
         except (OSError, ValueError, KeyError, SafetensorError) as e:
             raise CheckpointError(f"cannot resume: the training state in {last} is corrupt or "
                                   f"incomplete ({type(e).__name__}: {e})") from None
@@ -423,7 +384,7 @@ class Trainer:
         self.metrics = self.tensorboard = None
         if not self.dist.is_main:
             return
-        path = self.run_dir / "metrics.jsonl"
+        path = self.folder.metrics_file
 
         def keep(row: dict) -> bool:  # on resume, what this session will not write again
             it, kind = row.get("iter", 0), row.get("kind")
@@ -491,9 +452,9 @@ class Trainer:
                 y = y.masked_fill(y == unk, -1)
             with self.autocast:
                 logits = self.eval_model(x)
-            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
-                                     reduction="sum").double()
-            count += (y >= 0).sum()
+            nll, n = summed_nll(logits, y)
+            total += nll
+            count += n
         return float(self.dist.sum(total)) / max(float(self.dist.sum(count)), 1.0)
 
     def _final_eval(self) -> dict[str, float]:
@@ -530,7 +491,7 @@ class Trainer:
                 "elapsed_s": round(self.elapsed, 3), "tokens_seen": self.tokens_seen,
                 "run_config": self.config.to_dict()}
         meta.update({k: v for k, v in losses.items() if k not in ("train", "val")})
-        save_checkpoint(self.run_dir / "checkpoints" / name, self.raw_model,
+        save_checkpoint(self.folder.checkpoints_dir / name, self.raw_model,
                         model_name=self.config.model_name, model_config=self.config.model,
                         tokenizer=self.tokenizer, meta=meta,
                         sample=self._sample() if sample else None,
@@ -540,7 +501,7 @@ class Trainer:
 
     def _write_samples(self) -> None:
         parts = [f"# Samples of {self.run_dir.name}\n"]
-        for ckpt in list_checkpoints(self.run_dir):
+        for ckpt in self.folder.checkpoints():
             if not (ckpt / "sample.txt").is_file() or ckpt.name.startswith(("best", "last")):
                 continue
             meta = read_meta(ckpt)
@@ -549,14 +510,12 @@ class Trainer:
             text = (ckpt / "sample.txt").read_text(encoding="utf-8")
             parts.append(f"## {ckpt.name} (iteration {meta.get('iter')}{loss})\n\n"
                          f"```text\n{text}\n```\n")
-        atomic_write_text(self.run_dir / "samples.md", "\n".join(parts))
+        atomic_write_text(self.folder.samples_file, "\n".join(parts))
 
     def _plot_curves(self) -> None:
         """RUN/loss.png: the run's train and validation curves (rank 0, at the end)."""
-        from lmscope.report.plots import training_curves
-
         self.metrics.flush()
-        training_curves(read_metrics(self.run_dir), self.run_dir / "loss.png",
+        training_curves(read_metrics(self.run_dir), self.folder.loss_plot,
                         title=f"{self.run_dir.name}: {self.config.model_name} on {self.corpus_name}")
 
     # --- the loop --------------------------------------------------------------------------------
@@ -605,6 +564,8 @@ class Trainer:
         try:
             return self._run()
         finally:
+            if self.lock is not None:
+                self.lock.release()
             shutdown(self.dist)
 
     def _run(self) -> TrainResult:
@@ -616,7 +577,7 @@ class Trainer:
         if self.resume:
             self._restore()
         if self.dist.is_main:
-            atomic_write_text(self.run_dir / "config.toml", cfg.to_toml())  # with any new [train]
+            atomic_write_text(self.folder.config_file, cfg.to_toml())  # with any new [train]
         else:  # only rank 0 prints
             self.log, self.progress = (lambda *a: None), False
         self.checkpoint_iters = set(tc.checkpoint_iters())
@@ -717,14 +678,12 @@ class Trainer:
                 val_bits_per_char=full.get("val_bits_per_char_full", val_loss / math.log(2)),
                 elapsed_s=self.elapsed, tokens_per_s=self.tokens_seen / max(self.step_time, 1e-9))
             if self.dist.is_main:
-                atomic_write_json(self.run_dir / "summary.json", {
-                    **{k: (str(v) if isinstance(v, Path) else v)
-                       for k, v in vars(summary).items()},
-                    "val_loss_is": "whole split" if full else "estimate",
-                    "params": n_params, "corpus": self.corpus_name, "model": cfg.model_name,
-                    "processes": self.dist.world_size,
-                    "attention_tracking_s": round(self.tracker.seconds, 3) if self.tracker
-                    else None, "skipped_steps": self.skipped_steps})
+                RunSummary(
+                    **vars(summary), val_loss_is="whole split" if full else "estimate",
+                    params=n_params, corpus=self.corpus_name, model=cfg.model_name,
+                    processes=self.dist.world_size,
+                    attention_tracking_s=round(self.tracker.seconds, 3) if self.tracker else None,
+                    skipped_steps=self.skipped_steps).save(self.folder.summary_file)
                 self._plot_curves()
             what = "whole-split" if full else "estimated"
             log(f"done: {what} val loss {val_loss:.4f} nats/token "

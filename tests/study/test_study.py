@@ -4,8 +4,9 @@ import signal
 
 import pytest
 
-from lmscope.analysis.study import load_study, run_study
 from lmscope.errors import LmscopeError
+from lmscope.study.runner import run_study
+from lmscope.study.spec import load_study
 from tests.conftest import DOMAIN_SETTINGS, MATH_TEXT, PROMPTS, TINY_TEXT
 
 ARTIFACTS = [
@@ -256,7 +257,8 @@ train = {{ max_iters = 7 }}
 
 
 def test_a_mixture_corpus_has_one_run_folder_for_every_step(tmp_path):
-    from lmscope.analysis.study import Study, StudyRunner
+    from lmscope.study.plan import Study
+    from lmscope.study.runner import StudyRunner
 
     study = Study(corpora=["tinystories:0.7+3seqs:0.3", "shakespeare"])
     runner = StudyRunner(study, tmp_path)

@@ -6,18 +6,18 @@ import math
 import pytest
 import torch
 
-from lmscope.analysis.attention_metrics import (
+from lmscope.errors import LmscopeError
+from lmscope.metrics.attention import (
     attention_summary,
     check_attention,
     head_diversity,
     js_divergence,
     layer_similarity,
     mean_distance,
-    normalised_entropy,
+    normalized_entropy,
     query_entropy_bits,
     span,
 )
-from lmscope.errors import LmscopeError
 
 # --- hand-built maps, each (B, H, T, T) float64 ---------------------------------------------------
 
@@ -77,7 +77,7 @@ def test_uniform_map():
     q = torch.arange(T, dtype=torch.float64)
     expected_entropy = torch.log2(q + 1).expand(2, 3, T)
     torch.testing.assert_close(query_entropy_bits(att), expected_entropy, atol=1e-12, rtol=0)
-    norm = normalised_entropy(att)
+    norm = normalized_entropy(att)
     assert torch.isnan(norm[..., 0]).all()
     torch.testing.assert_close(norm[..., 1:], torch.ones(2, 3, T - 1, dtype=torch.float64),
                                atol=1e-12, rtol=0)
@@ -113,7 +113,7 @@ def test_identity_map():
     assert torch.equal(query_entropy_bits(att), zeros)
     assert torch.equal(mean_distance(att), zeros)
     assert torch.equal(span(att, mass=1.0), zeros)
-    assert (normalised_entropy(att)[..., 1:] == 0).all()
+    assert (normalized_entropy(att)[..., 1:] == 0).all()
 
 
 def test_span_edges_and_mass():
@@ -147,7 +147,7 @@ def test_random_map_matches_slow_loops():
 def test_any_float_dtype_gives_float64():
     att64 = random_causal(1, 2, 6, seed=1)
     att32 = att64.float()
-    for fn in (query_entropy_bits, normalised_entropy, mean_distance, span):
+    for fn in (query_entropy_bits, normalized_entropy, mean_distance, span):
         out = fn(att32)
         assert out.dtype == torch.float64
         torch.testing.assert_close(out, fn(att64), atol=1e-5, rtol=1e-5, equal_nan=True)
@@ -264,7 +264,7 @@ def test_attention_summary_random_model():
     assert first["entropy_bits"] == pytest.approx(
         query_entropy_bits(atts[0]).mean(dim=(0, 2)).tolist(), abs=1e-12)
     assert first["entropy_norm"] == pytest.approx(
-        normalised_entropy(atts[0])[..., 1:].mean(dim=(0, 2)).tolist(), abs=1e-12)
+        normalized_entropy(atts[0])[..., 1:].mean(dim=(0, 2)).tolist(), abs=1e-12)
 
 
 def test_attention_summary_known_values_and_mass_key():

@@ -119,7 +119,7 @@ def _segments(words: list[str], segment_words: int) -> list[list[str]]:
     return segments
 
 
-def _normalised_counts(words: list[str]) -> Counter[str]:
+def _normalized_counts(words: list[str]) -> Counter[str]:
     folded = (w.lower().strip(string.punctuation) for w in words)
     return Counter(w for w in folded if w)
 
@@ -144,7 +144,7 @@ def coherence(text: str, segment_words: int = 16) -> float | None:
     segments = _segments(text.split(), segment_words)
     if len(segments) < 2:
         return None
-    counts = [_normalised_counts(segment) for segment in segments]
+    counts = [_normalized_counts(segment) for segment in segments]
     similarities = [_cosine(a, b) for a, b in zip(counts, counts[1:], strict=False)]
     return math.fsum(similarities) / len(similarities)
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmscope.analysis.generation_quality import (
+from lmscope.metrics.text_quality import (
     coherence,
     distinct_n,
     ngrams,

@@ -9,7 +9,7 @@ from lmscope.api import load
 from lmscope.data.tokenizers import CharTokenizer
 from lmscope.errors import CheckpointError, LmscopeError
 from lmscope.models.gpt import GPT, GPTConfig
-from lmscope.train.checkpoint import (
+from lmscope.run.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     resolve_checkpoint,
@@ -129,3 +129,44 @@ def test_no_code_path_can_unpickle():
                     isinstance(node.value, ast.Name) and node.value.id == "torch":
                 found.append(f"{path.name}:{node.lineno} calls torch.load")
     assert not found, found
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the tensor data: the file still parses
+    path.write_bytes(bytes(data))
+
+
+def test_every_file_is_recorded_with_its_sha256(tmp_path):
+    import hashlib
+
+    _save(tmp_path / "ckpt")
+    meta = json.loads((tmp_path / "ckpt" / "meta.json").read_text())
+    weights = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    assert meta["sha256"] == {"model.safetensors": hashlib.sha256(weights).hexdigest()}
+    assert len(meta["meta_sha256"]) == 64
+
+
+def test_a_flipped_byte_in_the_weights_is_an_error_naming_the_file(tmp_path):
+    _save(tmp_path / "ckpt")
+    _flip_last_byte(tmp_path / "ckpt" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model.safetensors is corrupt: its sha256 differs"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_changed_meta_json_is_an_error_naming_the_file(tmp_path):
+    _save(tmp_path / "ckpt")
+    meta = tmp_path / "ckpt" / "meta.json"
+    meta.write_text(meta.read_text().replace('"iter": 3', '"iter": 7'))
+    with pytest.raises(CheckpointError, match=r"meta.json is corrupt: its content differs"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_checkpoints_written_before_the_hashes_existed_still_load(tmp_path):
+    model = _save(tmp_path / "ckpt").eval()
+    meta = tmp_path / "ckpt" / "meta.json"
+    old = {k: v for k, v in json.loads(meta.read_text()).items()
+           if k not in ("sha256", "meta_sha256")}
+    meta.write_text(json.dumps(old))
+    idx = torch.randint(0, 8, (1, 8))
+    assert torch.equal(load_checkpoint(tmp_path / "ckpt").model(idx), model(idx))

@@ -12,7 +12,7 @@ Per query (each returns a (B, H, T) float64 tensor):
 
     query_entropy_bits   H(q) = -sum_k A[q, k] log2 A[q, k], with 0 log 0 = 0.
                          0 for a one-hot row, log2(q + 1) for a uniform row.
-    normalised_entropy   H(q) / log2(q + 1), the entropy over its largest possible value (the
+    normalized_entropy   H(q) / log2(q + 1), the entropy over its largest possible value (the
                          uniform row over the q + 1 visible keys), so in [0, 1]. Query 0 sees
                          one key, 0/0: it is NaN here and is left out of every mean of this
                          quantity.
@@ -111,14 +111,14 @@ def query_entropy_bits(att: Tensor) -> Tensor:
     return -torch.special.xlogy(a, a).sum(dim=-1) / LN2  # xlogy(0, 0) = 0
 
 
-def normalised_entropy(att: Tensor) -> Tensor:
+def normalized_entropy(att: Tensor) -> Tensor:
     """Entropy over log2(q + 1), the entropy of the uniform row: (B, H, T); NaN at query 0."""
     entropy = query_entropy_bits(att)
     visible_keys = torch.arange(1, entropy.shape[-1] + 1, dtype=torch.float64,
                                 device=entropy.device)
-    normalised = entropy / torch.log2(visible_keys)
-    normalised[..., 0] = math.nan  # one visible key: the ratio is 0/0
-    return normalised
+    normalized = entropy / torch.log2(visible_keys)
+    normalized[..., 0] = math.nan  # one visible key: the ratio is 0/0
+    return normalized
 
 
 def _distances(t: int, device: torch.device) -> Tensor:
@@ -219,7 +219,7 @@ def attention_summary(atts: list[Tensor], mass: float = 0.9) -> dict:
     layers = []
     for att in atts:
         if t > 1:  # query 0 (NaN) left out
-            entropy_norm = normalised_entropy(att)[..., 1:].mean(dim=(0, 2))
+            entropy_norm = normalized_entropy(att)[..., 1:].mean(dim=(0, 2))
         else:
             entropy_norm = torch.zeros(n_heads, dtype=torch.float64)
         layers.append({

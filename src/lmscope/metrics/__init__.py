@@ -1,0 +1,7 @@
+"""Pure functions: numbers from tensors and text, no files, no models loaded.
+
+    losses          next-token cross-entropy over a token array, whole-split evaluation results
+    attention       entropy, span, head diversity, layer similarity of attention maps
+    text_quality    distinct-n, repetition and coherence of generated text
+    correlation     Pearson and Spearman correlations with p-values
+"""

@@ -1,0 +1,2 @@
+"""How numbers become files people read: CSV and Markdown tables (tables.py), PNG figures
+(plots.py). Used by training (loss.png), the probes and the study summaries."""

@@ -1,0 +1,37 @@
+"""attention: the attention maps of one prompt for every run with attention, at every kept
+checkpoint (lmscope probe attention --checkpoints all): the report's hover view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmscope.analysis import attention as probe
+from lmscope.report.html import attention_view
+from lmscope.run.checkpoint import load
+from lmscope.study.registry import Step, StepContext
+
+
+@dataclass
+class AttentionSettings:
+    prompt: str = "\n"
+    layer: int = -1
+    heads: str = ""  # all
+
+
+def run(ctx: StepContext) -> None:
+    a = ctx.settings
+    for spec in ctx.study.runs():
+        ckpt = load(ctx.run_dir(spec.name), device=ctx.device)
+        if not hasattr(ckpt.model, "forward_with_attention"):
+            ctx.log(f"  {spec.name}: {ckpt.model_name} has no attention, skipped")
+            continue
+        probe.compute(ctx.run_dir(spec.name), a.prompt, layer=a.layer, heads=a.heads or None,
+                      which="all", device=ctx.device).save(ctx.out / "attention" / spec.name)
+
+
+STEP = Step(
+    "attention", "attention maps of a prompt for every run with attention: "
+    "attention/<run>/attention_L<l>.png, summary.md (per-head scores), attention.json (every "
+    "layer and head at every checkpoint)", run, settings=AttentionSettings,
+    result=probe.AttentionResult, command="lmscope probe attention --checkpoints all",
+    report_title="Attention maps", report_view=attention_view)

@@ -1,0 +1,87 @@
+"""attribution: gradient attribution over the prompts' characters for every model, checkpoint by
+checkpoint (lmscope probe attribution), and the models side by side by character class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmscope.analysis import attribution as probe
+from lmscope.analysis.attribution import AttributionResult
+from lmscope.data.chars import CHAR_CLASSES
+from lmscope.io import atomic_write_text
+from lmscope.render import plots
+from lmscope.render.tables import markdown_table, write_csv
+from lmscope.report.html import attribution_view
+from lmscope.study.registry import Step, StepContext, readme_section
+
+HEADER = ["model", "method", "char_class", "mean_abs_normalized"]
+
+
+@dataclass
+class AttributionSettings:
+    methods: list[str] = field(
+        default_factory=lambda: ["grad_norm", "grad_x_input", "integrated_gradients"])
+    baseline: str = "zero"
+    steps: int = 32
+
+
+def run(ctx: StepContext) -> None:
+    a = ctx.settings
+    for corpus in ctx.study.corpora:
+        probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, methods=tuple(a.methods),
+                      baseline=a.baseline, steps=a.steps,
+                      device="cpu" if ctx.device == "auto" else ctx.device,
+                      ).save(ctx.out / "attribution" / ctx.corpus_dir(corpus).name)
+    _across_models(ctx)
+
+
+def _across_models(ctx: StepContext) -> None:
+    """attribution/by_class_models.csv/.md/.png: each model's final-checkpoint importance of
+    each character class (mean |normalized score|, over prompts), per method."""
+    out = ctx.out / "attribution"
+    rows = []
+    for corpus in ctx.study.corpora:
+        name = ctx.corpus_dir(corpus).name
+        by_class = AttributionResult.load(out / name).by_class
+        final = max(r.iteration for r in by_class)
+        rows += [[name, r.method, r.char_class, r.mean_abs_normalized]
+                 for r in by_class if r.iteration == final]
+    write_csv(out / "by_class_models.csv", HEADER, rows)
+    models = [ctx.corpus_dir(c).name for c in ctx.study.corpora]
+    methods = list(dict.fromkeys(r[1] for r in rows))
+    value = {(r[0], r[1], r[2]): r[3] for r in rows}
+    md = ["# Attribution by character class, final checkpoints\n\nMean |normalized score| "
+          "of a prompt's characters of each class, averaged over prompts.\n"]
+    for method in methods:
+        md.append(f"\n## {method}\n\n" + markdown_table(
+            ["class", *models],
+            [[c, *(value.get((m, method, c), "") for m in models)] for c in CHAR_CLASSES]))
+    atomic_write_text(out / "by_class_models.md", "".join(md))
+    fig, axes = plots.panels(len(methods), title="Importance by character class, per model "
+                                                 "(final checkpoints)", width=5.5)
+    width = 0.8 / len(models)
+    for ax, method in zip(axes, methods, strict=True):
+        for i, model in enumerate(models):
+            ax.bar([k + i * width for k in range(len(CHAR_CLASSES))],
+                   [value.get((model, method, c), 0) for c in CHAR_CLASSES], width,
+                   label=f"{model} model")
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(CHAR_CLASSES))],
+                      CHAR_CLASSES, rotation=30, ha="right")
+        ax.set_title(method)
+        ax.set_ylabel("mean |normalized score|")
+    axes[0].legend(fontsize=8)
+    plots.save(fig, out / "by_class_models.png")
+
+
+def readme(ctx: StepContext) -> str:
+    return readme_section(ctx, "Gradient attribution", "attribution/by_class_models.md",
+                          ["attribution/by_class_models.png"])
+
+
+STEP = Step(
+    "attribution", "gradient attribution of every prompt's characters, every model and "
+    "checkpoint: attribution/<corpus>/attribution.csv (long form), heatmap_<prompt>_<method>.png, "
+    "by_class.csv/.png, attribution/by_class_models.md", run, settings=AttributionSettings,
+    result=AttributionResult, per_corpus=True, needs_prompts=True,
+    command="lmscope probe attribution", readme=readme, report_title="Gradient attribution",
+    report_view=attribution_view)

@@ -1,0 +1,44 @@
+"""generation: the quality, speed and generation-time attention of many samples of every run,
+checkpoint by checkpoint (lmscope probe generation).
+
+Not to be confused with the `generate` step, which writes one continuation per sampling setting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmscope.analysis import generation as probe
+from lmscope.study.registry import Step, StepContext
+
+
+@dataclass
+class GenerationQualitySettings:
+    """The study file's [generation] table."""
+
+    num_samples: int = 8
+    max_new_tokens: int = 200
+    prompt: str = "\n"
+    temperature: float = 0.8
+    checkpoints: str = "all"  # all | final
+
+
+def run(ctx: StepContext) -> None:
+    g = ctx.settings
+    for spec in ctx.study.runs():
+        folder = ctx.out / "generation" / spec.name
+        if ctx.done(folder):
+            continue
+        result = probe.compute(ctx.run_dir(spec.name), num_samples=g.num_samples,
+                               prompt=g.prompt, max_new_tokens=g.max_new_tokens,
+                               temperature=g.temperature, which=g.checkpoints, device=ctx.device,
+                               log=lambda m, name=spec.name: ctx.log(f"  {name} {m}"))
+        result.save(folder, title=f"of {spec.name}")
+        ctx.mark_done(folder)
+
+
+STEP = Step(
+    "generation", "distinct-n, repetition, coherence, tokens/s and generation-time attention of "
+    "samples at every checkpoint, and their correlations: generation/<run>/generation.md, "
+    "correlation_*.md", run, settings=GenerationQualitySettings,
+    result=probe.GenerationResult, command="lmscope probe generation",
+    report_title="Generation quality and attention")

@@ -1,0 +1,86 @@
+"""softmax: next-character confidence of every model on the study's prompts, checkpoint by
+checkpoint (lmscope probe softmax), and the models side by side, in- vs out-of-domain."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lmscope.analysis import softmax as probe
+from lmscope.analysis.softmax import SoftmaxResult
+from lmscope.io import atomic_write_text
+from lmscope.render import plots
+from lmscope.render.tables import markdown_table, write_csv
+from lmscope.study.registry import Step, StepContext, readme_section
+
+HEADER = ["model", "iteration", "domain", "entropy_bits", "p_expected"]
+
+
+@dataclass
+class SoftmaxSettings:
+    top_k: int = 5
+
+
+def run(ctx: StepContext) -> None:
+    for corpus in ctx.study.corpora:
+        probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, top_k=ctx.settings.top_k,
+                      device=ctx.device).save(ctx.out / "softmax" / ctx.corpus_dir(corpus).name)
+    _across_models(ctx)
+
+
+def _mean(values) -> float:
+    numbers = [v for v in values if not math.isnan(v)]
+    return sum(numbers) / len(numbers) if numbers else math.nan
+
+
+def _across_models(ctx: StepContext) -> None:
+    """softmax/summary.csv/.md/.png: mean entropy and p(expected), in- vs out-of-domain, per
+    model and iteration."""
+    out = ctx.out / "softmax"
+    rows = []
+    for corpus in ctx.study.corpora:
+        name = ctx.corpus_dir(corpus).name
+        result = SoftmaxResult.load(out / name)
+        for it in sorted({r.iteration for r in result.rows}):
+            for domain in ("in-domain", "out-of-domain"):
+                sel = [r for r in result.rows if r.iteration == it and r.domain == domain]
+                if sel:
+                    rows.append([name, it, domain, _mean(r.entropy_bits for r in sel),
+                                 _mean(r.p_expected for r in sel)])
+    write_csv(out / "summary.csv", HEADER, rows)
+    last = {}
+    for r in rows:
+        last[r[0]] = max(last.get(r[0], 0), r[1])
+    atomic_write_text(out / "summary.md",
+                      "# Softmax confidence across models\n\nMeans over prompts at the final "
+                      "checkpoint (the full curves are in summary.csv).\n\n" + markdown_table(
+                          HEADER, [r for r in rows if r[1] == last[r[0]]]))
+    fig, axes = plots.panels(2, title="Next-character confidence: in-domain (solid) vs "
+                                       "out-of-domain (dashed) prompts")
+    for i, name in enumerate(last):
+        for domain, style in (("in-domain", "-"), ("out-of-domain", "--")):
+            pts = [(r[1], r[3], r[4]) for r in rows if r[0] == name and r[2] == domain]
+            if pts:
+                its, ent, pexp = zip(*pts, strict=True)
+                axes[0].plot(its, ent, style, color=f"C{i}", marker=".",
+                             label=f"{name} model, {domain}")
+                axes[1].plot(its, pexp, style, color=f"C{i}", marker=".")
+    for ax, label in zip(axes, ("entropy (bits)", "p(expected next character)"), strict=True):
+        ax.set_xscale("symlog", linthresh=100, linscale=0.5)
+        ax.set_xlabel("training iteration")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    plots.save(fig, out / "summary.png")
+
+
+def readme(ctx: StepContext) -> str:
+    return readme_section(ctx, "Softmax confidence", "softmax/summary.md",
+                          ["softmax/summary.png"])
+
+
+STEP = Step(
+    "softmax", "next-character entropy and p(expected) of every model at every checkpoint: "
+    "softmax/<corpus>/softmax.csv, entropy.png, expected_prob.png, softmax/summary.md",
+    run, settings=SoftmaxSettings, result=SoftmaxResult, per_corpus=True, needs_prompts=True,
+    command="lmscope probe softmax", readme=readme, report_title="Softmax confidence")

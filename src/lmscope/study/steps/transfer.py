@@ -1,0 +1,101 @@
+"""transfer: few-shot fine-tuning of every model on every other corpus, from its early, mid and
+late checkpoints (lmscope transfer), and the answer to "does partial training make adaptation
+easier?" across pairs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lmscope.analysis import transfer as probe
+from lmscope.analysis.transfer import TransferResult, TransferSummary
+from lmscope.data.corpora import corpus_label
+from lmscope.io import atomic_write_text
+from lmscope.render.tables import markdown_table, write_csv
+from lmscope.study.registry import Step, StepContext, readme_section
+
+HEADER = ["source", "target", *probe.HEADER]
+
+
+@dataclass
+class TransferSettings:
+    checkpoints: str = "early,mid,late"
+    iters: int = 200
+    eval_every: int = 20
+    eval_iters: int = 20
+
+
+def _pairs(ctx: StepContext) -> list[tuple[str, str]]:
+    corpora = ctx.study.corpora
+    return [(a, b) for a in corpora for b in corpora if a != b]
+
+
+def _pair_folder(ctx: StepContext, source: str, target: str) -> str:
+    return f"{ctx.corpus_dir(source).name}-to-{ctx.corpus_dir(target).name}"
+
+
+def run(ctx: StepContext) -> None:
+    ts = ctx.settings
+    rows: list[tuple[str, str, TransferSummary]] = []
+    for source, target in _pairs(ctx):
+        folder = ctx.out / "transfer" / _pair_folder(ctx, source, target)
+        ctx.log(f"  {folder.name}")
+        if not ctx.done(folder):
+            probe.transfer(ctx.corpus_dir(source), target, folder, checkpoints=ts.checkpoints,
+                           iters=ts.iters, eval_every=ts.eval_every, eval_iters=ts.eval_iters,
+                           device=ctx.device, log=lambda m: ctx.log(f"    {m}"))
+            ctx.mark_done(folder)
+        rows += [(corpus_label(source), corpus_label(target), s)
+                 for s in TransferResult.load(folder).summaries]
+    table = [[source, target, *s.cells()] for source, target, s in rows]
+    write_csv(ctx.out / "transfer" / "summary.csv", HEADER, table)
+    atomic_write_text(ctx.out / "transfer" / "summary.md",
+                      f"# Few-shot transfer, every pair, {ts.iters} steps\n\n"
+                      "Losses in nats per character (estimates on fixed validation batches); "
+                      "gain = before - after on the target, forgetting = after - before on "
+                      "the source.\n\n" + markdown_table(HEADER, table) + "\n" + _answer(rows))
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan
+
+
+def _answer(rows: list[tuple[str, str, TransferSummary]]) -> str:
+    """'Does partial training make adaptation easier?', answered from the table: for each
+    starting checkpoint, in how many pairs it ends lowest, gains most and forgets least."""
+    pairs: dict[tuple, list[TransferSummary]] = {}
+    for source, target, s in rows:
+        pairs.setdefault((source, target), []).append(s)
+    starts = list(dict.fromkeys(s.start for _, _, s in rows))
+    wins = {start: [0, 0, 0] for start in starts}
+    for group in pairs.values():
+        wins[min(group, key=lambda s: s.target_after).start][0] += 1
+        wins[max(group, key=lambda s: s.target_gain).start][1] += 1
+        wins[min(group, key=lambda s: s.forgetting).start][2] += 1
+    summaries = [s for _, _, s in rows]
+    table = [[start, f"{w[0]} of {len(pairs)}", f"{w[1]} of {len(pairs)}",
+              f"{w[2]} of {len(pairs)}",
+              _mean(s.target_after for s in summaries if s.start == start),
+              _mean(s.target_gain for s in summaries if s.start == start),
+              _mean(s.forgetting for s in summaries if s.start == start)]
+             for start, w in wins.items()]
+    return ("\n## Does partial training make adaptation easier?\n\nFor each starting checkpoint: "
+            "in how many source-target pairs it reaches the lowest target loss, the largest gain "
+            "and the least forgetting, and its means over pairs.\n\n" + markdown_table(
+                ["start", "lowest target loss", "largest gain", "least forgetting",
+                 "mean target after", "mean gain", "mean forgetting"], table))
+
+
+def readme(ctx: StepContext) -> str:
+    return readme_section(ctx, "Few-shot transfer", "transfer/summary.md",
+                          [f"transfer/{_pair_folder(ctx, a, b)}/curves.png"
+                           for a, b in _pairs(ctx)])
+
+
+STEP = Step(
+    "transfer", "fine-tuning from early/mid/late checkpoints on every other corpus: "
+    "transfer/<a>-to-<b>/curves.png (target loss and source forgetting), samples.md before and "
+    "after, transfer/summary.md", run, settings=TransferSettings, result=TransferResult,
+    per_corpus=True, command="lmscope transfer", readme=readme,
+    report_title="Few-shot transfer")
