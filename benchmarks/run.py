@@ -108,7 +108,7 @@ def bench_train(corpus: str, repeats: int, steps: int, peak: float, device: torc
                               device=device) / steps
         tps = tokens_per_step / seconds
         model = trainer.raw_model
-        eval_tokens = trainer.val_tokens.tokens
+        eval_tokens = trainer.val_tokens[0].tokens  # one corpus: the first (and only) part
         eval_seconds = median_time(
             lambda: token_nll(model, eval_tokens, block_size=config.model.block_size,
                               batch_size=64), max(1, repeats // 2), device=device)
