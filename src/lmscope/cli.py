@@ -24,7 +24,7 @@ from lmscope.analysis import (
 from lmscope.analysis import compare as run_comparison
 from lmscope.analysis.transfer import transfer as run_transfer
 from lmscope.api import generate, load
-from lmscope.config import preset_names, resolve_config
+from lmscope.config import check_resume, preset_names, resolve_config
 from lmscope.data.corpora import Mixture, folder_name, list_corpora, resolve
 from lmscope.errors import LmscopeError
 from lmscope.evaluate import evaluate
@@ -95,9 +95,11 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
         run = RunDir(out)
         if not run.config_file.is_file():
             raise LmscopeError(f"cannot resume: {run.config_file} does not exist")
-        # the saved config with the overrides; training refuses a changed [model] or [data]
+        # the saved config with the overrides; a changed [model] or [data] is refused (here
+        # before anything is printed, and by training itself, for every caller)
         config = resolve_config(base=run.config_dict(), data=data, model=model,
                                 overrides=overrides)
+        check_resume(run.config(), config)
     else:
         if data is None and preset is None and config_file is None:
             raise click.UsageError("give --data CORPUS (or a --preset / --config that names one); "

@@ -210,7 +210,7 @@ def check_resume(saved: RunConfig, config: RunConfig) -> None:
 
     Paths are compared made absolute. With train.init_from the model is the checkpoint's, not
     the config's, so only the data is compared."""
-    config = config.with_absolute_paths()
+    config, saved = config.with_absolute_paths(), saved.with_absolute_paths()
     changed = []
     if not config.train.init_from and (config.model_name, config.model.__class__,
                                        config.to_dict()["model"]) != (

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from lmscope.errors import LmscopeError
 from lmscope.run.lock import FolderLock, FolderLockedError
 
 HOLD = """
@@ -61,3 +62,11 @@ def test_a_released_lock_leaves_nothing_and_can_be_taken_again(tmp_path):
             assert (tmp_path / "f" / ".lock").is_file()
         assert sorted(p.name for p in (tmp_path / "f").iterdir()) == []
     assert warnings == []  # a clean release is not a stale lock
+
+
+def test_a_users_file_called_lock_is_never_touched(tmp_path):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / ".lock").write_text("my notes")
+    with pytest.raises(LmscopeError, match="not an lmscope lock file"):
+        FolderLock(tmp_path / "f").acquire()
+    assert (tmp_path / "f" / ".lock").read_text() == "my notes"

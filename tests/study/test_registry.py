@@ -104,6 +104,7 @@ def _reference() -> str:
             if step.settings else ""
         rows.append([f"`{step.name}`", f"`{step.command}`" if step.command else "",
                      step.summary.replace("<", "&lt;"), f"[{step.name}] {keys}" if keys else "",
+                     f"`{step.result.__module__}.{step.result.__name__}`" if step.result else "",
                      "domain" if step.per_corpus else "any"])
     return ("# Study steps\n\nEvery step a study file can list in `steps = [...]`, in the order a "
             "study runs them, written from the step registry (`src/lmscope/study/steps/`); "
@@ -113,7 +114,7 @@ def _reference() -> str:
             "seeds. Default steps: " + ", ".join(registered.DEFAULT_STEPS) + " (with "
             "`[[variant]]` tables: " + ", ".join(registered.VARIANT_STEPS) + ").\n\n" +
             markdown_table(["step", "the command it runs", "what it writes", "its table",
-                            "studies"], rows) +
+                            "its result", "studies"], rows) +
             "\nTo add a step, see [adding a probe](adding-a-probe.md).\n")
 
 

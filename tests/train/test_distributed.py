@@ -47,3 +47,18 @@ def test_two_processes_match_one_process_with_the_combined_batch(tiny_corpus, tm
     assert two.stdout.count("run folder:") == 1  # only rank 0 prints
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2
+
+
+@pytest.mark.slow
+def test_every_process_stops_when_the_run_folder_is_taken(tiny_corpus, tmp_path):
+    """The first process cannot take the lock (another writer holds it): both processes exit
+    with the error instead of the second waiting for the first forever."""
+    from lmscope.run.lock import FolderLock
+
+    with FolderLock(tmp_path / "busy"):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nproc_per_node=2", "-m", "lmscope", "train", "--data",
+                            str(tiny_corpus), "--out", str(tmp_path / "busy"), "--quiet",
+                            "--set", *SETTINGS], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "being written by another process" in r.stderr

@@ -332,3 +332,19 @@ def test_the_python_api_refuses_a_changed_model_or_data_on_resume(tiny_corpus, t
             _quiet(changed, tmp_path / "run", resume=True)
     result = _quiet(_config(tiny_corpus, "train.max_iters=12"), tmp_path / "run", resume=True)
     assert result.iterations == 12  # [train] may change
+
+
+def test_a_fine_tuning_resumes_with_the_checkpoints_model(tiny_run, tmp_path, monkeypatch):
+    """A stopped train.init_from run resumed with the config it was started with (whose [model]
+    is not the checkpoint's) goes on with the checkpoint's model, as an uninterrupted one."""
+    source = tiny_run / "checkpoints" / "iter_0000020"
+    config = _config(tiny_run.parent / "tiny.txt", f"train.init_from={source}", "model.n_layer=4",
+                     "train.max_iters=12", "train.checkpoint_at=[]")
+    straight = _quiet(config, tmp_path / "straight")
+    restore = stop_after(monkeypatch, 5)
+    with pytest.raises(TrainingInterrupted):
+        _quiet(config, tmp_path / "run")
+    restore()
+    resumed = _quiet(config, tmp_path / "run", resume=True)
+    assert resumed.val_loss == straight.val_loss
+    assert _weights(tmp_path / "run").keys() == _weights(tmp_path / "straight").keys()

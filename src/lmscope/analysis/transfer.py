@@ -187,7 +187,7 @@ def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", i
             log(f"{name}: fine-tuning already done ({run_dir.path})")
         else:
             resume = run_dir.resumable_state() is not None
-            if run_dir.path.is_dir() and not resume and any(run_dir.path.iterdir()):
+            if not resume and run_dir.holds_files():
                 raise LmscopeError(f"{run_dir.path} holds an unfinished fine-tuning run that "
                                    "cannot be resumed; remove it and run again")
             log(f"{name}: fine-tuning from {ckpt_path} on {target} for {iters} steps")

@@ -443,7 +443,7 @@ class Mixture:
     @property
     def folder_name(self) -> str:
         """`label` made fit for a folder name: the mixture a:0.7+b:0.3 gives a0.7-b0.3."""
-        return self.label.replace(":", "").replace("+", "-")
+        return _folder_form(self.label)
 
 
 def corpus_label(corpus: str) -> str:
@@ -458,7 +458,11 @@ def corpus_label(corpus: str) -> str:
 def folder_name(corpus: str) -> str:
     """`Mixture.folder_name` of a corpus given as text (the one corpus-to-folder rule of run
     defaults, study runs, transfer pairs and seed datasets)."""
-    return corpus_label(corpus).replace(":", "").replace("+", "-")
+    return _folder_form(corpus_label(corpus))
+
+
+def _folder_form(label: str) -> str:
+    return label.replace(":", "").replace("+", "-")
 
 
 def absolute_if_path(corpus: str) -> str:

@@ -40,7 +40,22 @@ def _holder(text: str) -> dict:
         holder = json.loads(text)
     except ValueError:
         return {}
-    return holder if isinstance(holder, dict) else {}
+    return holder if isinstance(holder, dict) and {"pid", "host"} <= set(holder) else {}
+
+
+def is_lock_file(path: Path) -> bool:
+    """Whether `path` is a lock file this module wrote (or an empty one it was writing), not a
+    file of the user's that happens to be called .lock."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return path.name == LOCK_FILE and (not text.strip() or bool(_holder(text)))
+
+
+def holds_files(folder: Path) -> bool:
+    """Whether `folder` holds anything but a lock file (one a killed writer left, say)."""
+    return folder.is_dir() and any(not is_lock_file(p) for p in folder.iterdir())
 
 
 def _describe(holder: dict) -> str:
@@ -65,6 +80,9 @@ class FolderLock:
     def acquire(self) -> None:
         if fcntl is None:  # pragma: no cover
             return
+        if self.path.exists() and not is_lock_file(self.path):  # never touch a user's file
+            raise LmscopeError(f"{self.path} exists and is not an lmscope lock file; choose "
+                               f"another folder (or move that file)")
         self.folder.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -74,8 +92,9 @@ class FolderLock:
                 holder = _holder(os.read(fd, 4096).decode("utf-8", "replace"))
                 os.close(fd)
                 raise FolderLockedError(
-                    f"{self.folder} is being written by another process ({_describe(holder)}); "
-                    f"wait for it to finish or stop it, or choose another folder") from None
+                    f"the {self.what} {self.folder} is being written by another process "
+                    f"({_describe(holder)}); wait for it to finish or stop it, or choose "
+                    "another folder") from None
             # The holder may have released and removed the file between our open and flock:
             # then we hold a lock on a file nobody else sees. Start again on the new file.
             try:
@@ -87,8 +106,8 @@ class FolderLock:
             os.close(fd)
         left = _holder(os.read(fd, 4096).decode("utf-8", "replace"))
         if left:
-            self.log(f"warning: {self.folder} was locked by a process that is gone "
-                     f"({_describe(left)}); taking the lock over")
+            self.log(f"warning: the {self.what} {self.folder} was locked by a process that is "
+                     f"gone ({_describe(left)}); taking the lock over")
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)

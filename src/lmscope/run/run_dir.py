@@ -25,10 +25,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from lmscope.config import RunConfig, config_from_dict
-from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_json, existing_dir, read_jsonl
 from lmscope.run.checkpoint import list_checkpoints, resolve_checkpoint
-from lmscope.run.lock import FolderLock
+from lmscope.run.lock import FolderLock, holds_files
 from lmscope.settings import load_toml
 
 
@@ -162,6 +161,11 @@ class RunDir:
     def is_finished(self) -> bool:
         return self.summary_file.is_file()
 
+    def holds_files(self) -> bool:
+        """Whether the folder holds anything but the lock file a writer (perhaps a killed one)
+        left."""
+        return holds_files(self.path)
+
     def config_dict(self) -> dict:
         """config.toml as nested dicts (a missing or invalid file is one error)."""
         return load_toml(self.config_file)
@@ -211,9 +215,7 @@ class RunDir:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of a run's metrics.jsonl, oldest first; a line torn by a crash is skipped."""
-    run = RunDir(run_dir)
-    if not run.metrics_file.is_file():
-        raise LmscopeError(f"{run_dir} is not a run folder: it has no metrics.jsonl")
-    return run.metrics().rows
+    """The rows of a run's metrics.jsonl, oldest first; a line torn by a crash is skipped (a
+    folder without one: FileNotFoundError, as before RunDir existed)."""
+    return read_jsonl(RunDir(run_dir).metrics_file)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_json, atomic_write_text
 from lmscope.report.html import Section, write_page
-from lmscope.run.lock import FolderLock
+from lmscope.run.lock import FolderLock, holds_files
 from lmscope.study import steps as registered
 from lmscope.study.plan import Study
 from lmscope.study.registry import StepContext
@@ -55,6 +55,7 @@ class StudyRunner:
     def run(self) -> dict[str, float]:
         if self.out.exists() and not self.out.is_dir():
             raise LmscopeError(f"--out {self.out} is a file, not a folder")
+        self._refuse_a_foreign_folder()  # before the lock: a folder that is not ours is not touched
         with FolderLock(self.out, "study folder", log=self.log):
             self._claim_folder()
             timings_file = self.out / "timings.json"
@@ -92,6 +93,11 @@ class StudyRunner:
         if not readme.is_file() or readme.read_text(encoding="utf-8") != text:
             atomic_write_text(readme, text)
 
+    def _refuse_a_foreign_folder(self) -> None:
+        if not (self.out / "study.json").is_file() and holds_files(self.out):
+            raise LmscopeError(f"{self.out} already holds files that are not a study; "
+                               "choose another --out")
+
     def _claim_folder(self) -> None:
         """A new folder, or one holding this very study (to continue it); never someone else's."""
         settings = self.out / "study.json"
@@ -99,10 +105,8 @@ class StudyRunner:
             if json.loads(settings.read_text(encoding="utf-8")) != self.study.to_dict():
                 raise LmscopeError(f"{self.out} holds a study with other settings "
                                    f"({settings}); choose another --out")
-        elif any(p.name != ".lock" for p in self.out.iterdir()):
-            raise LmscopeError(f"{self.out} already holds files that are not a study; "
-                               "choose another --out")
         else:
+            self._refuse_a_foreign_folder()  # another process may have written meanwhile
             atomic_write_json(settings, self.study.to_dict())
 
     def run_dir(self, name: str) -> Path:

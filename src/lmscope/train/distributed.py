@@ -46,6 +46,12 @@ class Distributed:
         """The mean of a tensor over all processes (the value itself when not distributed)."""
         return self.sum(value) / self.world_size if self.enabled else value
 
+    def device(self) -> torch.device:
+        """Where this process's collective operations run: its GPU under nccl, else the CPU."""
+        if self.enabled and dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     def any(self, flag: bool, device) -> bool:
         """True on every process if `flag` is true on any of them."""
         if not self.enabled:

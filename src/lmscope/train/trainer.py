@@ -9,7 +9,7 @@ A run folder holds everything about one training run:
     RUN/tensorboard/      the same numbers as TensorBoard scalars, with log.tensorboard=true
     RUN/samples.md        the sample written at each checkpoint, oldest first
     RUN/summary.json      final figures, written when the run ends
-    RUN/checkpoints/      iter_NNNNNNN/, best/, final/, last/ (see checkpoint.py)
+    RUN/checkpoints/      iter_NNNNNNN/, best/, final/, last/ (see run/checkpoint.py)
 
 The loop is nanoGPT's: AdamW, linear warm-up then cosine decay, gradient accumulation and
 clipping, bf16 autocast on CUDA, optional torch.compile, periodic loss estimates on random batches,
@@ -114,35 +114,41 @@ class Trainer:
 
     # --- set-up ----------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
+        """Check the run folder (every process), before anything is written."""
         if self.resume:
             if self.folder.resumable_state() is None:
                 raise LmscopeError(f"cannot resume: {self.run_dir} has no checkpoints/last with a "
                                    "training state (start a new run without --resume)")
-            if self.folder.config_file.is_file():  # before anything is written
+            if self.folder.config_file.is_file():
                 check_resume(self.folder.config(), self.given)
-            if self.dist.is_main:
-                self._lock()
-                self._remove_leftovers()
             return
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise LmscopeError(f"--out {self.run_dir} is a file, not a folder")
-        if self._holds_files():
+        self._refuse_a_written_folder()
+        self.dist.barrier()  # every process has checked before the first one writes
+
+    def _refuse_a_written_folder(self) -> None:
+        if self.folder.holds_files():  # a lock a killed run left is no obstacle
             raise LmscopeError(f"{self.run_dir} already holds files; continue it with --resume "
                                "or choose another --out")
-        self.dist.barrier()  # every process has checked before the first one writes
+
+    def _take_folder(self) -> None:
+        """Rank 0 takes the run folder's lock (run/lock.py) and, on resume, clears what killed
+        writes left; every process learns whether it could, so none waits for the others."""
+        error = None
         if self.dist.is_main:
-            self._lock()
-            if self._holds_files():  # another process started writing between check and lock
-                raise LmscopeError(f"{self.run_dir} already holds files; continue it with "
-                                   "--resume or choose another --out")
-
-    def _holds_files(self) -> bool:
-        """Whether the run folder holds anything but a lock (one left by a killed run, say)."""
-        return self.run_dir.is_dir() and any(p.name != ".lock" for p in self.run_dir.iterdir())
-
-    def _lock(self) -> None:
-        self.lock = self.folder.lock(log=lambda message: print(message, file=sys.stderr))
-        self.lock.acquire()
+            self.lock = self.folder.lock(log=lambda message: print(message, file=sys.stderr))
+            try:
+                self.lock.acquire()
+                if not self.resume:  # another process may have written between check and lock
+                    self._refuse_a_written_folder()
+            except LmscopeError as e:
+                error = e
+        if self.dist.any(error is not None, self.dist.device()):
+            raise error or LmscopeError(f"{self.run_dir}: the first process could not take the "
+                                        "run folder (its error says why)")
+        if self.resume and self.dist.is_main:
+            self._remove_leftovers()
 
     def _remove_leftovers(self) -> None:
         """Half-written files of a process killed mid-write (temporary names, never read)."""
@@ -173,6 +179,9 @@ class Trainer:
                          else nullcontext())
 
         source = self._init_checkpoint() if tc.init_from and not self.resume else None
+        if tc.init_from and self.resume:  # the checkpoint's model, as the run's config.toml says
+            saved = self.folder.config()
+            cfg.model_name, cfg.model = saved.model_name, saved.model
         if not self.dist.is_main:
             self.dist.barrier()  # rank 0 prepares the data (tokenizer, token files) first
         # the training text: one corpus, or a mixture whose batches draw rows by weight
@@ -572,6 +581,7 @@ class Trainer:
         if self.config.log.tensorboard:
             check_installed()  # before the run folder is touched
         self._prepare_run_dir()
+        self._take_folder()
         self.setup()
         cfg, tc = self.config, self.config.train
         if self.resume:

@@ -23,13 +23,13 @@ STEPS: tuple[Step, ...] = (
     train.STEP,
     matrix.STEP,
     transfer.STEP,
+    softmax.STEP,
+    attribution.STEP,
     compare.STEP,
     generate.STEP,
     attention.STEP,
     generation.STEP,
     seeds.STEP,  # after generation, whose sampling speeds it averages
-    softmax.STEP,
-    attribution.STEP,
 )
 
 
