@@ -142,7 +142,7 @@ class Trainer:
                 self.lock.acquire()
                 if not self.resume:  # another process may have written between check and lock
                     self._refuse_a_written_folder()
-            except LmscopeError as e:
+            except (LmscopeError, OSError) as e:  # an unwritable place, too
                 error = e
         if self.dist.any(error is not None, self.dist.device()):
             raise error or LmscopeError(f"{self.run_dir}: the first process could not take the "
