@@ -9,6 +9,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The time limit of every subprocess a test runs: a bound against a hang, never an estimate of
+# speed (a busy machine may be ten times slower; tests wait for states, not for times).
+HANG_TIMEOUT = 3600
+
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):

@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import TINY_SETTINGS
+from tests.conftest import HANG_TIMEOUT, TINY_SETTINGS
 
 
-def lmscope(*args, cwd=None, env_extra=None, timeout=300):
+def lmscope(*args, cwd=None, env_extra=None, timeout=HANG_TIMEOUT):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "lmscope", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=timeout)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import png
+from tests.conftest import HANG_TIMEOUT, png
 from tests.report.browser import check_report
 from tests.test_cli import assert_clean_error, lmscope
 
@@ -101,7 +101,7 @@ def quick_domain_study(tmp_path_factory) -> Path:
     out = root / "quick"
     env = {"LMSCOPE_DATA": str(Path(os.environ["LMSCOPE_DATA"]).resolve()),  # run from root
            "LMSCOPE_CACHE": str(root / "cache")}  # never the user's cache
-    r = lmscope(*args[:4], out, *args[5:], cwd=root, timeout=900, env_extra=env)
+    r = lmscope(*args[:4], out, *args[5:], cwd=root, timeout=HANG_TIMEOUT, env_extra=env)
     assert r.returncode == 0, r.stderr
     done, report = r.stdout.splitlines()[-2:]
     assert done.startswith("done in") and report == f"report: {out / 'report.html'}"
@@ -197,7 +197,7 @@ def test_the_quick_architectures_study(shared_data, tmp_path):
     study = tmp_path / "studies"
     shutil.copytree(REPO / "studies", study)
     out = tmp_path / "arch"
-    r = lmscope("study", study / "architectures.toml", "--quick", "--out", out, timeout=1200)
+    r = lmscope("study", study / "architectures.toml", "--quick", "--out", out, timeout=HANG_TIMEOUT)
     assert r.returncode == 0, r.stderr
     variants = ["lstm", "kgram-onehot", "kgram-embedding", "gpt", "gpt-post-norm",
                 "gpt-rmsnorm", "gpt-rotary", "gpt-no-pos"]
@@ -215,7 +215,7 @@ def test_the_quick_architectures_study(shared_data, tmp_path):
 def test_the_quick_attention_study_with_two_seeds(shared_data, tmp_path):
     out = tmp_path / "attention"
     r = lmscope("study", REPO / "studies" / "attention.toml", "--quick", "--seeds", "0,1",
-                "--out", out, timeout=900)
+                "--out", out, timeout=HANG_TIMEOUT)
     assert r.returncode == 0, r.stderr
     results = json.loads((out / "seeds" / "results.json").read_text())
     assert set(results) == {"shakespeare", "wikipedia"}

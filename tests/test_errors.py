@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from lmscope.run.lock import FolderLock
-from tests.conftest import PROMPTS, TINY_SETTINGS, TINY_TEXT
+from tests.conftest import HANG_TIMEOUT, PROMPTS, TINY_SETTINGS, TINY_TEXT
 from tests.test_cli import assert_clean_error
 from tests.test_export import tiny_checkpoint
 
@@ -67,6 +67,9 @@ CASES = [
     C("train-mixture-unknown", "train", "a mixture with an unknown corpus",
       ("train", "--data", "{w}/tiny.txt:0.5", "--data", "nosuchcorpus:0.5", "--out", "{w}/out"),
       ("nosuchcorpus",)),
+    C("train-oov-init-from", "train", "fine-tuning onto text the vocabulary cannot read",
+      ("train", "--data", "{w}/greek.txt", "--set", "train.init_from={run}", "--out", "{w}/ft"),
+      ("outside the vocabulary of the checkpoint of train.init_from", "data.max_oov_rate")),
     # --- train: configuration
     C("set-unknown-key", "train", "a misspelt --set key",
       ("train", "--data", "{w}/tiny.txt", "--set", "train.max_iter=5"),
@@ -145,6 +148,9 @@ CASES = [
       ("--top-p",)),
     C("sample-temperature", "sample", "--temperature 0", ("sample", "{run}", "--temperature", "0"),
       ("--temperature",)),
+    C("sample-greedy-temperature", "sample", "--greedy with a --temperature it would ignore",
+      ("sample", "{run}", "--greedy", "--temperature", "2"),
+      ("--greedy always takes the most likely token", "--temperature 2 would have no effect")),
     C("sample-tokens", "sample", "a negative --max-new-tokens",
       ("sample", "{run}", "--max-new-tokens", "-1"), ("max-new-tokens",)),
     C("sample-seed", "sample", "a seed beyond 64 bits", ("sample", "{run}", "--seed", str(2**70)),
@@ -170,6 +176,9 @@ CASES = [
       ("eval", "{run}", "--data", "{w}/absent.txt"), ("absent.txt",)),
     C("eval-missing-run", "eval", "a run folder that does not exist",
       ("eval", "{w}/no_run", "--data", "shakespeare"), ("does not exist",)),
+    C("eval-one-byte", "eval", "a corpus of one byte (too short to hold a val split)",
+      ("eval", "{run}", "--data", "{w}/one.txt"),
+      ("cannot evaluate on", "too short to split: its 1 byte leave the train split empty")),
     C("eval-split", "eval", "a split the corpus does not have",
       ("eval", "{run}", "--data", "{w}/tiny.txt", "--split", "test"), ("no split 'test'",)),
     C("data-typo", "data info", "a misspelt corpus name",
@@ -182,10 +191,18 @@ CASES = [
     C("matrix-no-checkpoints", "matrix", "a run with no checkpoints",
       ("matrix", "--runs", "{w}/taken", "--data", "{w}/tiny.txt", "--out", "{w}/m"),
       ("no checkpoints",)),
+    C("transfer-oov", "transfer", "a target the source model's vocabulary cannot read",
+      ("transfer", "--from", "{run}", "--data", "{w}/greek.txt", "--out", "{w}/t"),
+      ("outside the vocabulary of", "data.vocab_from", "--max-oov-rate")),
     C("transfer-no-checkpoints", "transfer", "a source run with no checkpoints",
       ("transfer", "--from", "{w}/taken", "--data", "{w}/tiny.txt", "--out", "{w}/t"),
       ("no checkpoints",)),
     # --- probes, compare, study
+    C("softmax-domain-typo", "probe softmax", "a prompt whose domain is a misspelt corpus name",
+      ("probe", "softmax", "{run}", "--prompts", "{w}/typo_prompts.toml", "--out", "{w}/p"),
+      ("domain 'shakespear' is not a corpus name", "did you mean 'shakespeare'")),
+    C("study-domain-typo", "study", "a study whose prompt file has a misspelt domain",
+      ("study", "{w}/typo_study.toml", "--out", "{w}/s"), ("did you mean 'shakespeare'",)),
     C("softmax-empty-prompts", "probe softmax", "a prompt file with no prompts",
       ("probe", "softmax", "{run}", "--prompts", "{w}/empty.toml", "--out", "{w}/p"),
       ("no prompts",)),
@@ -250,6 +267,11 @@ def world(tmp_path_factory, tiny_run):
     (w / "bad.toml").write_text("[train\nmax_iters = 3")
     (w / "empty.toml").write_text("")
     (w / "prompts.toml").write_text(PROMPTS)
+    (w / "one.txt").write_text("x")
+    (w / "greek.txt").write_text("αβγδε ζηθ ικλμν ξοπ ρστυφ χψω\n" * 200, encoding="utf-8")
+    (w / "typo_prompts.toml").write_text('[[prompt]]\ntext = "First"\ndomain = "shakespear"\n')
+    (w / "typo_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
+                                       'prompts = "typo_prompts.toml"\nsteps = ["train", "softmax"]\n')
     (w / "study.toml").write_text('[study]\ncorpora = ["shakespeare"]\n[plots]\nx = 1\n')
     (w / "taken").mkdir()
     (w / "taken" / "notes.txt").write_text("mine")
@@ -297,6 +319,10 @@ def _snapshot(*folders: Path) -> dict[str, str]:
             for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _folders(*roots: Path) -> set[str]:
+    return {str(p) for root in roots for p in root.rglob("*") if p.is_dir()}
+
+
 _seen: dict[str, str] = {}  # case id -> the error line, for docs/errors.md
 
 
@@ -323,18 +349,20 @@ def test_bad_input(case, world, tiny_run, monkeypatch):
         if case.held else None
     with holder or contextlib.nullcontext():
         before = _snapshot(world, tiny_run)
+        folders_before = _folders(world, tiny_run)
         monkeypatch.chdir(world)
         if case.file_limit:  # a full disk: a process whose writes past the limit fail with EFBIG
             def limit():
                 resource.setrlimit(resource.RLIMIT_FSIZE, (case.file_limit, case.file_limit))
 
             result = subprocess.run([sys.executable, "-m", "lmscope", *args], capture_output=True,
-                                    text=True, timeout=300, preexec_fn=limit)
+                                    text=True, timeout=HANG_TIMEOUT, preexec_fn=limit)
         else:
             result = _in_process(args)
         assert_clean_error(result, *case.expect)
         after = _snapshot(world, tiny_run)
-        assert {k: v for k, v in after.items() if k in before} == before  # nothing changed or lost
+        assert after == before  # nothing changed, lost or left behind
+        assert _folders(world, tiny_run) == folders_before
         assert not (world / "pickle_ran").exists()
     line = result.stderr.strip().replace(str(world), "DIR").replace(str(tiny_run), "RUN")
     # the holder of a lock differs from run to run: the document shows its shape

@@ -201,3 +201,41 @@ def test_streamed_text_equals_returned_text():
     text = generate(model, tok, "ab", SamplingConfig(max_new_tokens=15, seed=1), stream=pieces.append)
     assert "".join(pieces) == text
     assert len(text) == 15
+
+
+# --- issue 15: <unk> is never sampled; one default temperature; conflicting options ------------
+
+def test_unk_is_never_sampled_even_where_the_model_prefers_it():
+    """A model whose logits put almost all mass on id 0 (<unk>, "�") still never emits it,
+    greedy or sampled, through every filter."""
+    tok = CharTokenizer(list("abcde"))  # vocabulary 6: <unk> + 5 characters
+    model = _model()
+    bias = torch.zeros(6)
+    bias[0] = 50.0  # make <unk> by far the most likely next token everywhere
+    model.head.register_forward_hook(lambda m, i, out: out + bias)
+    assert int(model(torch.tensor([tok.encode("ab")]))[0, -1].argmax()) == 0  # it does prefer it
+    for cfg in (SamplingConfig(max_new_tokens=300, seed=0),
+                SamplingConfig(max_new_tokens=50, greedy=True),
+                SamplingConfig(max_new_tokens=300, top_k=1, seed=1),
+                SamplingConfig(max_new_tokens=300, top_p=0.5, temperature=3.0, seed=2)):
+        text = generate(model, tok, "ab", cfg)
+        assert len(text) == cfg.max_new_tokens and "\ufffd" not in text
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    ({"temperature": 2.0}, "--temperature 2"), ({"top_k": 3}, "--top-k 3"),
+    ({"top_p": 0.9}, "--top-p 0.9"),
+])
+def test_greedy_with_a_setting_it_would_ignore_is_an_error(kwargs, named):
+    with pytest.raises(LmscopeError, match=f"--greedy .* {named} would have no effect"):
+        SamplingConfig(greedy=True, **kwargs).validate()
+
+
+def test_one_default_temperature_for_the_api_and_the_command_line(tiny_run):
+    import lmscope
+    from lmscope.generate import DEFAULT_TEMPERATURE
+    assert SamplingConfig().effective_temperature == DEFAULT_TEMPERATURE == 0.8
+    default = lmscope.generate(tiny_run, "\n", max_new_tokens=60, seed=5)
+    assert default == lmscope.generate(tiny_run, "\n", max_new_tokens=60, seed=5,
+                                       temperature=DEFAULT_TEMPERATURE)
+    assert default != lmscope.generate(tiny_run, "\n", max_new_tokens=60, seed=5, temperature=1.0)

@@ -19,11 +19,14 @@ from lmscope.run.checkpoint import as_checkpoint, load
 __all__ = ["generate", "load", "logits"]
 
 
-def generate(model_or_path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 1.0,
+def generate(model_or_path, prompt: str, *, max_new_tokens: int = 200,
+             temperature: float | None = None,
              top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
              seed: int | None = None, stream=None, precision: str = "float32") -> str:
     """Continue `prompt` with a loaded checkpoint (or a path to one); returns the new text.
 
+    `temperature` defaults to generate.DEFAULT_TEMPERATURE (0.8), as in `lmscope sample`; with
+    `greedy=True`, giving a temperature, top_k or top_p is an error (they would change nothing).
     `precision="bfloat16"` or `"int8"` samples from a lower-precision copy of the model, 1.4x
     and 2.4x faster on a CPU for the 10.6M baby GPT (models/quantize.py); the default is exact.
     """

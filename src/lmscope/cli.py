@@ -29,7 +29,7 @@ from lmscope.data.corpora import Mixture, folder_name, list_corpora, resolve
 from lmscope.errors import LmscopeError
 from lmscope.evaluate import evaluate
 from lmscope.export import export_hf
-from lmscope.generate import SamplingConfig
+from lmscope.generate import DEFAULT_TEMPERATURE, SamplingConfig
 from lmscope.run.run_dir import RunDir
 from lmscope.study import steps as registered
 from lmscope.study.runner import run_study, write_report
@@ -123,7 +123,8 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--prompt", default="\n", show_default="a newline", help="Text to continue.")
 @click.option("--max-new-tokens", default=500, show_default=True, type=int)
-@click.option("--temperature", default=0.8, show_default=True, type=float)
+@click.option("--temperature", type=float, default=None, show_default=str(DEFAULT_TEMPERATURE),
+              help="Divide the logits by this before sampling (not with --greedy).")
 @click.option("--top-k", type=int, default=None, help="Keep only the k most likely tokens.")
 @click.option("--top-p", type=float, default=None,
               help="Nucleus sampling: keep the smallest set of tokens with probability >= p.")
@@ -158,7 +159,8 @@ def sample(run, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed,
         ckpt = load(run, device=device)
         ckpt.tokenizer.encode(prompt, unknown="error")
         result = sampling.compute(ckpt, prompt, values, greedy=greedy,
-                                  max_new_tokens=max_new_tokens, temperature=temperature,
+                                  max_new_tokens=max_new_tokens,
+                                  temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
                                   seed=seed or 0, precision=precision)
         click.echo(sampling.sweep_table(result.rows, prompt), nl=False)
         if out is not None:
@@ -310,12 +312,14 @@ def matrix(lists, out, split, batch_size, device):
               help="Prompt of the samples before and after.")
 @click.option("--seed", default=1337, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--max-oov-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+              help="Stop if more of the target's characters are outside the model's vocabulary.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--set", "overrides", multiple=True, metavar="train.KEY=VALUE",
               help="Fine-tuning settings, e.g. --set train.lr=1e-4 train.batch_size=32.")
 @click.argument("more_overrides", nargs=-1, metavar="")
-def transfer(run, target, checkpoints, iters, eval_every, eval_iters, prompt, seed, device, out,
-             overrides, more_overrides):
+def transfer(run, target, checkpoints, iters, eval_every, eval_iters, prompt, seed, device,
+             max_oov_rate, out, overrides, more_overrides):
     """Few-shot transfer: fine-tune from early/mid/late checkpoints on another corpus.
 
     \b
@@ -326,7 +330,8 @@ def transfer(run, target, checkpoints, iters, eval_every, eval_iters, prompt, se
             raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
     run_transfer(run, target, out, checkpoints=checkpoints, iters=iters, eval_every=eval_every,
                  eval_iters=eval_iters, overrides=[*overrides, *more_overrides],
-                 sample_prompt=prompt, seed=seed, device=device, log=click.echo)
+                 sample_prompt=prompt, seed=seed, device=device, max_oov_rate=max_oov_rate,
+                 log=click.echo)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
@@ -419,7 +424,7 @@ def probe_attention(run, prompt, layer, heads, top, out, which, device):
 @click.option("--num-samples", default=8, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--prompt", default="\n", show_default="a newline", help="Text every sample continues.")
-@click.option("--temperature", default=0.8, show_default=True,
+@click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True,
               type=click.FloatRange(0, min_open=True))
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")

@@ -44,12 +44,18 @@ class DataConfig:
     bpe_vocab_size: int = 1024  # vocabulary size a BPE tokenizer is trained to
     vocab_from: list[str] = field(default_factory=list)  # more corpora whose characters join the char vocabulary
     val_fraction: float = 0.1  # tail fraction held out for validation (corpora without a fixed split)
+    # the largest fraction of a training corpus's characters that may fall outside the vocabulary
+    # (a fine-tuning with train.init_from, whose tokenizer is the checkpoint's); above it the run
+    # stops before it starts. Those characters are trained on as <unk> and never sampled.
+    max_oov_rate: float = 0.05
 
     def validate(self) -> None:
         if self.tokenizer not in ("char", "byte", "bpe"):
             raise ConfigError(f"data.tokenizer must be char, byte or bpe, got {self.tokenizer!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if not 0.0 <= self.max_oov_rate <= 1.0:
+            raise ConfigError(f"data.max_oov_rate must be between 0 and 1, got {self.max_oov_rate}")
         if self.bpe_vocab_size < 257:
             raise ConfigError(f"data.bpe_vocab_size must be at least 257, got {self.bpe_vocab_size}")
         if not self.corpus:

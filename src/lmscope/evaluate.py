@@ -20,7 +20,10 @@ def evaluate(model_or_path, corpus: str, split: str = "val", *, batch_size: int 
     ckpt = as_checkpoint(model_or_path)
     if val_fraction is None:  # the split the model was trained with, where the checkpoint says
         val_fraction = ckpt.meta.get("run_config", {}).get("data", {}).get("val_fraction", 0.1)
-    found = corpora.resolve(corpus, val_fraction=val_fraction)
+    try:
+        found = corpora.resolve(corpus, val_fraction=val_fraction)
+    except LmscopeError as e:  # name what the user asked for: an evaluation
+        raise LmscopeError(f"cannot evaluate on {corpus} ({split} split): {e}") from None
     if split not in found.splits:
         raise LmscopeError(f"corpus {found.name} has no split {split!r}; "
                            f"it has {', '.join(found.splits)}")

@@ -10,28 +10,45 @@ quarter window rather than at every token, as it would if the window slid one to
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from lmscope.errors import LmscopeError
 
+# The one default temperature of every sampler: `lmscope sample`, `lmscope.generate`, the samples
+# written at checkpoints and the probes that sample, so the same seed gives the same text.
+DEFAULT_TEMPERATURE = 0.8
+
 
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = 200
-    temperature: float = 1.0
+    temperature: float | None = None  # None: DEFAULT_TEMPERATURE (and nothing with greedy)
     top_k: int | None = None  # keep the k most likely tokens
     top_p: float | None = None  # keep the smallest set of tokens whose probability reaches p
     greedy: bool = False  # always take the most likely token
     seed: int | None = None
 
+    @property
+    def effective_temperature(self) -> float:
+        return DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
+
     def validate(self) -> None:
         if self.max_new_tokens < 0:
             raise LmscopeError(f"--max-new-tokens must not be negative, got {self.max_new_tokens}")
-        if not self.greedy and not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise LmscopeError(f"--temperature must be positive, got {self.temperature} "
+        if self.greedy:  # settings that would change nothing are an error, not ignored
+            given = [f"--{name.replace('_', '-')} {value:g}" for name, value in (
+                ("temperature", self.temperature), ("top_k", self.top_k),
+                ("top_p", self.top_p)) if value is not None]
+            if given:
+                raise LmscopeError(f"--greedy always takes the most likely token, so {given[0]} "
+                                   "would have no effect: give one or the other")
+            return
+        t = self.effective_temperature
+        if not (math.isfinite(t) and t > 0):
+            raise LmscopeError(f"--temperature must be positive, got {t} "
                                "(use --greedy for the most likely token)")
         if self.top_k is not None and self.top_k < 1:
             raise LmscopeError(f"--top-k must be at least 1, got {self.top_k}")
@@ -59,20 +76,27 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None,
     return logits
 
 
-def next_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None):
-    """Pick one token per row from logits (batch, vocab)."""
+def next_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None,
+               banned: Sequence[int] = ()):
+    """Pick one token per row from logits (batch, vocab); `banned` ids are never picked."""
+    logits = logits.float()
+    if banned:
+        logits = logits.index_fill(-1, torch.tensor(list(banned), device=logits.device),
+                                   float("-inf"))
     if cfg.greedy:
-        return logits.float().argmax(dim=-1)
-    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits / cfg.effective_temperature, cfg.top_k, cfg.top_p)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
 def generate_ids(model, prompt: torch.Tensor, cfg: SamplingConfig,
-                 on_tokens: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                 on_tokens: Callable[[torch.Tensor], None] | None = None,
+                 banned: Sequence[int] = ()) -> torch.Tensor:
     """Continue each row of `prompt` (batch, time) by `cfg.max_new_tokens` tokens; return only the new ones.
 
     `on_tokens` is called with each new column (batch,) as soon as it is sampled (for streaming).
+    `banned` ids are never sampled (`generate` bans the tokenizer's `<unk>`).
     """
     cfg.validate()
     if prompt.dim() != 2 or prompt.size(1) == 0:
@@ -91,7 +115,7 @@ def generate_ids(model, prompt: torch.Tensor, cfg: SamplingConfig,
     out = []
     try:
         for _ in range(cfg.max_new_tokens):
-            token = next_token(logits, cfg, generator)
+            token = next_token(logits, cfg, generator, banned)
             out.append(token)
             if on_tokens is not None:
                 on_tokens(token)
@@ -124,7 +148,9 @@ def generate(model, tokenizer, prompt: str, cfg: SamplingConfig | None = None,
     if stream is not None:
         streamer = _TextStreamer(tokenizer, stream)
         callback = streamer.push
-    new = generate_ids(model, prompt_ids, cfg, callback)
+    # <unk> stands for characters the model never saw: it is never a sample (it decodes to "�")
+    banned = () if tokenizer.unk_id is None else (tokenizer.unk_id,)
+    new = generate_ids(model, prompt_ids, cfg, callback, banned)
     text = tokenizer.decode(new[0].tolist())
     if stream is not None:
         streamer.flush(text)

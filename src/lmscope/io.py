@@ -147,6 +147,14 @@ def rewrite_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Add one row to a small JSON-lines file, atomically (the file is rewritten whole: a crash
+    leaves the old file or the new one; a torn line from before goes)."""
+    path = Path(path)
+    kept = [line for line, _ in _jsonl_lines(path)] if path.is_file() else []
+    atomic_write_text(path, "".join(line + "\n" for line in [*kept, json.dumps(row)]))
+
+
 def user_path(text: str) -> Path:
     """A path as a user typed it, with `~` expanded where it names a home folder."""
     try:

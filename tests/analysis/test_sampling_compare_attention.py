@@ -39,11 +39,22 @@ def curves(val, train=None):
 
 def test_verdicts_follow_the_stated_rule():
     rule = Rule(rise=0.02, gap=0.15, falling=0.01)
-    assert curves([3.0, 2.0, 1.9, 1.95]).verdict(rule) == "over-fit"  # rose 0.05 past its min
-    assert curves([3.0, 2.0, 1.9], train=[3.0, 1.9, 1.7]).verdict(rule) == "over-fit"  # gap 0.2
-    assert curves([3.0, 2.0, 1.9]).verdict(rule) == "under-fit"  # still falling by 0.1
-    assert curves([3.0, 2.0, 1.995]).verdict(rule) == "good"
+    verdict, why = curves([3.0, 2.0, 1.9, 1.95]).verdict(rule)
+    assert verdict == "over-fit" and "rose 0.050 above its minimum at iteration 200" in why
+    verdict, why = curves([3.0, 2.0, 1.9, 1.9], train=[3.0, 1.9, 1.7, 1.7]).verdict(rule)
+    assert verdict == "over-fit" and "0.200 above train loss and no longer falling" in why
+    assert curves([3.0, 2.0, 1.9]).verdict(rule)[0] == "under-fit"  # still falling by 0.1
+    assert curves([3.0, 2.0, 1.995]).verdict(rule)[0] == "good"
     assert "over-fit" in rule.describe() and "0.15" in rule.describe()
+
+
+def test_a_gap_while_val_loss_still_falls_is_not_over_fitting():
+    """The user's case: validation text of another kind than the training text (a shift between
+    the splits) keeps val loss 0.2 above train loss while both still fall."""
+    verdict, why = curves([3.0, 2.0, 1.9], train=[3.0, 1.8, 1.7]).verdict(Rule())
+    assert verdict == "under-fit"
+    assert "still falling (the last evaluation changed it by -0.100)" in why
+    assert "gap of 0.200 to train loss is not over-fitting while it falls" in why
 
 
 def test_compare_runs(tiny_run, domain_runs, tmp_path):
@@ -52,7 +63,7 @@ def test_compare_runs(tiny_run, domain_runs, tmp_path):
     for row in rows:
         assert row[1] <= row[5]  # the minimum is at most the final validation loss
         assert row[6] == pytest.approx(row[5] - row[4])
-        assert row[7] in ("over-fit", "under-fit", "good")
+        assert row[7] in ("over-fit", "under-fit", "good") and row[8]  # with its reason
     assert "Rule:" in (tmp_path / "c" / "compare.md").read_text()
     assert png(tmp_path / "c" / "curves.png")
     with pytest.raises(LmscopeError, match="no metrics.jsonl"):

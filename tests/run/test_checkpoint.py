@@ -170,3 +170,11 @@ def test_checkpoints_written_before_the_hashes_existed_still_load(tmp_path):
     meta.write_text(json.dumps(old))
     idx = torch.randint(0, 8, (1, 8))
     assert torch.equal(load_checkpoint(tmp_path / "ckpt").model(idx), model(idx))
+
+
+def test_a_runs_checkpoints_folder_stands_for_the_run(tiny_run):
+    """`lmscope sample runs/X/checkpoints` (a user's guess) works as `sample runs/X`."""
+    from lmscope.run.checkpoint import resolve_checkpoint, select_checkpoints
+
+    assert resolve_checkpoint(tiny_run / "checkpoints") == resolve_checkpoint(tiny_run)
+    assert select_checkpoints(tiny_run / "checkpoints") == select_checkpoints(tiny_run)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import TINY_SETTINGS
+from tests.conftest import HANG_TIMEOUT, TINY_SETTINGS
 
 SETTINGS = [*TINY_SETTINGS, "train.max_iters=8", "train.eval_interval=4", "train.log_interval=1",
             "train.sample_tokens=0", "train.checkpoint_at=[]", "model.dropout=0.0"]
@@ -21,7 +21,7 @@ def _train(corpus, out, batch_size, nproc=1):
                     f"--nproc_per_node={nproc}", "-m", "lmscope"]
     r = subprocess.run([*launcher, "train", "--data", str(corpus), "--out", str(out), "--quiet",
                         "--set", *SETTINGS, f"train.batch_size={batch_size}"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -59,6 +59,6 @@ def test_every_process_stops_when_the_run_folder_is_taken(tiny_corpus, tmp_path)
         r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                             "--nproc_per_node=2", "-m", "lmscope", "train", "--data",
                             str(tiny_corpus), "--out", str(tmp_path / "busy"), "--quiet",
-                            "--set", *SETTINGS], capture_output=True, text=True, timeout=300)
+                            "--set", *SETTINGS], capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert r.returncode != 0
     assert "being written by another process" in r.stderr

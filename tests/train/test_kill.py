@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import lmscope
 from lmscope.run.checkpoint import list_checkpoints
-from tests.conftest import TINY_SETTINGS
+from tests.conftest import HANG_TIMEOUT, TINY_SETTINGS
 
 # checkpoints and evaluations every few steps, so that many kills land inside a write
 BUSY = [*TINY_SETTINGS, "train.max_iters=100000", "train.lr_decay_iters=100000",
@@ -42,10 +42,10 @@ def _saved_iter(run) -> int | None:
 def _wait_for_a_new_state(run, saved: int | None, proc) -> None:
     """Until the process has saved a training state past `saved` (it is training), however slow
     the machine; bounded only against a hang."""
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + HANG_TIMEOUT
     while (now := _saved_iter(run)) is None or (saved is not None and now <= saved):
         assert proc.poll() is None, proc.stderr.read().decode()  # it died on its own
-        assert time.monotonic() < deadline, "no new training state after 300 s"
+        assert time.monotonic() < deadline, f"no new training state after {HANG_TIMEOUT} s"
         time.sleep(0.05)
 
 
@@ -74,14 +74,14 @@ def test_sigkill_at_random_moments_never_breaks_a_run(tiny_corpus, tmp_path):
     assert mid_write >= 1, "no kill landed inside a checkpoint write; make writes busier"
     # and the run still finishes normally
     done = subprocess.run([*resume, "--set", f"train.max_iters={iters[-1] + 4}"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert not list((run / "checkpoints").glob(".*.tmp-*"))  # the leftovers were cleared
     # exact resume: 20 kills later, the same weights and losses as one uninterrupted run
     n = iters[-1] + 4
     straight = tmp_path / "straight"
     plain = subprocess.run([*start[:7], str(straight), "--quiet", "--set", *BUSY,
-                            f"train.max_iters={n}"], capture_output=True, text=True, timeout=300)
+                            f"train.max_iters={n}"], capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert plain.returncode == 0, plain.stderr
     a = load_file(run / "checkpoints" / "final" / "model.safetensors")
     b = load_file(straight / "checkpoints" / "final" / "model.safetensors")

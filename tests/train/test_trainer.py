@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from lmscope.config import resolve_config
 from lmscope.errors import LmscopeError
+from lmscope.run.run_dir import RunDir
 from lmscope.train.trainer import Trainer, TrainingInterrupted, train
 from tests.conftest import TINY_SETTINGS, stop_after
 
@@ -132,7 +133,10 @@ def test_resuming_with_more_iterations_keeps_the_history(tiny_corpus, tmp_path):
     evals = [r["iter"] for r in rows if r["kind"] == "eval"]
     assert evals == [0, 10, 15, 20, 25]  # the end of the first session stays in the history
     assert [r["iter"] for r in rows if r["kind"] == "final"] == [25]
-    assert "max_iters = 25" in (run / "config.toml").read_text()  # the config says what ran
+    # config.toml says how the run started, resumes.jsonl what changed: together, what ran
+    assert "max_iters = 15" in (run / "config.toml").read_text()
+    assert RunDir(run).config().train.max_iters == 25
+    assert RunDir(run).resumes()[0]["changed"] == {"train.max_iters": [15, 25]}
 
 
 def test_resume_refuses_a_changed_corpus(tiny_corpus, tmp_path):
@@ -147,7 +151,7 @@ def test_a_run_folder_left_by_a_failed_start_can_be_used_again(tiny_corpus, tmp_
     run = tmp_path / "r"
     with pytest.raises(LmscopeError, match="the val split has .* tokens, fewer than"):
         _quiet(_config(tiny_corpus, "model.block_size=512", "data.val_fraction=0.05"), run)
-    assert not any(run.iterdir())  # nothing written before the data was checked
+    assert not run.exists()  # a failed start leaves nothing behind, not even the folder
     _quiet(_config(tiny_corpus, "train.max_iters=5"), run)
 
 

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from lmscope.data.chars import CHAR_CLASSES, char_class, visible
-from lmscope.data.prompts import check_prompt_fits, expected_id, load_prompts
+from lmscope.data.prompts import check_domains, check_prompt_fits, expected_id, load_prompts
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
@@ -271,11 +271,12 @@ def _normalized(scores: np.ndarray) -> np.ndarray:
 
 
 def compute(run, prompts_path, *, methods=METHODS, baseline="zero", steps=32, which="all",
-            target="predicted", device="cpu") -> AttributionResult:
+            target="predicted", device="cpu", corpora: tuple[str, ...] = ()) -> AttributionResult:
     """Attribution of every prompt's characters, by each method, at every checkpoint of `run`.
 
     target: "predicted" (argmax of each checkpoint) or "expected" (each prompt's expected char,
-    which must then be given).
+    which must then be given). Prompt domains are checked as in softmax.compute (`corpora`: the
+    other models' corpora, in a study).
     """
     # Everything the user gives is checked before any gradient is taken.
     methods = tuple(methods)
@@ -293,6 +294,7 @@ def compute(run, prompts_path, *, methods=METHODS, baseline="zero", steps=32, wh
     prompts = load_prompts(prompts_path)
 
     first = load(checkpoints[0], device=device)
+    check_domains(prompts, (first.trained_on, *corpora), prompts_path)
     for prompt in prompts:
         check_prompt_fits(prompt, first.tokenizer, first.model.context_length)
         if target == "expected":

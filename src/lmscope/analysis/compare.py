@@ -2,10 +2,13 @@
 
 For each run (its metrics.jsonl) the table gives the minimum validation loss and the iteration it
 was reached at (the early-stopping point), the final train and validation losses and the gap
-between them, and a verdict by this rule (thresholds in nats, configurable):
+between them, and a verdict with the reason it was given, by this rule (thresholds in nats,
+configurable). The validation curve's trend decides, not the gap alone: a gap while validation
+loss still falls comes from a difference between the splits (a shift of domain), not over-fitting.
 
     over-fit   the final validation loss is more than `rise` above its minimum (the curve turned
-               up), or it exceeds the final training loss by more than `gap`
+               up), or it stopped falling (the last evaluation improved it by `falling` or less)
+               while it is more than `gap` above the final training loss
     under-fit  not over-fit, and the validation loss was still falling at the end: the last
                evaluation improved on the one before by more than `falling`
     good       neither
@@ -28,7 +31,7 @@ from lmscope.render.tables import markdown_table, read_csv, write_csv
 from lmscope.run.run_dir import RunDir
 
 HEADER = ["run", "min_val_loss", "min_at_iter", "last_iter", "final_train_loss",
-          "final_val_loss", "final_gap", "verdict"]
+          "final_val_loss", "final_gap", "verdict", "reason"]
 
 
 @dataclass
@@ -38,8 +41,9 @@ class Rule:
     falling: float = 0.01
 
     def describe(self) -> str:
-        return (f"over-fit: final val loss more than {self.rise:g} above its minimum, or more "
-                f"than {self.gap:g} above the final train loss; under-fit: otherwise, if the "
+        return (f"over-fit: final val loss more than {self.rise:g} above its minimum, or no "
+                f"longer falling (by more than {self.falling:g} at the last evaluation) while "
+                f"more than {self.gap:g} above the final train loss; under-fit: otherwise, if the "
                 f"last evaluation still improved val loss by more than {self.falling:g}; "
                 "good: neither")
 
@@ -53,13 +57,27 @@ class RunCurves:
     eval_train: list[float]
     eval_val: list[float]
 
-    def verdict(self, rule: Rule) -> str:
-        final_val, final_train = self.eval_val[-1], self.eval_train[-1]
-        if final_val - min(self.eval_val) > rule.rise or final_val - final_train > rule.gap:
-            return "over-fit"
-        if len(self.eval_val) > 1 and self.eval_val[-2] - final_val > rule.falling:
-            return "under-fit"
-        return "good"
+    def verdict(self, rule: Rule) -> tuple[str, str]:
+        """(over-fit | under-fit | good, why), by the rule of the module docstring."""
+        val, final_train = self.eval_val, self.eval_train[-1]
+        best = min(range(len(val)), key=val.__getitem__)
+        rise, gap = val[-1] - val[best], val[-1] - final_train
+        change = val[-2] - val[-1] if len(val) > 1 else math.nan  # > 0: still falling
+        falling = change > rule.falling
+        last = ("one evaluation only" if math.isnan(change) else
+                f"the last evaluation changed it by {-change:+.3f}")
+        if rise > rule.rise:
+            return "over-fit", (f"val loss rose {rise:.3f} above its minimum at iteration "
+                                f"{self.eval_steps[best]}")
+        if gap > rule.gap and not falling:
+            return "over-fit", f"val loss {gap:.3f} above train loss and no longer falling ({last})"
+        if falling:
+            why = f"val loss still falling ({last})"
+            if gap > rule.gap:
+                why += (f"; its gap of {gap:.3f} to train loss is not over-fitting while it falls "
+                        "(the splits may differ)")
+            return "under-fit", why
+        return "good", f"val loss flat ({last}) and {gap:.3f} from train loss"
 
 
 def read_curves(run) -> RunCurves:
@@ -89,10 +107,12 @@ class RunFit:
     final_val_loss: float
     final_gap: float  # final val - final train
     verdict: str  # over-fit, under-fit or good
+    reason: str = ""  # why, in words (Rule, RunCurves.verdict)
 
     def cells(self) -> list:
         return [self.run, self.min_val_loss, self.min_at_iter, self.last_iter,
-                self.final_train_loss, self.final_val_loss, self.final_gap, self.verdict]
+                self.final_train_loss, self.final_val_loss, self.final_gap, self.verdict,
+                self.reason]
 
 
 @dataclass
@@ -118,7 +138,8 @@ class CompareResult:
         """compare.csv (numbers to 6 significant digits); the rule is in compare.md only."""
         return cls([RunFit(r["run"], float(r["min_val_loss"]), int(r["min_at_iter"]),
                            int(r["last_iter"]), float(r["final_train_loss"]),
-                           float(r["final_val_loss"]), float(r["final_gap"]), r["verdict"])
+                           float(r["final_val_loss"]), float(r["final_gap"]), r["verdict"],
+                           r.get("reason", ""))
                     for r in read_csv(Path(out_dir) / "compare.csv")])
 
 
@@ -138,7 +159,7 @@ def compute(runs, *, rule: Rule | None = None, names: list[str] | None = None) -
         best = min(range(len(c.eval_val)), key=c.eval_val.__getitem__)
         fits.append(RunFit(c.name, c.eval_val[best], c.eval_steps[best], c.eval_steps[-1],
                            c.eval_train[-1], c.eval_val[-1], c.eval_val[-1] - c.eval_train[-1],
-                           c.verdict(rule)))
+                           *c.verdict(rule)))
     return CompareResult(fits, rule, curves)
 
 

@@ -42,6 +42,7 @@ from lmscope.analysis.correlation import (
     write_correlations,
 )
 from lmscope.api import generate
+from lmscope.generate import DEFAULT_TEMPERATURE
 from lmscope.io import atomic_write_text
 from lmscope.metrics import text_quality as quality
 from lmscope.metrics.attention import attention_summary
@@ -116,7 +117,7 @@ def _training_attention(tracked: list[dict], it) -> dict:
 
 
 def compute(run: str | Path, *, num_samples: int = 8, prompt: str = "\n",
-            max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
+            max_new_tokens: int = 200, temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = None,
             seed: int = 0, which: str = "all", device: str = "auto",
             log=print) -> GenerationResult:
     run = Path(run)

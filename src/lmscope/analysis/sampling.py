@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lmscope.api import generate
 from lmscope.errors import LmscopeError
+from lmscope.generate import DEFAULT_TEMPERATURE
 from lmscope.io import atomic_write_text
 from lmscope.render.tables import markdown_table, read_csv, write_csv
 
@@ -41,7 +42,7 @@ class SweepResult:
     prompt: str
     rows: list[tuple[str, str]]  # (setting: "greedy" or p, generated text without the prompt)
     seed: int = 0
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
 
     def save(self, out_dir) -> list[Path]:
         return write_sweep(self.rows, self.prompt, out_dir, seed=self.seed,
@@ -56,7 +57,7 @@ class SweepResult:
 
 
 def compute(checkpoint, prompt: str, top_ps: list[float], *, greedy: bool = True,
-            max_new_tokens: int = 100, temperature: float = 1.0, seed: int = 0,
+            max_new_tokens: int = 100, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
             precision: str = "float32") -> SweepResult:
     """"greedy" first (when asked), then one row per p."""
     settings = ([("greedy", {"greedy": True})] if greedy else []) + [
@@ -67,7 +68,7 @@ def compute(checkpoint, prompt: str, top_ps: list[float], *, greedy: bool = True
 
 
 def top_p_sweep(checkpoint, prompt: str, top_ps: list[float], *, greedy: bool = True,
-                max_new_tokens: int = 100, temperature: float = 1.0, seed: int = 0,
+                max_new_tokens: int = 100, temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
                 precision: str = "float32") -> list[tuple[str, str]]:
     """[(setting, generated text)]: the rows of `compute`."""
     return compute(checkpoint, prompt, top_ps, greedy=greedy, max_new_tokens=max_new_tokens,

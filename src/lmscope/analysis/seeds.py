@@ -44,6 +44,7 @@ from lmscope.analysis.correlation import (
 )
 from lmscope.analysis.generation import GenerationResult
 from lmscope.io import atomic_write_json, atomic_write_text
+from lmscope.metrics.spread import describe, is_number
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table
 from lmscope.run.run_dir import Metrics, RunDir
@@ -54,13 +55,8 @@ QUANTITIES = ("final_train_loss", "best_val_loss", "total_train_time",
 
 def mean_stderr(values: Sequence[float]) -> tuple[float | None, float | None]:
     """Mean and standard error (ddof 1) of the finite values; None where undefined."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not xs:
-        return None, None
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return mean, None
-    return mean, float(np.std(xs, ddof=1) / math.sqrt(len(xs)))
+    d = describe(values)
+    return (d.mean if d.n else None), (d.stderr if d.n > 1 else None)
 
 
 @dataclass
@@ -148,8 +144,16 @@ class SeedsResult:
                     attention_loss_correlations(rows), out_dir, f"correlation_{dataset}",
                     f"{dataset}: attention metrics vs validation loss (all seeds' points)")
         atomic_write_json(out_dir / "results.json", self.results)
+        drops = [f"- {dataset}{'' if 'variant' in entry else ' ' + variant}: {d['run']} left out "
+                 f"of {d['quantity']}: {d['why']}\n"
+                 for dataset, variants in self.results.items()
+                 for variant, entry in (variants.items() if "variant" not in variants
+                                        else [(variants["variant"], variants)])
+                 for d in entry.get("dropped", [])]
         atomic_write_text(out_dir / "results.md", "# Means over seeds (+- standard error)\n\n" +
-                          markdown_table(["dataset", "variant", "seeds", *QUANTITIES], self.table))
+                          markdown_table(["dataset", "variant", "seeds", *QUANTITIES], self.table)
+                          + ("\nSeeds left out of a mean (seeds counts only those used):\n\n"
+                             + "".join(drops) if drops else ""))
         return self.results
 
     @classmethod
@@ -179,18 +183,39 @@ def compute(groups: Mapping[str, Mapping[str, Sequence[Path]]], *,
             per_seed = [run_figures(run, rows, generation_dir / run.name
                                     if generation_dir else None)
                         for run, rows in zip(runs, variants[variant], strict=True)]
-            entry: dict = {"n_seeds": len(runs), "runs": [run.name for run in runs]}
+            dropped = _dropped(runs, per_seed)
+            used = len(runs) - len({d["run"] for d in dropped})
+            entry: dict = {"n_seeds": used, "runs": [run.name for run in runs],
+                           "dropped": dropped}
             for q in QUANTITIES:
                 mean, se = mean_stderr([s[q] for s in per_seed])
                 entry[f"{q}_mean"], entry[f"{q}_stderr"] = mean, se
-                entry[q] = [s[q] for s in per_seed]
+                entry[f"{q}_n"] = describe(s[q] for s in per_seed).n
+                entry[q] = [s[q] if s[q] is None or is_number(s[q]) else repr(s[q])
+                            for s in per_seed]  # nan as text: results.json stays valid JSON
             results[dataset][variant] = entry
-            table.append([dataset, variant, len(runs),
+            table.append([dataset, variant, used if used == len(runs) else
+                          f"{used} of {len(runs)}",
                           *(_pm(entry[f"{q}_mean"], entry[f"{q}_stderr"]) for q in QUANTITIES)])
         if len(variants) == 1:  # one model per dataset: its figures directly under the dataset
             (variant,) = variants
             results[dataset] = {"variant": variant, **results[dataset][variant]}
     return SeedsResult(results, table, all_runs)
+
+
+def _dropped(runs: Sequence[Path], per_seed: list[dict]) -> list[dict]:
+    """The seeds left out of a mean, and why: a value that is not a finite number (a diverged
+    run's nan loss), or one missing where other seeds have it. A quantity no seed has (sampling
+    speed without the generation step) leaves nobody out."""
+    out = []
+    for q in QUANTITIES:
+        if all(s[q] is None for s in per_seed):
+            continue
+        for run, s in zip(runs, per_seed, strict=True):
+            if not is_number(s[q]):
+                why = "missing" if s[q] is None else f"not a finite number ({s[q]!r})"
+                out.append({"run": run.name, "quantity": q, "why": why})
+    return out
 
 
 def _pm(mean, se) -> str:

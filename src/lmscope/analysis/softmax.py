@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from lmscope.data.chars import visible
-from lmscope.data.prompts import check_prompt_fits, expected_id, load_prompts
+from lmscope.data.prompts import check_domains, check_prompt_fits, expected_id, load_prompts
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
@@ -113,14 +113,18 @@ def next_token_distribution(checkpoint, ids: list[int]) -> torch.Tensor:
 
 
 def compute(run, prompts_path, *, top_k: int = 5, which: str = "all",
-            device: str = "auto") -> SoftmaxResult:
-    """The next-token distribution after every prompt at each checkpoint of `run`."""
+            device: str = "auto", corpora: tuple[str, ...] = ()) -> SoftmaxResult:
+    """The next-token distribution after every prompt at each checkpoint of `run`.
+
+    A prompt's domain names the registry's corpora, the model's own, or one of `corpora` (the
+    other models of a study); any other name is an error (data.prompts.check_domains)."""
     if top_k < 1:
         raise LmscopeError(f"--top-k must be at least 1, got {top_k}")
     prompts = load_prompts(prompts_path)
     paths = select_checkpoints(run, which)
     first = load(paths[0], device=device)
     corpus = first.trained_on
+    check_domains(prompts, (corpus, *corpora), prompts_path)
     encoded = {}
     for p in prompts:  # every prompt is checked before any work
         encoded[p.name] = (check_prompt_fits(p, first.tokenizer, first.model.context_length),

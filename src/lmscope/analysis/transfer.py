@@ -24,7 +24,9 @@ from pathlib import Path
 from lmscope.api import generate
 from lmscope.config import resolve_config
 from lmscope.data import corpora
+from lmscope.data.tokens import vocabulary_gap
 from lmscope.errors import LmscopeError
+from lmscope.generate import DEFAULT_TEMPERATURE
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, read_csv, write_csv
@@ -34,7 +36,7 @@ from lmscope.train.trainer import train
 
 NAMED = ("early", "mid", "late")
 HEADER = ["start", "start_iter", "target_before", "target_after", "target_gain", "source_before",
-          "source_after", "forgetting"]
+          "source_after", "forgetting", "target_oov_rate"]
 
 
 def pick_checkpoints(run, spec: str) -> dict[str, Path]:
@@ -83,12 +85,15 @@ class TransferRun:
     curve: list[dict]  # {"step", "target_loss", "source_loss"} at every evaluation
     samples: dict[str, str] = field(default_factory=dict)  # "before" / "after" -> text
 
+    oov_rate: float = 0.0  # of the target text, under the source model's vocabulary
+
     @property
     def summary(self) -> TransferSummary:
         a, b = self.curve[0], self.curve[-1]
         return TransferSummary(self.start, self.start_iter, a["target_loss"], b["target_loss"],
                                a["target_loss"] - b["target_loss"], a["source_loss"],
-                               b["source_loss"], b["source_loss"] - a["source_loss"])
+                               b["source_loss"], b["source_loss"] - a["source_loss"],
+                               self.oov_rate)
 
 
 @dataclass
@@ -103,10 +108,14 @@ class TransferSummary:
     source_before: float
     source_after: float
     forgetting: float  # after - before on the source
+    # the fraction of the target's characters outside the source model's vocabulary (they are
+    # trained on as <unk> and left out of no loss: the target losses include them)
+    target_oov_rate: float = 0.0
 
     def cells(self) -> list:
         return [self.start, self.start_iter, self.target_before, self.target_after,
-                self.target_gain, self.source_before, self.source_after, self.forgetting]
+                self.target_gain, self.source_before, self.source_after, self.forgetting,
+                self.target_oov_rate]
 
 
 @dataclass
@@ -128,13 +137,14 @@ class TransferResult:
         """summary.csv (numbers to 6 significant digits); the corpus names are in summary.md."""
         rows = read_csv(Path(out_dir) / "summary.csv")
         return cls("", "", [TransferSummary(r["start"], int(r["start_iter"]),
-                                            *(float(r[k]) for k in HEADER[2:])) for r in rows])
+                                            *(float(r[k]) for k in HEADER[2:] if k in r))
+                            for r in rows])
 
 
 def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", iters: int = 200,
              eval_every: int = 20, eval_iters: int = 20, overrides=(), sample_prompt: str = "\n",
              sample_tokens: int = 200, seed: int = 1337, device: str = "auto",
-             log=print) -> list[TransferRun]:
+             max_oov_rate: float = 0.05, log=print) -> list[TransferRun]:
     """Fine-tune from each picked checkpoint of `run` on `target`; write curves, samples, summary
     (TransferResult.save) into out_dir and return the fine-tunings.
 
@@ -145,7 +155,7 @@ def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", 
     result = compute(run, target, out_dir, checkpoints=checkpoints, iters=iters,
                      eval_every=eval_every, eval_iters=eval_iters, overrides=overrides,
                      sample_prompt=sample_prompt, sample_tokens=sample_tokens, seed=seed,
-                     device=device, log=log)
+                     device=device, max_oov_rate=max_oov_rate, log=log)
     result.save(out_dir)
     return result.runs
 
@@ -153,8 +163,11 @@ def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", 
 def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", iters: int = 200,
             eval_every: int = 20, eval_iters: int = 20, overrides=(), sample_prompt: str = "\n",
             sample_tokens: int = 200, seed: int = 1337, device: str = "auto",
-            log=print) -> TransferResult:
-    """The fine-tunings (run folders under out_dir/runs/) with their curves and samples."""
+            max_oov_rate: float = 0.05, log=print) -> TransferResult:
+    """The fine-tunings (run folders under out_dir/runs/) with their curves and samples.
+
+    The target's characters outside the source model's vocabulary are counted first; past
+    `max_oov_rate` (of either split) nothing is trained and the error says what to do."""
     if iters < 1 or eval_every < 1 or eval_iters < 1:
         raise LmscopeError("--iters, --eval-every and --eval-iters must be at least 1")
     for item in overrides:
@@ -162,12 +175,19 @@ def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", i
             raise LmscopeError(f"transfer settings are train.KEY=VALUE (the model and data come "
                                f"from the checkpoint and --data), got {item!r}")
     picked = pick_checkpoints(run, checkpoints)
-    corpora.resolve(target)  # an unknown target is an error before anything is written
     first = load(next(iter(picked.values())), device="cpu")
     source = first.trained_on
-    source_corpus = first.meta.get("run_config", {}).get("data", {}).get("corpus", source)
+    source_data = first.meta.get("run_config", {}).get("data", {})
+    source_corpus = source_data.get("corpus", source)
     if not source:
         raise LmscopeError(f"{run}: its checkpoints do not say which corpus they were trained on")
+    # an unknown target, or one the vocabulary cannot read, is an error before anything is written
+    found = corpora.resolve(target, val_fraction=source_data.get("val_fraction", 0.1))
+    oov_rate = vocabulary_gap(found, first.tokenizer, max_oov_rate, whose=f"{run}'s model",
+                              setting="--max-oov-rate")
+    if oov_rate:
+        log(f"{found.name}: {oov_rate:.2%} of the characters are outside {source}'s vocabulary "
+            "(fine-tuned on as <unk>, never sampled)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -181,7 +201,7 @@ def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", i
             checkpoint_at=[], checkpoint_every=0, sample_tokens=0, seed=seed, device=device,
             final_eval=False,
             eval_corpora=[source_corpus], log_interval=max(1, min(eval_every, 10)))
-        base["data"].update(corpus=target, vocab_from=[])
+        base["data"].update(corpus=target, vocab_from=[], max_oov_rate=max_oov_rate)
         config = resolve_config(base=base, overrides=list(overrides))
         if run_dir.is_finished():
             log(f"{name}: fine-tuning already done ({run_dir.path})")
@@ -195,7 +215,7 @@ def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", i
         curve = [{"step": e.iter, "target_loss": e.val_loss,
                   "source_loss": e.val_loss_of(source)} for e in run_dir.metrics().evaluations]
         runs.append(TransferRun(name, ckpt_path, int(read_meta(ckpt_path).get("iter", 0)),
-                                run_dir.path, curve))
+                                run_dir.path, curve, oov_rate=oov_rate))
     finals = [RunDir(r.run_dir).final_checkpoint() for r in runs]
     target_name = read_meta(finals[0]).get("corpus", "") or target
     for r, final in zip(runs, finals, strict=True):
@@ -235,7 +255,9 @@ def _write(result: TransferResult, out: Path) -> None:
     least_forgot = min(rows, key=lambda row: row.forgetting)
     text = [f"# Few-shot transfer: {source} -> {target_name}, {steps} steps\n\n",
             "Losses in nats per character, estimated on the same fixed validation batches at "
-            "every point (before = step 0, after = the last step).\n\n",
+            "every point (before = step 0, after = the last step). "
+            f"{rows[0].target_oov_rate:.2%} of the {target_name} text is outside the {source} "
+            "model's vocabulary (target_oov_rate: fine-tuned on as `<unk>`, never sampled).\n\n",
             markdown_table(HEADER, [r.cells() for r in rows]),
             f"\nDoes partial training make adaptation easier? After {steps} steps the lowest "
             f"{target_name} loss ({best.target_after:.4f}) comes from the **{best.start}** "
@@ -245,7 +267,7 @@ def _write(result: TransferResult, out: Path) -> None:
     atomic_write_text(out / "summary.md", "".join(text))
 
     samples = [f"# Samples before and after fine-tuning on {target_name}\n\n"
-               f"Prompt {result.prompt!r}, temperature 0.8, seed {result.seed}.\n"]
+               f"Prompt {result.prompt!r}, temperature {DEFAULT_TEMPERATURE:g}, seed {result.seed}.\n"]
     for r in results:
         for when in ("before", "after"):
             samples.append(f"\n## {r.start} (iteration {r.start_iter}), {when}\n\n```text\n"
@@ -258,4 +280,4 @@ def _sample(ckpt: Checkpoint, prompt: str, tokens: int, seed: int) -> str:
         ckpt.tokenizer.encode(prompt, unknown="error")
     except LmscopeError:  # characters the model does not know: start from a newline instead
         prompt = "\n"
-    return prompt + generate(ckpt, prompt, max_new_tokens=tokens, temperature=0.8, seed=seed)
+    return prompt + generate(ckpt, prompt, max_new_tokens=tokens, seed=seed)

@@ -11,11 +11,14 @@ A prompt file is TOML, one [[prompt]] table per prompt:
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmscope.data.corpora import corpus_label
+from lmscope.data.corpora import REGISTRY, corpus_label
 from lmscope.errors import LmscopeError
+from lmscope.io import path_exists, user_path
 from lmscope.settings import load_toml
 
 
@@ -74,6 +77,23 @@ def load_prompts(path: str | Path) -> list[Prompt]:
         prompts.append(Prompt(name=name, text=text, domain=item.get("domain", ""),
                               expected=expected))
     return prompts
+
+
+def check_domains(prompts: list[Prompt], corpora: Iterable[str], path) -> None:
+    """Every prompt's domain is "in", "out", a corpus of the registry, one of `corpora` (the
+    models' own corpora) or an existing path: a typo would count the prompt as out-of-domain."""
+    known = {corpus_label(c) for c in [*REGISTRY, *corpora] if c}
+    for prompt in prompts:
+        domain = prompt.domain
+        if domain in ("", "in", "out") or corpus_label(domain) in known or \
+                path_exists(user_path(domain)):
+            continue
+        close = difflib.get_close_matches(corpus_label(domain), sorted(known) + ["in", "out"],
+                                          n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise LmscopeError(f"prompt file {path}, prompt {prompt.name!r}: domain {domain!r} is not "
+                           f"a corpus name{hint} (give a corpus of `lmscope data list`, the "
+                           "model's own corpus, or \"in\" / \"out\")")
 
 
 def check_prompt_fits(prompt: Prompt, tokenizer, context_length: int) -> list[int]:

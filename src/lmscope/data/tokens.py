@@ -53,6 +53,35 @@ class TokenFile:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def oov_rate(self) -> float:
+        """The fraction of the split's characters outside the tokenizer's vocabulary."""
+        return self.n_unknown / max(self.n_chars, 1)
+
+
+def check_oov_rate(corpus: str, split: str, rate: float, limit: float, *, whose: str,
+                   setting: str = "data.max_oov_rate") -> None:
+    """An error, naming the rate and the ways out, when more than `limit` of a split's characters
+    are outside the vocabulary (`whose`: "the checkpoint of train.init_from", ...)."""
+    if rate > limit:
+        raise LmscopeError(
+            f"corpus {corpus}: {rate:.1%} of the {split} split's characters are outside the "
+            f"vocabulary of {whose} (limit {setting} {limit:g}); start from a model whose "
+            "vocabulary covers this text (trained with data.vocab_from=[...] or "
+            f"data.tokenizer=byte), or raise {setting}")
+
+
+def vocabulary_gap(corpus: Corpus, tokenizer: Tokenizer, limit: float, *, whose: str,
+                   setting: str = "data.max_oov_rate") -> float:
+    """The larger out-of-vocabulary rate of the corpus's train and val splits under `tokenizer`
+    (encoded to the token-file cache, so training reuses them); past `limit` an error."""
+    worst = 0.0
+    for split in ("train", "val"):
+        rate = encode_to_file(corpus, split, tokenizer).oov_rate
+        check_oov_rate(corpus.name, split, rate, limit, whose=whose, setting=setting)
+        worst = max(worst, rate)
+    return worst
+
 
 def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")

@@ -4,4 +4,5 @@
     attention       entropy, span, head diversity, layer similarity of attention maps
     text_quality    distinct-n, repetition and coherence of generated text
     correlation     Pearson and Spearman correlations with p-values
+    spread          a mean with its n and standard deviation, non-numbers counted as left out
 """

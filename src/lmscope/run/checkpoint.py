@@ -265,9 +265,17 @@ def checkpoint_iteration(checkpoint: Path) -> int:
         return -1
 
 
+def _run_if_checkpoints(path: Path) -> Path:
+    """A run's checkpoints/ folder stands for the run (`sample runs/X/checkpoints`)."""
+    if path.name == "checkpoints" and path.is_dir() and not (path / "meta.json").is_file():
+        return path.parent
+    return path
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a checkpoint path or a run folder (its final, else its latest)."""
-    path = Path(path)
+    """A checkpoint folder from a checkpoint path or a run folder (its final, else its latest);
+    a run's checkpoints/ folder stands for the run."""
+    path = _run_if_checkpoints(Path(path))
     if not path.exists():
         raise LmscopeError(f"{path} does not exist: give a run folder or a checkpoint folder")
     if (path / "meta.json").is_file():
@@ -292,7 +300,7 @@ def select_checkpoints(run: str | Path, which: str = "all") -> list[Path]:
     `final` (which="all"), or only `final` (which="final"); `best` and `last` are copies of
     states already in that list and are left out.
     """
-    path = Path(run)
+    path = _run_if_checkpoints(Path(run))
     if (path / "meta.json").is_file():
         return [path]
     if which == "final":

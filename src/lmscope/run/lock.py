@@ -115,6 +115,10 @@ class FolderLock:
         os.fsync(fd)
         self._fd = fd
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def release(self) -> None:
         if self._fd is None:
             return

@@ -27,7 +27,7 @@ from pathlib import Path
 from lmscope.config import RunConfig, config_from_dict
 from lmscope.io import atomic_write_json, existing_dir, read_jsonl
 from lmscope.run.checkpoint import list_checkpoints, resolve_checkpoint
-from lmscope.run.lock import FolderLock, holds_files
+from lmscope.run.lock import FolderLock, holds_files, is_lock_file
 from lmscope.settings import load_toml
 
 
@@ -90,6 +90,9 @@ class RunSummary(TrainResult):
     processes: int = 1
     attention_tracking_s: float | None = None
     skipped_steps: int = 0
+    # "corpus/split" -> the fraction of its characters outside the vocabulary (trained on as
+    # <unk>; left out of other corpora's losses); empty when every character is in it
+    oov_rate: dict = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, {f.name: str(v) if isinstance(v, Path) else v
@@ -166,12 +169,49 @@ class RunDir:
         left."""
         return holds_files(self.path)
 
-    def config_dict(self) -> dict:
-        """config.toml as nested dicts (a missing or invalid file is one error)."""
+    def start_files(self) -> list[Path]:
+        """What a run writes before it saves its first state to resume from."""
+        return [self.config_file, self.tokenizer_file, self.metrics_file, self.attention_file,
+                self.attention_maps_dir, self.path / "tensorboard", self.checkpoints_dir]
+
+    def holds_only_a_start(self) -> bool:
+        """Whether the folder holds nothing but what a run writes before its first saved state
+        (a start that was killed): no progress to resume, and no file of anyone else."""
+        if not self.path.is_dir() or self.resumable_state() is not None:
+            return False
+        names = {p.name for p in self.start_files()}
+        return all(p.name in names or is_lock_file(p) or
+                   (p.name.startswith(".") and ".tmp" in p.name)  # a write cut short
+                   for p in self.path.iterdir())
+
+    @property
+    def resumes_file(self) -> Path:
+        return self.path / "resumes.jsonl"
+
+    def resumes(self) -> list[dict]:
+        """One row per resume, oldest first: {"iter", "time", "lmscope", "changed": {"train.lr":
+        [old, new], ...}}; [] for a run never resumed."""
+        return read_jsonl(self.resumes_file) if self.resumes_file.is_file() else []
+
+    def started_config_dict(self) -> dict:
+        """config.toml as nested dicts: the config the run started with, never rewritten (a
+        missing or invalid file is one error)."""
         return load_toml(self.config_file)
 
+    def config_dict(self) -> dict:
+        """The config in effect now: config.toml with the changes of every resume applied."""
+        raw = self.started_config_dict()
+        for row in self.resumes():
+            for key, (_, new) in row.get("changed", {}).items():
+                section, name = key.split(".", 1)
+                if new is None:  # a value TOML cannot hold: the field's default (None)
+                    raw.setdefault(section, {}).pop(name, None)
+                else:
+                    raw.setdefault(section, {})[name] = new
+        return raw
+
     def config(self) -> RunConfig:
-        """The config the run was trained with (config.toml)."""
+        """The config in effect now (config_dict)."""
         return config_from_dict(self.config_dict())
 
     def metrics(self) -> Metrics:

@@ -54,6 +54,7 @@ import re
 from pathlib import Path
 
 from lmscope.data.corpora import REGISTRY
+from lmscope.data.prompts import check_domains, load_prompts
 from lmscope.errors import ConfigError, LmscopeError
 from lmscope.settings import build, load_toml, merge, suggest
 from lmscope.study import steps as registered
@@ -140,6 +141,8 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
                           "[study] prompts = \"FILE.toml\"")
     if study.prompts:
         study.prompts = str((path.parent / study.prompts).resolve())
+        if needs_prompts:  # a misspelt domain is an error now, not a mislabelled table later
+            check_domains(load_prompts(study.prompts), study.corpora, study.prompts)
     for run in study.runs():
         study.run_config(run)  # every config error shows now, not after an hour of training
     return study

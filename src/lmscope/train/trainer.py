@@ -27,7 +27,9 @@ folder's lock (run/lock.py), so a second writer gets an error naming it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
 import itertools
 import json
 import math
@@ -55,11 +57,11 @@ from lmscope.data.tokenizers import (
     char_vocab,
     tokenizer_from_dict,
 )
-from lmscope.data.tokens import BatchSampler, MixtureSampler, encode_to_file
+from lmscope.data.tokens import BatchSampler, MixtureSampler, check_oov_rate, encode_to_file
 from lmscope.device import pick_device
 from lmscope.errors import CheckpointError, LmscopeError
 from lmscope.generate import SamplingConfig, generate
-from lmscope.io import atomic_write_json, atomic_write_text, rewrite_jsonl, user_path
+from lmscope.io import append_jsonl, atomic_write_json, atomic_write_text, rewrite_jsonl, user_path
 from lmscope.metrics.losses import evaluate_token_file, summed_nll
 from lmscope.models import build_model
 from lmscope.render.plots import training_curves
@@ -77,7 +79,12 @@ from lmscope.train.tracking import AttentionTracker, probe_batch
 
 
 class TrainingInterrupted(LmscopeError):
-    """Ctrl-C during training: the state was saved and the run can be resumed."""
+    """Ctrl-C during training: the state was saved and the run can be resumed (or, before the
+    first state, the start was cleared away and the same command starts afresh)."""
+
+
+class _EvaluationStopped(Exception):
+    """Ctrl-C during an evaluation: it stops between batches rather than at its end."""
 
 
 def build_tokenizer(config: RunConfig, corpus: corpora.Corpus | list[corpora.Corpus]) -> Tokenizer:
@@ -110,6 +117,7 @@ class Trainer:
         self.progress = progress
         self.log = log
         self._stop_requested = False
+        self.state_saved = True  # whether checkpoints/last holds a state (False from a start on)
         self.dist = Distributed()  # set by run() when launched by torchrun
 
     # --- set-up ----------------------------------------------------------------------------------
@@ -128,9 +136,19 @@ class Trainer:
         self.dist.barrier()  # every process has checked before the first one writes
 
     def _refuse_a_written_folder(self) -> None:
-        if self.folder.holds_files():  # a lock a killed run left is no obstacle
+        # a lock a killed run left is no obstacle, nor a start killed before its first state
+        if self.folder.holds_files() and not self.folder.holds_only_a_start():
             raise LmscopeError(f"{self.run_dir} already holds files; continue it with --resume "
                                "or choose another --out")
+
+    def _clear_start(self) -> None:
+        """Remove what a start wrote before its first saved state (rank 0): a start that failed,
+        or one killed before (the folder held nothing else: _refuse_a_written_folder)."""
+        for path in [*self.folder.start_files(), *self.run_dir.glob(".*.tmp*")]:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
     def _take_folder(self) -> None:
         """Rank 0 takes the run folder's lock (run/lock.py) and, on resume, clears what killed
@@ -142,6 +160,10 @@ class Trainer:
                 self.lock.acquire()
                 if not self.resume:  # another process may have written between check and lock
                     self._refuse_a_written_folder()
+                    if self.folder.holds_files():
+                        self.log(f"{self.run_dir} holds a start that saved no state (it was "
+                                 "killed before its first checkpoint): starting afresh")
+                        self._clear_start()
             except (LmscopeError, OSError) as e:  # an unwritable place, too
                 error = e
         if self.dist.any(error is not None, self.dist.device()):
@@ -224,6 +246,7 @@ class Trainer:
                     f"corpus {name}: the {split} split has {len(tf.tokens)} tokens, "
                     f"fewer than model.block_size+1 = {self.block_size + 1}; use a smaller "
                     "model.block_size or more text")
+        self._check_vocabulary(splits, source)
         if tc.epochs:
             self._plan_epochs()
         if self.dist.is_main:
@@ -257,6 +280,38 @@ class Trainer:
         self.step_time = 0.0  # of which in optimizer steps (for tokens/s)
         self.tokens_seen = 0
         self.skipped_steps = 0  # steps skipped for a non-finite loss or gradient
+
+    def _check_vocabulary(self, splits: list, source) -> None:
+        """The out-of-vocabulary rate of every split (self.oov_rate); a training split past
+        data.max_oov_rate stops the run before it starts. Only a run with another run's tokenizer
+        (train.init_from) can meet unknown characters."""
+        self.oov_rate = {f"{name}/{split}": tf.oov_rate for name, split, tf in splits
+                         if tf.n_unknown}
+        whose = "the checkpoint of train.init_from" if source is not None else "this run's tokenizer"
+        training = {c.name for c in self.parts}
+        for name, split, tf in splits:
+            # a resume is on the text the start checked (_restore refuses changed text)
+            if name in training and not self.resume:  # other corpora's unknown characters are left out of their loss
+                check_oov_rate(name, split, tf.oov_rate, self.config.data.max_oov_rate,
+                               whose=whose)
+
+    def _record_resume(self) -> None:
+        """Append this resume to RUN/resumes.jsonl (iteration, time, lmscope version, each
+        setting that changed with its old and new value) and say what changed."""
+        before = _flat(self.folder.config().with_absolute_paths().to_dict())
+        now = _flat(self.config.to_dict())
+        changed = {k: [before.get(k), now.get(k)] for k in sorted(set(before) | set(now))
+                   if before.get(k) != now.get(k)}
+        try:
+            version = importlib.metadata.version("lmscope")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        append_jsonl(self.folder.resumes_file, {
+            "iter": self.iter, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "lmscope": version, "changed": changed})
+        said = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        self.log(f"resumed at iteration {self.iter}" + (f"; changed: {said}" if said else
+                                                        ", no setting changed"))
 
     def _fingerprint(self) -> str:
         """The training text's fingerprint: the corpus's own, or one over a mixture's parts."""
@@ -323,6 +378,20 @@ class Trainer:
             return tc.min_lr
         ratio = (it - tc.warmup_iters) / max(1, decay_iters - tc.warmup_iters)
         return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (tc.lr - tc.min_lr)
+
+    def schedule(self) -> str:
+        """The learning-rate schedule in words, printed at the start of a run."""
+        tc = self.config.train
+        decay = tc.lr_decay_iters or tc.max_iters
+        text = (f"learning rate: warm-up to {tc.lr:g} over {tc.warmup_iters} iterations, cosine "
+                f"decay to {tc.min_lr:g} at iteration {decay}")
+        if not tc.lr_decay_iters:
+            text += " (= train.max_iters)"
+        if decay > tc.max_iters:
+            text += (f"; note: the run ends at iteration {tc.max_iters} with lr "
+                     f"{self.lr_at(tc.max_iters - 1):.3g}, before the decay ends (train."
+                     "lr_decay_iters is set; leave it at 0 to decay over train.max_iters)")
+        return text
 
     # --- state for resuming ----------------------------------------------------------------------
     def _train_state(self) -> tuple[dict, dict]:
@@ -429,6 +498,17 @@ class Trainer:
         the weighted mean of each part's own val estimate, which are reported too."""
         seed = self.config.train.seed + 1000  # fixed batches, apart from the training batches
         self.eval_model.eval()
+        estimates = 1 + len(self.parts) + len(self.other_val_tokens)
+        self.eval_bar = tqdm(total=estimates * self.config.train.eval_iters, desc="eval",
+                             unit="batch", leave=False, position=1, dynamic_ncols=True,
+                             disable=None if self.progress is None else not self.progress)
+        try:
+            return self._estimate_all(seed)
+        finally:
+            self.eval_bar.close()
+            self.eval_model.train()
+
+    def _estimate_all(self, seed: int) -> dict[str, float]:
         out = {"train": self._estimate([t.tokens for t in self.train_tokens], seed)}
         if len(self.parts) == 1:
             out["val"] = self._estimate([self.val_tokens[0].tokens], seed + 1)
@@ -441,7 +521,6 @@ class Trainer:
         for offset, (label, tf) in enumerate(self.other_val_tokens.items(), start=2):
             out[f"val_loss:{label}"] = self._estimate([tf.tokens], seed + offset,
                                                       ignore_unknown=True)
-        self.eval_model.train()
         return out
 
     def _estimate(self, sources: list, seed: int, ignore_unknown: bool = False) -> float:
@@ -453,6 +532,9 @@ class Trainer:
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         unk = self.tokenizer.unk_id if ignore_unknown else None
         for i in range(tc.eval_iters):
+            if self._stop_requested and not self.dist.enabled:  # Ctrl-C: stop between batches
+                raise _EvaluationStopped
+            self.eval_bar.update(1)
             batch = sampler.sample()  # drawn by every process, so all stay in step
             if i % self.dist.world_size != self.dist.rank:
                 continue  # data-parallel: each process takes every world_size-th batch
@@ -489,7 +571,7 @@ class Trainer:
             self.tokenizer.encode(prompt, unknown="error")
         except LmscopeError:
             prompt = self.tokenizer.decode([self.train_tokens[0].tokens[0]])
-        cfg = SamplingConfig(max_new_tokens=tc.sample_tokens, temperature=0.8, seed=tc.seed)
+        cfg = SamplingConfig(max_new_tokens=tc.sample_tokens, seed=tc.seed)
         return prompt + generate(self.raw_model, self.tokenizer, prompt, cfg)
 
     def _save(self, name: str, losses: dict, *, sample: bool, train_state: bool = False) -> None:
@@ -505,6 +587,8 @@ class Trainer:
                         tokenizer=self.tokenizer, meta=meta,
                         sample=self._sample() if sample else None,
                         train_state=self._train_state() if train_state else None)
+        if train_state:
+            self.state_saved = True
         if sample and self.config.train.sample_tokens:
             self._write_samples()
 
@@ -565,13 +649,39 @@ class Trainer:
         if self._stop_requested:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         self._stop_requested = True
-        sys.stderr.write("\nstopping after the current step (saving the state to resume from); "
-                         "press Ctrl-C again to stop at once without saving\n")
+        if self.state_saved:
+            sys.stderr.write("\nstopping after the current step (saving the state to resume "
+                             "from); press Ctrl-C again to stop at once without saving\n")
+        else:
+            sys.stderr.write("\nstopping: no state has been saved yet, so there is nothing to "
+                             "resume; what this run wrote is removed\n")
+
+    def _stop(self) -> None:
+        """After Ctrl-C: save the state to resume from, or, before there is any, say so."""
+        if not self.state_saved:
+            raise TrainingInterrupted(
+                "interrupted before the first checkpoint: nothing is saved, and what the run "
+                "wrote is removed; the same command starts it again")
+        self._save("last", {}, sample=False, train_state=True)
+        raise TrainingInterrupted(
+            f"interrupted at iteration {self.iter}; the state is saved in "
+            f"{self.run_dir / 'checkpoints' / 'last'}; continue with: "
+            f"lmscope train --out {self.run_dir} --resume")
 
     def run(self) -> TrainResult:
         self.dist = init_distributed()
+        missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
         try:
             return self._run()
+        except BaseException:
+            # a start that failed (or was stopped) before its first saved state leaves nothing
+            if not self.state_saved and self.lock is not None and self.lock.held:
+                self._clear_start()
+                self.lock.release()
+                for folder in missing:  # the folders this run created, innermost first
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # only when empty
+            raise
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -581,13 +691,17 @@ class Trainer:
         if self.config.log.tensorboard:
             check_installed()  # before the run folder is touched
         self._prepare_run_dir()
+        self.state_saved = self.resume  # a resumed run has a state to go back to
         self._take_folder()
         self.setup()
         cfg, tc = self.config, self.config.train
         if self.resume:
             self._restore()
         if self.dist.is_main:
-            atomic_write_text(self.folder.config_file, cfg.to_toml())  # with any new [train]
+            if self.resume:  # config.toml stays as the run started; resumes.jsonl says what changed
+                self._record_resume()
+            else:
+                atomic_write_text(self.folder.config_file, cfg.to_toml())
         else:  # only rank 0 prints
             self.log, self.progress = (lambda *a: None), False
         self.checkpoint_iters = set(tc.checkpoint_iters())
@@ -598,6 +712,11 @@ class Trainer:
                  f"({sum(map(len, self.train_tokens)):,} train / "
                  f"{sum(map(len, self.val_tokens)):,} val tokens), device {self.device}"
                  + (f" x {self.dist.world_size} processes" if self.dist.enabled else ""))
+        if self.oov_rate:
+            self.log("out of vocabulary (trained on as <unk>, never sampled; left out of other "
+                     "corpora's losses): " + ", ".join(
+                         f"{k} {v:.2%}" for k, v in self.oov_rate.items()))
+        self.log(self.schedule())
         tokens_per_iter = tc.batch_size * self.block_size * tc.grad_accum * self.dist.world_size
         in_main = threading.current_thread() is threading.main_thread()
         old_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main else None
@@ -621,7 +740,10 @@ class Trainer:
                         self.tensorboard.attention(row)
                     window_t += row["seconds"]  # tokens/s counts optimizer steps only
                 if self._evaluates_at(it):
-                    losses = self.estimate_loss()
+                    try:
+                        losses = self.estimate_loss()
+                    except _EvaluationStopped:
+                        self._stop()
                     row = {"kind": "eval", "iter": it, "train_loss": losses["train"],
                            "val_loss": losses["val"], "lr": self.lr_at(min(it, tc.max_iters - 1)),
                            "elapsed_s": round(self.elapsed, 3),
@@ -668,11 +790,7 @@ class Trainer:
                     self._write_metrics(row)
                     bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tps:,.0f}")
                 if self.dist.any(self._stop_requested, self.device):
-                    self._save("last", {}, sample=False, train_state=True)
-                    raise TrainingInterrupted(
-                        f"interrupted at iteration {self.iter}; the state is saved in "
-                        f"{self.run_dir / 'checkpoints' / 'last'}; continue with: "
-                        f"lmscope train --out {self.run_dir} --resume")
+                    self._stop()
             # -- the end: whole-split validation loss (every process computes the same number),
             # final checkpoint, summary
             full = self._final_eval() if tc.final_eval else {}
@@ -693,7 +811,8 @@ class Trainer:
                     params=n_params, corpus=self.corpus_name, model=cfg.model_name,
                     processes=self.dist.world_size,
                     attention_tracking_s=round(self.tracker.seconds, 3) if self.tracker else None,
-                    skipped_steps=self.skipped_steps).save(self.folder.summary_file)
+                    skipped_steps=self.skipped_steps,
+                    oov_rate=self.oov_rate).save(self.folder.summary_file)
                 self._plot_curves()
             what = "whole-split" if full else "estimated"
             log(f"done: {what} val loss {val_loss:.4f} nats/token "
@@ -708,6 +827,12 @@ class Trainer:
                 self.tensorboard.close()
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
+
+
+def _flat(nested: dict) -> dict:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}"""
+    return {f"{section}.{key}": value for section, table in nested.items()
+            for key, value in table.items()}
 
 
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False,

@@ -28,8 +28,8 @@ class AttributionSettings:
 def run(ctx: StepContext) -> None:
     a = ctx.settings
     for corpus in ctx.study.corpora:
-        probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, methods=tuple(a.methods),
-                      baseline=a.baseline, steps=a.steps,
+        probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
+                      methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
                       device="cpu" if ctx.device == "auto" else ctx.device,
                       ).save(ctx.out / "attribution" / ctx.corpus_dir(corpus).name)
     _across_models(ctx)

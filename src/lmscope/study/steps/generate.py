@@ -23,6 +23,7 @@ class TopPSweepSettings:
     greedy: bool = True
     max_new_tokens: int = 100
     seed: int = 0
+    temperature: float = 1.0  # nucleus sampling on the model's own distribution, as defined
 
 
 def run(ctx: StepContext) -> None:
@@ -31,7 +32,8 @@ def run(ctx: StepContext) -> None:
     for spec in ctx.study.runs():
         ckpt = load(ctx.run_dir(spec.name), device=ctx.device)
         sweep = sampling.compute(ckpt, g.prompt, g.top_p, greedy=g.greedy,
-                                 max_new_tokens=g.max_new_tokens, seed=g.seed)
+                                 max_new_tokens=g.max_new_tokens, seed=g.seed,
+                                 temperature=g.temperature)
         sweep.save(ctx.out / "generate" / spec.name)
         greedy_rows.append([spec.name, (g.prompt + sweep.rows[0][1]).replace("\n", " ⏎ ")])
     write_csv(ctx.out / "generate" / "summary.csv", ["run", "generated"], greedy_rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmscope.analysis import generation as probe
+from lmscope.generate import DEFAULT_TEMPERATURE
 from lmscope.study.registry import Step, StepContext
 
 
@@ -18,7 +19,7 @@ class GenerationQualitySettings:
     num_samples: int = 8
     max_new_tokens: int = 200
     prompt: str = "\n"
-    temperature: float = 0.8
+    temperature: float = DEFAULT_TEMPERATURE
     checkpoints: str = "all"  # all | final
 
 

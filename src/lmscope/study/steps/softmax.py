@@ -3,17 +3,20 @@ checkpoint (lmscope probe softmax), and the models side by side, in- vs out-of-d
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from lmscope.analysis import softmax as probe
 from lmscope.analysis.softmax import SoftmaxResult
 from lmscope.io import atomic_write_text
+from lmscope.metrics.spread import describe
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
 from lmscope.study.registry import Step, StepContext, readme_section
 
-HEADER = ["model", "iteration", "domain", "entropy_bits", "p_expected"]
+# means over the prompts of a domain, with their count and standard deviation (p_expected only
+# over the prompts that give an expected character)
+HEADER = ["model", "iteration", "domain", "prompts", "entropy_bits", "entropy_sd", "p_expected",
+          "p_expected_sd", "p_expected_n"]
 
 
 @dataclass
@@ -23,14 +26,10 @@ class SoftmaxSettings:
 
 def run(ctx: StepContext) -> None:
     for corpus in ctx.study.corpora:
-        probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, top_k=ctx.settings.top_k,
+        probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
+                      top_k=ctx.settings.top_k,
                       device=ctx.device).save(ctx.out / "softmax" / ctx.corpus_dir(corpus).name)
     _across_models(ctx)
-
-
-def _mean(values) -> float:
-    numbers = [v for v in values if not math.isnan(v)]
-    return sum(numbers) / len(numbers) if numbers else math.nan
 
 
 def _across_models(ctx: StepContext) -> None:
@@ -45,21 +44,26 @@ def _across_models(ctx: StepContext) -> None:
             for domain in ("in-domain", "out-of-domain"):
                 sel = [r for r in result.rows if r.iteration == it and r.domain == domain]
                 if sel:
-                    rows.append([name, it, domain, _mean(r.entropy_bits for r in sel),
-                                 _mean(r.p_expected for r in sel)])
+                    entropy = describe(r.entropy_bits for r in sel)
+                    expected = describe(r.p_expected for r in sel)
+                    rows.append([name, it, domain, len(sel), entropy.mean, entropy.sd,
+                                 expected.mean, expected.sd, expected.n])
     write_csv(out / "summary.csv", HEADER, rows)
     last = {}
     for r in rows:
         last[r[0]] = max(last.get(r[0], 0), r[1])
     atomic_write_text(out / "summary.md",
-                      "# Softmax confidence across models\n\nMeans over prompts at the final "
-                      "checkpoint (the full curves are in summary.csv).\n\n" + markdown_table(
+                      "# Softmax confidence across models\n\nMeans over the prompts of each "
+                      "domain at the final checkpoint, with their number (prompts; p_expected_n "
+                      "for those that give the expected character) and standard deviation (_sd, "
+                      "nan for one prompt); the full curves are in summary.csv.\n\n"
+                      + markdown_table(
                           HEADER, [r for r in rows if r[1] == last[r[0]]]))
     fig, axes = plots.panels(2, title="Next-character confidence: in-domain (solid) vs "
                                        "out-of-domain (dashed) prompts")
     for i, name in enumerate(last):
         for domain, style in (("in-domain", "-"), ("out-of-domain", "--")):
-            pts = [(r[1], r[3], r[4]) for r in rows if r[0] == name and r[2] == domain]
+            pts = [(r[1], r[4], r[6]) for r in rows if r[0] == name and r[2] == domain]
             if pts:
                 its, ent, pexp = zip(*pts, strict=True)
                 axes[0].plot(its, ent, style, color=f"C{i}", marker=".",
