@@ -16,3 +16,8 @@ class ConfigError(LmscopeError):
 
 class CheckpointError(LmscopeError):
     """A checkpoint that is missing, corrupt or incompatible."""
+
+
+class TrainingInterrupted(LmscopeError):
+    """Ctrl-C during training: the state was saved and the run can be resumed. (Defined here,
+    not in the trainer, so the command line can catch it without importing torch.)"""
