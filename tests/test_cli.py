@@ -83,6 +83,50 @@ def test_data_list_and_info(shared_data):
     assert "input.txt" in info.stdout and "val" in info.stdout
 
 
+def test_data_list_says_where_each_corpus_is_without_downloading(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    (data / "shakespeare").mkdir(parents=True)
+    (data / "shakespeare" / "input.txt").write_text("First Citizen:\n")
+    (cache / "corpora" / "3seqs").mkdir(parents=True)
+    (cache / "corpora" / "3seqs" / "3seqs.txt").write_text("0 1 2\n")
+    (data / "math").mkdir()
+    (data / "math" / "gsm8k_train.txt").write_text("half of math\n")  # gsm8k_test.txt missing
+    r = lmscope("data", "list", env_extra={"LMSCOPE_DATA": str(data), "LMSCOPE_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    where = {lines[i].split()[0]: lines[i + 1].strip() for i in range(0, len(lines), 2)}
+    assert where["shakespeare"] == f"here: {data / 'shakespeare'} ($LMSCOPE_DATA/shakespeare)"
+    assert where["3seqs"] == f"here: {cache / 'corpora' / '3seqs'} (cache)"
+    for name in ("math", "wikipedia", "tinystories", "enwik8", "text8"):
+        assert where[name] == f"not downloaded (lmscope data info {name} downloads it)"
+    assert sorted(p.name for p in (cache / "corpora").iterdir()) == ["3seqs"]  # nothing fetched
+
+
+# Runs `python -m lmscope ARGS` in this process, then prints whether torch was imported.
+_NO_TORCH_RUNNER = """
+import runpy, sys
+sys.argv[0] = "lmscope"
+code = 0
+try:
+    runpy.run_module("lmscope", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    code = e.code
+print("torch imported:", "torch" in sys.modules)
+sys.exit(code)
+"""
+
+
+def test_help_usage_errors_and_data_list_do_not_import_torch():
+    """Importing torch takes seconds; a command that does not run a model must not pay it."""
+    for args, code in [(["--help"], 0), (["train", "--help"], 0), (["--version"], 0), ([], 0),
+                       (["sample"], 2), (["train", "--bogus"], 2), (["data", "list"], 0)]:
+        r = subprocess.run([sys.executable, "-c", _NO_TORCH_RUNNER, *args], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == code, (args, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+        assert r.stdout.splitlines()[-1] == "torch imported: False", args
+
+
 def test_eval_reports_characters_outside_the_vocabulary(tiny_run, tmp_path):
     foreign = tmp_path / "foreign.txt"
     foreign.write_text("Zebra quiz: 42 jumping foxes!\n" * 200)
@@ -134,3 +178,13 @@ def test_sample_prints_nothing_before_an_error(tiny_run):
         r = lmscope("sample", tiny_run, *args)
         assert r.returncode != 0 and r.stdout == "", (args, r.stdout)
         assert "Traceback" not in r.stderr
+
+
+def test_the_shown_default_temperature_is_the_one_default():
+    """`--temperature`'s shown default is written out in the command line (which imports no
+    torch at start); it must be generate.DEFAULT_TEMPERATURE."""
+    from lmscope.generate import DEFAULT_TEMPERATURE
+
+    for args in (["sample", "--help"], ["probe", "generation", "--help"]):
+        r = lmscope(*args)
+        assert f"[default: {DEFAULT_TEMPERATURE}]" in " ".join(r.stdout.split()), r.stdout

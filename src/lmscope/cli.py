@@ -1,6 +1,10 @@
 """The `lmscope` command line: parses arguments, calls the Python API, prints results.
 
 Errors the user can fix (`LmscopeError`) are printed as one line, `error: ...`, with exit code 1.
+
+A command imports the modules it runs in its body: most of them import torch, which takes
+seconds, and parsing, `--help`, usage errors and `lmscope data list` need none of them
+(`tests/test_cli.py` checks it). The imports at the top are the ones that import no torch.
 """
 
 from __future__ import annotations
@@ -12,29 +16,8 @@ from pathlib import Path
 
 import click
 
-from lmscope.analysis import (
-    attention,
-    attribution,
-    corpus_stats,
-    cross_domain,
-    generation,
-    sampling,
-    softmax,
-)
-from lmscope.analysis import compare as run_comparison
-from lmscope.analysis.transfer import transfer as run_transfer
-from lmscope.api import generate, load
-from lmscope.config import check_resume, preset_names, resolve_config
-from lmscope.data.corpora import Mixture, folder_name, list_corpora, resolve
-from lmscope.errors import LmscopeError
-from lmscope.evaluate import evaluate
-from lmscope.export import export_hf
-from lmscope.generate import DEFAULT_TEMPERATURE, SamplingConfig
-from lmscope.run.run_dir import RunDir
-from lmscope.study import steps as registered
-from lmscope.study.runner import run_study, write_report
-from lmscope.train.trainer import TrainingInterrupted
-from lmscope.train.trainer import train as run_training
+from lmscope.data.corpora import Mixture, folder_name, list_corpora, local_copy, resolve
+from lmscope.errors import LmscopeError, TrainingInterrupted
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,6 +63,10 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
     lmscope train --data tinystories:0.7 --data 3seqs:0.3 --set data.tokenizer=bpe
     lmscope train --out runs/shakespeare --resume
     """
+    from lmscope.config import check_resume, preset_names, resolve_config
+    from lmscope.run.run_dir import RunDir
+    from lmscope.train.trainer import train as run_training
+
     for item in more_overrides:  # `--set a=1 b=2`: the values after the first arrive here
         if "=" not in item:
             raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
@@ -123,7 +110,9 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--prompt", default="\n", show_default="a newline", help="Text to continue.")
 @click.option("--max-new-tokens", default=500, show_default=True, type=int)
-@click.option("--temperature", type=float, default=None, show_default=str(DEFAULT_TEMPERATURE),
+# the shown default is generate.DEFAULT_TEMPERATURE (not imported here: it imports torch; a test
+# checks that the two agree)
+@click.option("--temperature", type=float, default=None, show_default="0.8",
               help="Divide the logits by this before sampling (not with --greedy).")
 @click.option("--top-k", type=int, default=None, help="Keep only the k most likely tokens.")
 @click.option("--top-p", type=float, default=None,
@@ -148,6 +137,10 @@ def sample(run, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed,
     \b
     lmscope sample runs/3seqs --prompt "0 1 2 3 4" --sweep-top-p 0.2,0.5,0.75,0.95,1.0 --greedy
     """
+    from lmscope.analysis import sampling
+    from lmscope.api import generate, load
+    from lmscope.generate import DEFAULT_TEMPERATURE, SamplingConfig
+
     if num_samples < 1:
         raise LmscopeError(f"--num-samples must be at least 1, got {num_samples}")
     if out is not None and sweep is None:
@@ -191,6 +184,9 @@ def sample(run, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed,
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_cmd(run, data, split, batch_size, device, as_json):
     """Whole-split cross-entropy of a model on a corpus (deterministic)."""
+    from lmscope.api import load
+    from lmscope.evaluate import evaluate
+
     if batch_size < 1:
         raise LmscopeError(f"--batch-size must be at least 1, got {batch_size}")
     result = evaluate(load(run, device=device), data, split, batch_size=batch_size)
@@ -214,9 +210,16 @@ def data():
 
 @data.command(name="list")
 def data_list():
-    """The named corpora lmscope can find or download."""
+    """The named corpora lmscope can find or download, and where each is found locally."""
     for spec in list_corpora():
         click.echo(f"{spec.name:<12} {spec.description}")
+        found = local_copy(spec)
+        if found is None:
+            where = f"not downloaded (lmscope data info {spec.name} downloads it)"
+        else:
+            source, folder = found
+            where = f"here: {folder} ({source})"
+        click.echo(f"{'':<12} {where}")
 
 
 @data.command(name="info")
@@ -245,6 +248,8 @@ def data_info(corpus, no_download):
               help="Characters in each frequency plot.")
 def data_stats(corpora, out, top):
     """Characters of each corpus: size, unique, most frequent, non-ASCII by Unicode category."""
+    from lmscope.analysis import corpus_stats
+
     corpus_stats.compute(list(corpora), top=top).save(out)
     click.echo((out / "table.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
@@ -284,6 +289,8 @@ def matrix(lists, out, split, batch_size, device):
     \b
     lmscope matrix --runs runs/shakespeare runs/math --data shakespeare math --out results/matrix
     """
+    from lmscope.analysis import cross_domain
+
     found = _gather(lists, ("--runs", "--data"))
     if not found["--runs"] or not found["--data"]:
         raise click.UsageError("give --runs RUN... and --data CORPUS...")
@@ -325,6 +332,8 @@ def transfer(run, target, checkpoints, iters, eval_every, eval_iters, prompt, se
     \b
     lmscope transfer --from runs/math --checkpoints early,mid,late --data shakespeare --iters 200 --out results/math-to-shakespeare
     """
+    from lmscope.analysis.transfer import transfer as run_transfer
+
     for item in more_overrides:
         if "=" not in item:
             raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
@@ -365,6 +374,8 @@ def probe_softmax(run, prompts, out, top_k, which, device):
         domain = "shakespeare"       # optional: a corpus name, or "in" / "out"
         expected = "w"               # optional: the true next character
     """
+    from lmscope.analysis import softmax
+
     softmax.compute(run, prompts, top_k=top_k, which=which, device=device).save(out)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
@@ -387,6 +398,8 @@ def probe_softmax(run, prompts, out, top_k, which, device):
 def probe_attribution(run, prompts, out, methods, baseline, steps, target, which):
     """Gradient attribution over the prompt's characters, at each checkpoint (prompt file as for
     `probe softmax`)."""
+    from lmscope.analysis import attribution
+
     attribution.compute(run, prompts, methods=methods or attribution.METHODS, baseline=baseline,
                         steps=steps, which=which, target=target).save(out)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
@@ -412,6 +425,8 @@ def probe_attention(run, prompt, layer, heads, top, out, which, device):
     \b
     lmscope probe attention runs/shakespeare --prompt "ROMEO:" --layer 3 --heads 0,1,2,3 --out results/attn
     """
+    from lmscope.analysis import attention
+
     attention.compute(run, prompt, layer=layer, heads=heads, top=top, which=which,
                       device=device).save(out)
     text = (out / "summary.md").read_text(encoding="utf-8")
@@ -424,7 +439,7 @@ def probe_attention(run, prompt, layer, heads, top, out, which, device):
 @click.option("--num-samples", default=8, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(1))
 @click.option("--prompt", default="\n", show_default="a newline", help="Text every sample continues.")
-@click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True,
+@click.option("--temperature", default=None, show_default="0.8",
               type=click.FloatRange(0, min_open=True))
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
@@ -438,6 +453,11 @@ def probe_generation(run, num_samples, max_new_tokens, prompt, temperature, seed
     \b
     lmscope probe generation runs/shakespeare --num-samples 8 --out results/generation
     """
+    from lmscope.analysis import generation
+    from lmscope.generate import DEFAULT_TEMPERATURE
+
+    if temperature is None:
+        temperature = DEFAULT_TEMPERATURE
     result = generation.compute(run, num_samples=num_samples, prompt=prompt,
                                 max_new_tokens=max_new_tokens, temperature=temperature,
                                 seed=seed, which=which, device=device, log=click.echo)
@@ -456,6 +476,8 @@ def probe_generation(run, num_samples, max_new_tokens, prompt, temperature, seed
               help="Under-fit when the last evaluation still improved val loss by this much.")
 def compare(runs, out, rise, gap, falling):
     """Overlay the loss curves of several runs; minimum val loss, where, gap and a verdict."""
+    from lmscope.analysis import compare as run_comparison
+
     rule = run_comparison.Rule(rise=rise, gap=gap, falling=falling)
     run_comparison.compute(list(runs), rule=rule).save(out)
     click.echo((out / "compare.md").read_text(encoding="utf-8"), nl=False)
@@ -466,6 +488,8 @@ class _StudyCommand(click.Command):
     """`lmscope study --help` ends with every step, from the step registry."""
 
     def format_help_text(self, ctx, formatter):
+        from lmscope.study import steps as registered
+
         super().format_help_text(ctx, formatter)
         with formatter.section("Steps, in the order they run (steps = [...] in [study])"):
             formatter.write_dl([(step.name, step.summary) for step in registered.STEPS])
@@ -489,6 +513,8 @@ def study(study_file, out, quick, seeds, device):
     lmscope study studies/domain.toml --quick --out results/domain-quick
     lmscope study studies/attention.toml --seeds 0,1,2 --out results/attention
     """
+    from lmscope.study.runner import run_study
+
     seed_list = None
     if seeds is not None:
         try:
@@ -515,6 +541,8 @@ def report(folder, open_browser):
     \b
     lmscope report results/domain --open
     """
+    from lmscope.study.runner import write_report
+
     path = write_report(folder)
     click.echo(f"report: {path}")
     if open_browser:
@@ -539,6 +567,8 @@ def export(run, fmt, out, force):
     lmscope export runs/shakespeare --format hf --out hf/shakespeare
     then, in Python: transformers.AutoModelForCausalLM.from_pretrained("hf/shakespeare")
     """
+    from lmscope.export import export_hf
+
     export_hf(run, out, force=force)
     click.echo(f"written to {out}/")
 

@@ -16,3 +16,9 @@ class ConfigError(LmscopeError):
 
 class CheckpointError(LmscopeError):
     """A checkpoint that is missing, corrupt or incompatible."""
+
+
+class TrainingInterrupted(LmscopeError):
+    """Ctrl-C during training: the state was saved and the run can be resumed (or, before the
+    first state, what the start wrote was removed and the same command starts afresh). (Defined here,
+    not in the trainer, so the command line can catch it without importing torch.)"""

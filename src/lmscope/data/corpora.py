@@ -298,6 +298,21 @@ def list_corpora() -> list[CorpusSpec]:
     return list(REGISTRY.values())
 
 
+def local_copy(spec: CorpusSpec) -> tuple[str, Path] | None:
+    """Where `resolve` would find a registry corpus without downloading: (source, folder), the
+    source as in `Corpus.source`; None if neither $LMSCOPE_DATA nor the cache holds its files.
+    Only that the files are there is checked; `resolve` checks their sizes and sha256."""
+    data = os.environ.get("LMSCOPE_DATA")
+    if data:
+        folder = Path(data).expanduser().absolute() / spec.name
+        if not _missing(folder, spec):
+            return f"$LMSCOPE_DATA/{spec.name}", folder
+    cache = cache_dir().absolute() / "corpora" / spec.name
+    if not _missing(cache, spec):
+        return "cache", cache
+    return None
+
+
 # ---------------------------------------------------------------------------------------
 # Resolution
 

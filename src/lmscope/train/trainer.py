@@ -59,7 +59,7 @@ from lmscope.data.tokenizers import (
 )
 from lmscope.data.tokens import BatchSampler, MixtureSampler, check_oov_rate, encode_to_file
 from lmscope.device import pick_device
-from lmscope.errors import CheckpointError, LmscopeError
+from lmscope.errors import CheckpointError, LmscopeError, TrainingInterrupted
 from lmscope.generate import SamplingConfig, generate
 from lmscope.io import append_jsonl, atomic_write_json, atomic_write_text, rewrite_jsonl, user_path
 from lmscope.metrics.losses import evaluate_token_file, summed_nll
@@ -76,11 +76,6 @@ from lmscope.run.run_dir import RunDir, RunSummary, TrainResult, read_metrics
 from lmscope.train.distributed import Distributed, init_distributed, shutdown
 from lmscope.train.tensorboard import TensorBoardLogger, check_installed
 from lmscope.train.tracking import AttentionTracker, probe_batch
-
-
-class TrainingInterrupted(LmscopeError):
-    """Ctrl-C during training: the state was saved and the run can be resumed (or, before the
-    first state, the start was cleared away and the same command starts afresh)."""
 
 
 class _EvaluationStopped(Exception):
