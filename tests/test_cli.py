@@ -38,7 +38,7 @@ def test_train_sample_eval_round_trip(tiny_corpus, tmp_path):
     assert again.stdout == s.stdout  # seeded
 
     g = lmscope("sample", run / "checkpoints" / "iter_0000010", "--prompt", "All", "--greedy",
-                "--max-new-tokens", "10", "--top-p", "0.9", "--top-k", "5")
+                "--max-new-tokens", "10")  # with --top-p or --top-k: an error (test_errors)
     assert g.returncode == 0, g.stderr
     q = lmscope("sample", run, "--prompt", "All", "--max-new-tokens", "10", "--precision", "int8",
                 "--seed", "0")
@@ -187,4 +187,47 @@ def test_the_shown_default_temperature_is_the_one_default():
 
     for args in (["sample", "--help"], ["probe", "generation", "--help"]):
         r = lmscope(*args)
-        assert f"[default: {DEFAULT_TEMPERATURE}]" in " ".join(r.stdout.split()), r.stdout
+        assert f"default: ({DEFAULT_TEMPERATURE})" in " ".join(r.stdout.split()), r.stdout
+
+
+def test_every_command_writing_a_folder_keeps_a_users_files(tiny_run, tmp_path):
+    """The user's case: `compare --out` and the probes replaced a summary.md and compare.md of
+    the user's. One policy (run/out_dir.py): refused, the file intact; an earlier command's
+    outputs need --force, which replaces only those."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.md").write_text("my notes")
+    r = lmscope("probe", "attention", tiny_run, "--prompt", "First", "--out", mine)
+    assert_clean_error(r, "holds files lmscope did not write (summary.md)")
+    assert (mine / "summary.md").read_text() == "my notes"
+    assert sorted(p.name for p in mine.iterdir()) == ["summary.md"]
+
+    out = tmp_path / "out"
+    assert lmscope("compare", tiny_run, "--out", out).returncode == 0
+    assert_clean_error(lmscope("compare", tiny_run, "--out", out), "add --force")
+    (out / "stale.png").write_text("mine too")  # a file of the user's among lmscope's
+    assert_clean_error(lmscope("compare", tiny_run, "--out", out, "--force"),
+                       "holds files lmscope did not write (stale.png)")
+    (out / "stale.png").unlink()
+    r = lmscope("compare", tiny_run, "--out", out, "--force")
+    assert r.returncode == 0, r.stderr
+    assert (out / "compare.md").is_file()
+
+
+def test_a_run_with_no_preset_on_a_cpu_starts_from_the_cpu_preset(tiny_corpus, tmp_path):
+    """The defaults (a 10.6M model, 200-batch estimates) took over a minute before the first
+    progress on a CPU; with no --preset or --config a GPT there starts from the CPU preset, and
+    the run says so."""
+    from lmscope.config import CPU_PRESET, load_preset
+
+    fast = ["train.max_iters=2", "train.eval_iters=1", "train.sample_tokens=0",
+            "train.checkpoint_at=[]", "train.device=cpu"]
+    r = lmscope("train", "--data", tiny_corpus, "--out", tmp_path / "run", "--set", *fast)
+    assert r.returncode == 0, r.stderr
+    assert f"starting from preset {CPU_PRESET} (4 layers x 128, 2 iterations" in r.stdout
+    saved = (tmp_path / "run" / "config.toml").read_text()
+    assert f"n_embd = {load_preset(CPU_PRESET)['model']['n_embd']}" in saved
+    r = lmscope("train", "--data", tiny_corpus, "--out", tmp_path / "lstm", "--model", "lstm",
+                "--set", *fast)
+    assert r.returncode == 0, r.stderr
+    assert "starting from preset" not in r.stdout  # another architecture keeps its defaults

@@ -218,6 +218,12 @@ CASES = [
     C("generation-samples", "probe generation", "--num-samples 0",
       ("probe", "generation", "{run}", "--num-samples", "0", "--out", "{w}/g"),
       ("--num-samples",)),
+    C("compare-out-users-file", "compare", "--out a folder holding a user's file (compare.md)",
+      ("compare", "{run}", "--out", "{w}/mine"),
+      ("holds files lmscope did not write (compare.md)", "choose another --out")),
+    C("compare-out-earlier", "compare", "--out holding an earlier command's outputs, no --force",
+      ("compare", "{run}", "--out", "{w}/earlier"),
+      ("outputs of an earlier `lmscope compare`", "add --force")),
     C("compare-not-a-run", "compare", "a folder that is not a run",
       ("compare", "{w}/taken", "--out", "{w}/c"), ("no metrics.jsonl",)),
     C("report-not-a-run", "report", "a folder that is neither a run nor a study",
@@ -268,6 +274,12 @@ def world(tmp_path_factory, tiny_run):
     (w / "empty.toml").write_text("")
     (w / "prompts.toml").write_text(PROMPTS)
     (w / "one.txt").write_text("x")
+    (w / "mine").mkdir()
+    (w / "mine" / "compare.md").write_text("my notes")
+    (w / "earlier").mkdir()
+    (w / "earlier" / "compare.md").write_text("# Run comparison\n")
+    (w / "earlier" / ".lmscope-outputs.json").write_text(
+        '{"command": "compare", "files": ["compare.md"]}')
     (w / "greek.txt").write_text("αβγδε ζηθ ικλμν ξοπ ρστυφ χψω\n" * 200, encoding="utf-8")
     (w / "typo_prompts.toml").write_text('[[prompt]]\ntext = "First"\ndomain = "shakespear"\n')
     (w / "typo_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'

@@ -18,6 +18,13 @@ import click
 
 from lmscope.data.corpora import Mixture, folder_name, list_corpora, local_copy, resolve
 from lmscope.errors import LmscopeError, TrainingInterrupted
+from lmscope.run.out_dir import OutDir, record_outputs
+
+# Every command that writes an --out folder follows one policy (run/out_dir.py): a folder holding
+# files lmscope did not write is refused, the outputs of an earlier command need --force.
+_FORCE = click.option("--force", is_flag=True,
+                      help="Replace the outputs an earlier lmscope command wrote in --out (never "
+                           "other files).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,7 +70,7 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
     lmscope train --data tinystories:0.7 --data 3seqs:0.3 --set data.tokenizer=bpe
     lmscope train --out runs/shakespeare --resume
     """
-    from lmscope.config import check_resume, preset_names, resolve_config
+    from lmscope.config import check_resume, cpu_default_preset, preset_names, resolve_config
     from lmscope.run.run_dir import RunDir
     from lmscope.train.trainer import train as run_training
 
@@ -72,6 +79,7 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
             raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
     overrides = [*overrides, *more_overrides]
     data = str(Mixture.from_items(data)) if data else None  # several --data: one mixture
+    note = ""
     if resume:
         if out is None:
             raise LmscopeError("--resume needs --out RUN_DIR, the run to continue")
@@ -93,10 +101,20 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
                                    f"presets: {', '.join(preset_names())}")
         config = resolve_config(preset=preset, config_file=config_file, data=data, model=model,
                                 overrides=overrides)
+        chosen = cpu_default_preset(config) if preset is None and config_file is None else None
+        if chosen:  # the defaults would take hours here: a model that trains in minutes
+            preset = chosen
+            config = resolve_config(preset=preset, data=data, model=model, overrides=overrides)
+            note = (f"no --preset or --config, on a CPU: starting from preset {preset} "
+                    f"({config.model.n_layer} layers x {config.model.n_embd}, "
+                    f"{config.train.max_iters} iterations: minutes, not hours); "
+                    "--preset shakespeare-char for nanoGPT's 10.6M model")
         if out is None:
             out = _default_run_dir(config.data.corpus, preset or config.model_name)
     # Under torchrun every process runs this command; only rank 0 speaks.
     echo = click.echo if int(os.environ.get("RANK", "0")) == 0 else (lambda *a, **k: None)
+    if note:
+        echo(note)
     echo(f"run folder: {out}")
     result = run_training(config, out, resume=resume, progress=False if quiet else None,
                           log=echo)
@@ -130,8 +148,9 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
                    "(with --greedy, a greedy row first).")
 @click.option("--out", "out", type=click.Path(path_type=Path), metavar="DIR",
               help="With --sweep-top-p: also write top_p_sweep.md and .csv into DIR.")
+@_FORCE
 def sample(run, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed, num_samples,
-           device, precision, sweep, out):
+           device, precision, sweep, out, force):
     """Generate text from a run folder or checkpoint, streamed to stdout.
 
     \b
@@ -147,17 +166,20 @@ def sample(run, prompt, max_new_tokens, temperature, top_k, top_p, greedy, seed,
         raise LmscopeError("--out is for --sweep-top-p tables; plain samples go to stdout")
     SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                    top_p=top_p, greedy=greedy and sweep is None).validate()
+    if out is not None:
+        OutDir(out, "sample", force=force).check()  # before any work
     if sweep is not None:
         values = sampling.parse_top_ps(sweep)
         ckpt = load(run, device=device)
         ckpt.tokenizer.encode(prompt, unknown="error")
+        t = DEFAULT_TEMPERATURE if temperature is None else temperature
         result = sampling.compute(ckpt, prompt, values, greedy=greedy,
-                                  max_new_tokens=max_new_tokens,
-                                  temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+                                  max_new_tokens=max_new_tokens, temperature=t,
                                   seed=seed or 0, precision=precision)
         click.echo(sampling.sweep_table(result.rows, prompt), nl=False)
         if out is not None:
-            result.save(out)
+            with OutDir(out, "sample", force=force):
+                result.save(out)
             click.echo(f"written to {out}/")
         return
     ckpt = load(run, device=device)
@@ -246,11 +268,13 @@ def data_info(corpus, no_download):
               help="Folder for stats.json, table.csv/.md, chars.csv, non_ascii.csv, chars_*.png.")
 @click.option("--top", default=30, show_default=True, type=click.IntRange(1, 1000),
               help="Characters in each frequency plot.")
-def data_stats(corpora, out, top):
+@_FORCE
+def data_stats(corpora, out, top, force):
     """Characters of each corpus: size, unique, most frequent, non-ASCII by Unicode category."""
     from lmscope.analysis import corpus_stats
 
-    corpus_stats.compute(list(corpora), top=top).save(out)
+    with OutDir(out, "data stats", force=force):
+        corpus_stats.compute(list(corpora), top=top).save(out)
     click.echo((out / "table.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
@@ -283,7 +307,8 @@ def _gather(args: tuple[str, ...], names: tuple[str, ...]) -> dict[str, list[str
 @click.option("--split", default="val", show_default=True)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True)
-def matrix(lists, out, split, batch_size, device):
+@_FORCE
+def matrix(lists, out, split, batch_size, device, force):
     """Zero-shot cross-domain matrix: every model on the validation split of every corpus.
 
     \b
@@ -294,9 +319,11 @@ def matrix(lists, out, split, batch_size, device):
     found = _gather(lists, ("--runs", "--data"))
     if not found["--runs"] or not found["--data"]:
         raise click.UsageError("give --runs RUN... and --data CORPUS...")
-    result = cross_domain.compute(found["--runs"], found["--data"], split=split,
-                                  batch_size=batch_size, device=device, log=lambda m: None)
-    result.save(out)
+    with OutDir(out, "matrix", force=force):
+        result = cross_domain.compute(found["--runs"], found["--data"], split=split,
+                                      batch_size=batch_size, device=device,  # a line per cell
+                                      log=lambda m: click.echo(m, err=True))
+        result.save(out)
     width = max(len(r) for r in result.runs)
     click.echo(f"{'nats/char':<{width}}  " + "  ".join(f"{c:>12}" for c in result.corpora))
     for run, row in zip(result.runs, result.nats, strict=True):
@@ -325,22 +352,27 @@ def matrix(lists, out, split, batch_size, device):
 @click.option("--set", "overrides", multiple=True, metavar="train.KEY=VALUE",
               help="Fine-tuning settings, e.g. --set train.lr=1e-4 train.batch_size=32.")
 @click.argument("more_overrides", nargs=-1, metavar="")
+@_FORCE
 def transfer(run, target, checkpoints, iters, eval_every, eval_iters, prompt, seed, device,
-             max_oov_rate, out, overrides, more_overrides):
+             max_oov_rate, out, overrides, more_overrides, force):
     """Few-shot transfer: fine-tune from early/mid/late checkpoints on another corpus.
 
     \b
     lmscope transfer --from runs/math --checkpoints early,mid,late --data shakespeare --iters 200 --out results/math-to-shakespeare
+
+    Run again into the same --out, it reuses the finished fine-tunings and resumes a stopped
+    one; --force starts them all afresh.
     """
     from lmscope.analysis.transfer import transfer as run_transfer
 
     for item in more_overrides:
         if "=" not in item:
             raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
-    run_transfer(run, target, out, checkpoints=checkpoints, iters=iters, eval_every=eval_every,
-                 eval_iters=eval_iters, overrides=[*overrides, *more_overrides],
-                 sample_prompt=prompt, seed=seed, device=device, max_oov_rate=max_oov_rate,
-                 log=click.echo)
+    with OutDir(out, "transfer", force=force, resumes=not force):
+        run_transfer(run, target, out, checkpoints=checkpoints, iters=iters,
+                     eval_every=eval_every, eval_iters=eval_iters,
+                     overrides=[*overrides, *more_overrides], sample_prompt=prompt, seed=seed,
+                     device=device, max_oov_rate=max_oov_rate, log=click.echo)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
@@ -363,7 +395,8 @@ _WHICH = click.option("--checkpoints", "which", type=click.Choice(["all", "final
 @click.option("--top-k", default=5, show_default=True, type=int)
 @_WHICH
 @click.option("--device", default="auto", show_default=True)
-def probe_softmax(run, prompts, out, top_k, which, device):
+@_FORCE
+def probe_softmax(run, prompts, out, top_k, which, device, force):
     """Next-character probabilities and entropy for each prompt at each checkpoint.
 
     \b
@@ -376,7 +409,8 @@ def probe_softmax(run, prompts, out, top_k, which, device):
     """
     from lmscope.analysis import softmax
 
-    softmax.compute(run, prompts, top_k=top_k, which=which, device=device).save(out)
+    with OutDir(out, "probe softmax", force=force):
+        softmax.compute(run, prompts, top_k=top_k, which=which, device=device).save(out)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
@@ -395,13 +429,15 @@ def probe_softmax(run, prompts, out, top_k, which, device):
 @click.option("--target", type=click.Choice(["predicted", "expected"]), default="predicted",
               show_default=True, help="Attribute the predicted next character or the expected one.")
 @_WHICH
-def probe_attribution(run, prompts, out, methods, baseline, steps, target, which):
+@_FORCE
+def probe_attribution(run, prompts, out, methods, baseline, steps, target, which, force):
     """Gradient attribution over the prompt's characters, at each checkpoint (prompt file as for
     `probe softmax`)."""
     from lmscope.analysis import attribution
 
-    attribution.compute(run, prompts, methods=methods or attribution.METHODS, baseline=baseline,
-                        steps=steps, which=which, target=target).save(out)
+    with OutDir(out, "probe attribution", force=force):
+        attribution.compute(run, prompts, methods=methods or attribution.METHODS,
+                            baseline=baseline, steps=steps, which=which, target=target).save(out)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
@@ -418,7 +454,8 @@ def probe_attribution(run, prompts, out, methods, baseline, steps, target, which
               show_default=True, help="Checkpoints whose maps go into attention.json (the "
               "report's hover view); the figures and tables are of the last one.")
 @click.option("--device", default="auto", show_default=True)
-def probe_attention(run, prompt, layer, heads, top, out, which, device):
+@_FORCE
+def probe_attention(run, prompt, layer, heads, top, out, which, device, force):
     """Attention heatmaps of one layer's heads for a prompt, and the keys each query attends to;
     attention.json keeps every layer and head for `lmscope report`.
 
@@ -427,8 +464,9 @@ def probe_attention(run, prompt, layer, heads, top, out, which, device):
     """
     from lmscope.analysis import attention
 
-    attention.compute(run, prompt, layer=layer, heads=heads, top=top, which=which,
-                      device=device).save(out)
+    with OutDir(out, "probe attention", force=force):
+        attention.compute(run, prompt, layer=layer, heads=heads, top=top, which=which,
+                          device=device).save(out)
     text = (out / "summary.md").read_text(encoding="utf-8")
     click.echo(text.split("\nFor each query")[0])
     click.echo(f"written to {out}/")
@@ -445,8 +483,9 @@ def probe_attention(run, prompt, layer, heads, top, out, which, device):
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
 @_WHICH
 @click.option("--device", default="auto", show_default=True)
+@_FORCE
 def probe_generation(run, num_samples, max_new_tokens, prompt, temperature, seed, out, which,
-                     device):
+                     device, force):
     """Generation quality (distinct-n, repetition, coherence), speed and generation-time
     attention at each checkpoint, and their correlations.
 
@@ -458,10 +497,11 @@ def probe_generation(run, num_samples, max_new_tokens, prompt, temperature, seed
 
     if temperature is None:
         temperature = DEFAULT_TEMPERATURE
-    result = generation.compute(run, num_samples=num_samples, prompt=prompt,
-                                max_new_tokens=max_new_tokens, temperature=temperature,
-                                seed=seed, which=which, device=device, log=click.echo)
-    result.save(out, title=f"of {Path(run).name}")
+    with OutDir(out, "probe generation", force=force):
+        result = generation.compute(run, num_samples=num_samples, prompt=prompt,
+                                    max_new_tokens=max_new_tokens, temperature=temperature,
+                                    seed=seed, which=which, device=device, log=click.echo)
+        result.save(out, title=f"of {Path(run).name}")
     click.echo(f"written to {out}/")
 
 
@@ -474,12 +514,14 @@ def probe_generation(run, num_samples, max_new_tokens, prompt, temperature, seed
               help="Over-fit when the final val loss is this far above the train loss (nats).")
 @click.option("--falling", default=0.01, show_default=True, type=float,
               help="Under-fit when the last evaluation still improved val loss by this much.")
-def compare(runs, out, rise, gap, falling):
+@_FORCE
+def compare(runs, out, rise, gap, falling, force):
     """Overlay the loss curves of several runs; minimum val loss, where, gap and a verdict."""
     from lmscope.analysis import compare as run_comparison
 
     rule = run_comparison.Rule(rise=rise, gap=gap, falling=falling)
-    run_comparison.compute(list(runs), rule=rule).save(out)
+    with OutDir(out, "compare", force=force):
+        run_comparison.compute(list(runs), rule=rule).save(out)
     click.echo((out / "compare.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
@@ -544,6 +586,8 @@ def report(folder, open_browser):
     from lmscope.study.runner import write_report
 
     path = write_report(folder)
+    if OutDir(folder, "report").recorded()[0]:  # a command's --out folder: the page is lmscope's
+        record_outputs(folder, [path.name], "report")
     click.echo(f"report: {path}")
     if open_browser:
         import webbrowser

@@ -31,6 +31,7 @@ from lmscope.data.chars import visible
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
+from lmscope.render.progress import progress as _progress
 from lmscope.render.tables import markdown_table, write_csv
 from lmscope.run.checkpoint import Checkpoint, load, select_checkpoints
 
@@ -131,7 +132,7 @@ def compute(run, prompt: str, *, layer: int = -1, heads: str | None = None, top:
     before the other checkpoints are read."""
     paths = [run] if isinstance(run, Checkpoint) else select_checkpoints(run, which)
     evolution = []
-    for i, path in enumerate(paths):  # one model in memory at a time
+    for i, path in enumerate(_progress(paths, "attention")):  # one model in memory at a time
         checkpoint = path if isinstance(path, Checkpoint) else load(path, device=device)
         tokens, layers = attention_probabilities(checkpoint, prompt)
         if i == 0:  # a bad --layer or --heads is told before the other checkpoints are read

@@ -48,6 +48,7 @@ from lmscope.data.prompts import check_domains, check_prompt_fits, expected_id, 
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
+from lmscope.render.progress import progress as _progress
 from lmscope.render.tables import markdown_table, read_csv, write_csv
 from lmscope.run.checkpoint import load, select_checkpoints
 
@@ -310,7 +311,7 @@ def compute(run, prompts_path, *, methods=METHODS, baseline="zero", steps=32, wh
     del first
 
     rows, by_class, gaps = [], [], []
-    for path in checkpoints:
+    for path in _progress(checkpoints, "attribution"):
         ckpt = load(path, device=device)  # one checkpoint in memory at a time
         tok, corpus = ckpt.tokenizer, ckpt.trained_on
         # (method, class) -> per-prompt means of |normalized| and position counts

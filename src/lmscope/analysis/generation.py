@@ -48,6 +48,7 @@ from lmscope.metrics import text_quality as quality
 from lmscope.metrics.attention import attention_summary
 from lmscope.metrics.correlation import correlate
 from lmscope.render import plots
+from lmscope.render.progress import progress as _progress
 from lmscope.render.tables import markdown_table, read_csv, write_csv
 from lmscope.run.checkpoint import load, select_checkpoints
 from lmscope.run.run_dir import RunDir
@@ -124,7 +125,7 @@ def compute(run: str | Path, *, num_samples: int = 8, prompt: str = "\n",
     run_dir = RunDir(run if RunDir(run).checkpoints_dir.is_dir() else run.parent.parent)
     result = GenerationResult()
     tracked = run_dir.attention()  # training-time attention, read once
-    for path in select_checkpoints(run, which):
+    for path in _progress(select_checkpoints(run, which), "generation"):
         ckpt = load(path, device=device)
         texts, seconds = [], 0.0
         for i in range(num_samples):

@@ -20,7 +20,7 @@ expected character) and summary.md, and `load(dir)` reads the two tables back.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,7 +29,9 @@ from lmscope.data.chars import visible
 from lmscope.data.prompts import check_domains, check_prompt_fits, expected_id, load_prompts
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
+from lmscope.metrics.spread import describe
 from lmscope.render import plots
+from lmscope.render.progress import progress as _progress
 from lmscope.render.tables import markdown_table, read_csv, write_csv
 from lmscope.run.checkpoint import load, select_checkpoints
 
@@ -67,6 +69,9 @@ class SoftmaxResult:
     corpus: str  # what it was trained on
     rows: list[SoftmaxRow]
     topk: list[list]  # [prompt, checkpoint, iteration, rank, token, prob]
+    # domains of the prompt file that name no corpus known here (another model's, in a prompt
+    # file written for a study): counted as out-of-domain, and summary.md says so
+    other_domains: list[str] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -85,7 +90,8 @@ class SoftmaxResult:
             files["expected_png"] = _plot(self.rows, "p_expected", out / "expected_prob.png",
                                           f"Probability of the expected character: {self.title}",
                                           "p(expected)")
-        files["summary_md"] = _summary(self.rows, out / "summary.md", self.title)
+        files["summary_md"] = _summary(self.rows, out / "summary.md", self.title,
+                                       self.other_domains)
         return {k: str(v) for k, v in files.items()}
 
     @classmethod
@@ -124,13 +130,13 @@ def compute(run, prompts_path, *, top_k: int = 5, which: str = "all",
     paths = select_checkpoints(run, which)
     first = load(paths[0], device=device)
     corpus = first.trained_on
-    check_domains(prompts, (corpus, *corpora), prompts_path)
+    other_domains = check_domains(prompts, (corpus, *corpora), prompts_path)
     encoded = {}
     for p in prompts:  # every prompt is checked before any work
         encoded[p.name] = (check_prompt_fits(p, first.tokenizer, first.model.context_length),
                            expected_id(p, first.tokenizer))
     rows, topk_rows = [], []
-    for i, path in enumerate(paths):
+    for i, path in enumerate(_progress(paths, "softmax")):
         ckpt = first if i == 0 else load(path, device=device)
         tok = ckpt.tokenizer
         for p in prompts:
@@ -148,7 +154,7 @@ def compute(run, prompts_path, *, top_k: int = 5, which: str = "all",
                                    "; ".join(f"{c} {q:.3f}" for c, q in top)))
             topk_rows += [[p.name, ckpt.name, ckpt.iteration, r + 1, c, q]
                           for r, (c, q) in enumerate(top)]
-    return SoftmaxResult(Path(run).name, corpus, rows, topk_rows)
+    return SoftmaxResult(Path(run).name, corpus, rows, topk_rows, other_domains)
 
 
 def softmax_probe(run, prompts_path, out_dir, *, top_k: int = 5, which: str = "all",
@@ -190,7 +196,7 @@ def _plot(rows: list[SoftmaxRow], field: str, path: Path, title: str, ylabel: st
     return plots.save(fig, path)
 
 
-def _summary(rows: list[SoftmaxRow], path: Path, title: str) -> Path:
+def _summary(rows: list[SoftmaxRow], path: Path, title: str, other_domains=()) -> Path:
     iters = sorted({r.iteration for r in rows})
     table = []
     for it in (iters[0], iters[-1]) if len(iters) > 1 else iters:
@@ -199,13 +205,19 @@ def _summary(rows: list[SoftmaxRow], path: Path, title: str) -> Path:
             if not sel:
                 continue
             with_expected = [r.p_expected for r in sel if not math.isnan(r.p_expected)]
-            table.append([it, domain, len(sel), sum(r.entropy_bits for r in sel) / len(sel),
+            entropy = describe(r.entropy_bits for r in sel)
+            table.append([it, domain, len(sel), entropy.mean, entropy.sd,
                           sum(r.max_prob for r in sel) / len(sel),
                           sum(with_expected) / len(with_expected) if with_expected else "",
                           sum(1 for r in sel if r.expected_rank == 1) if with_expected else ""])
     text = (f"# Softmax confidence: {title}\n\nMeans over prompts at the first and the last "
-            "checkpoint.\n\n" + markdown_table(
-                ["iteration", "domain", "prompts", "entropy (bits)", "max prob", "p(expected)",
-                 "expected ranked first"], table))
+            "checkpoint (prompts: how many; entropy sd: their standard deviation, nan for one)."
+            "\n\n" + markdown_table(
+                ["iteration", "domain", "prompts", "entropy (bits)", "entropy sd", "max prob",
+                 "p(expected)", "expected ranked first"], table))
+    if other_domains:
+        text += ("\nCounted as out-of-domain: the prompts of domain "
+                 f"{', '.join(other_domains)}, which names no corpus known here (another model's "
+                 "corpus).\n")
     atomic_write_text(path, text)
     return path

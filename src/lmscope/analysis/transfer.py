@@ -211,7 +211,8 @@ def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", i
                 raise LmscopeError(f"{run_dir.path} holds an unfinished fine-tuning run that "
                                    "cannot be resumed; remove it and run again")
             log(f"{name}: fine-tuning from {ckpt_path} on {target} for {iters} steps")
-            train(config, run_dir.path, resume=resume, progress=False, log=lambda *a: None)
+            # a bar on a terminal (the trainer's own), silent in a pipe
+            train(config, run_dir.path, resume=resume, progress=None, log=lambda *a: None)
         curve = [{"step": e.iter, "target_loss": e.val_loss,
                   "source_loss": e.val_loss_of(source)} for e in run_dir.metrics().evaluations]
         runs.append(TransferRun(name, ckpt_path, int(read_meta(ckpt_path).get("iter", 0)),

@@ -79,21 +79,27 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     return prompts
 
 
-def check_domains(prompts: list[Prompt], corpora: Iterable[str], path) -> None:
-    """Every prompt's domain is "in", "out", a corpus of the registry, one of `corpora` (the
-    models' own corpora) or an existing path: a typo would count the prompt as out-of-domain."""
+def check_domains(prompts: list[Prompt], corpora: Iterable[str], path) -> list[str]:
+    """A domain that is not "in", "out", a corpus of the registry, one of `corpora` (the models'
+    own) or an existing path, but is close to one of those names, is a typo: an error with the
+    suggestion (it would count the prompt as out-of-domain). Other unknown names are corpora
+    of another model (a prompt file written for a study): returned, for the probe to say that
+    it counted them as out-of-domain."""
     known = {corpus_label(c) for c in [*REGISTRY, *corpora] if c}
+    other = []
     for prompt in prompts:
         domain = prompt.domain
         if domain in ("", "in", "out") or corpus_label(domain) in known or \
                 path_exists(user_path(domain)):
             continue
         close = difflib.get_close_matches(corpus_label(domain), sorted(known) + ["in", "out"],
-                                          n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise LmscopeError(f"prompt file {path}, prompt {prompt.name!r}: domain {domain!r} is not "
-                           f"a corpus name{hint} (give a corpus of `lmscope data list`, the "
-                           "model's own corpus, or \"in\" / \"out\")")
+                                          n=1, cutoff=0.75)
+        if close:
+            raise LmscopeError(f"prompt file {path}, prompt {prompt.name!r}: domain {domain!r} is "
+                               f"not a corpus name; did you mean {close[0]!r}? (give a corpus of "
+                               "`lmscope data list`, the model's own corpus, or \"in\" / \"out\")")
+        other.append(domain)
+    return sorted(set(other))
 
 
 def check_prompt_fits(prompt: Prompt, tokenizer, context_length: int) -> list[int]:

@@ -1,2 +1,3 @@
 """How numbers become files people read: CSV and Markdown tables (tables.py), PNG figures
-(plots.py). Used by training (loss.png), the probes and the study summaries."""
+(plots.py), and progress bars on a terminal (progress.py). Used by training (loss.png), the
+probes and the study summaries."""
