@@ -178,7 +178,7 @@ CASES = [
       ("eval", "{w}/no_run", "--data", "shakespeare"), ("does not exist",)),
     C("eval-one-byte", "eval", "a corpus of one byte (too short to hold a val split)",
       ("eval", "{run}", "--data", "{w}/one.txt"),
-      ("cannot evaluate on", "too short to split: its 1 byte leave the train split empty")),
+      ("cannot evaluate on", "(1 byte) is too short to split: the train split would be empty")),
     C("eval-split", "eval", "a split the corpus does not have",
       ("eval", "{run}", "--data", "{w}/tiny.txt", "--split", "test"), ("no split 'test'",)),
     C("data-typo", "data info", "a misspelt corpus name",

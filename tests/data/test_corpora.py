@@ -356,8 +356,8 @@ def test_empty_inputs_are_errors(tmp_path):
     with pytest.raises(LmscopeError, match="has no files"):
         resolve(str(tmp_path / "nothing"))
     (tmp_path / "one.txt").write_bytes(b"x")
-    with pytest.raises(LmscopeError, match="corpus one is too short to split: its 1 byte leave "
-                                           "the train split empty"):
+    with pytest.raises(LmscopeError, match=r"corpus one \(1 byte\) is too short to split: the "
+                                           "train split would be empty"):
         resolve(str(tmp_path / "one.txt"), val_fraction=0.5)
 
 

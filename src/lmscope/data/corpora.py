@@ -623,9 +623,9 @@ def tail_split(
     if cut <= 0 or cut >= total:
         which = "train" if cut <= 0 else "val"
         raise LmscopeError(
-            f"{_label(name)} is too short to split: its {total} byte{'s' * (total != 1)} leave "
-            f"the {which} split "
-            f"empty (val_fraction {val_fraction}); use a longer text or another val_fraction"
+            f"{_label(name)} ({total} byte{'s' * (total != 1)}) is too short to split: the "
+            f"{which} split would be empty (val_fraction {val_fraction}); use a longer text or "
+            "another val_fraction"
         )
     return {"train": _ranges(files, sizes, 0, cut), "val": _ranges(files, sizes, cut, total)}
 
