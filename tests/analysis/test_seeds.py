@@ -45,3 +45,27 @@ def test_seeds_are_aggregated_into_means_errors_and_plots(tiny_corpus, tmp_path)
     assert set(both["tiny"]) == {"a", "b"} and both["tiny"]["b"]["best_val_loss_stderr"] is None
     table = (tmp_path / "two" / "results.md").read_text()
     assert "| tiny | a | 2 |" in table and "| tiny | b | 1 |" in table  # a row per variant
+
+
+def test_a_seed_that_is_not_a_number_is_named_and_not_counted(tiny_run, tmp_path):
+    """A diverged seed (nan loss) was dropped from the mean while n_seeds still counted it."""
+    import shutil
+
+    runs = []
+    for name in ("s0", "s1", "s2"):
+        shutil.copytree(tiny_run, tmp_path / name)
+        runs.append(tmp_path / name)
+    summary = json.loads((runs[2] / "summary.json").read_text())
+    summary["best_val_loss"] = float("nan")
+    (runs[2] / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "seeds"
+    entry = aggregate_seeds({"tiny": {"gpt": runs}}, out)["tiny"]
+    assert entry["n_seeds"] == 2 and entry["best_val_loss_n"] == 2
+    assert entry["dropped"] == [{"run": "s2", "quantity": "best_val_loss",
+                                 "why": "not a finite number (nan)"}]
+    assert entry["best_val_loss_mean"] == pytest.approx(
+        json.loads((runs[0] / "summary.json").read_text())["best_val_loss"])
+    text = (out / "results.md").read_text()
+    assert "| tiny | gpt | 2 of 3 |" in text
+    assert "s2 left out of best_val_loss: not a finite number (nan)" in text
+    json.loads((out / "results.json").read_text())  # still valid JSON
