@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmscope.data.chars import CHAR_CLASSES, char_class, visible
+from lmscope.data.chars import CHAR_CLASSES, char_class, quiet, visible
 from lmscope.data.prompts import check_prompt_fits, expected_id, load_prompts
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
@@ -380,7 +380,7 @@ def _save(result: AttributionResult, out_dir: Path) -> dict:
     heatmaps, taken = [], set()
     for prompt in dict.fromkeys(r.prompt for r in result.rows):
         stem = _file_stem(prompt, taken)
-        chars = [r.character for r in result.final_rows()
+        chars = [quiet(r.character) for r in result.final_rows()  # whitespace as a quiet mark
                  if r.prompt == prompt and r.method == methods[0]]
         for method in methods:
             values = np.stack([np.abs([r.normalized for r in result.rows

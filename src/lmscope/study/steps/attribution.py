@@ -84,4 +84,4 @@ STEP = Step(
     "by_class.csv/.png, attribution/by_class_models.md", run, settings=AttributionSettings,
     result=AttributionResult, per_corpus=True, needs_prompts=True,
     command="lmscope probe attribution", readme=readme, report_title="Gradient attribution",
-    report_view=attribution_view)
+    report_view=attribution_view, report_hide=("heatmap_*.png",))
