@@ -49,6 +49,32 @@ def test_figures_are_embedded_at_their_print_size(tmp_path):
     assert png_display_width(b"not a png") is None
 
 
+def test_figures_keep_their_colours(tmp_path):
+    """A figure saved in 256 colours: every pixel within 16 (of 255) of matplotlib's own
+    rendering, for lines of all ten default colours, faint and solid, and a colour map."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def figure():
+        fig, (ax_lines, ax_map) = plots.panels(2, title="colours")
+        for i in range(10):
+            ax_lines.plot([0, 1, 2], [i, i + 1, i], color=f"C{i}", alpha=0.7, marker=".",
+                          label=f"C{i}")
+            ax_lines.plot([0, 1, 2], [i + 0.5, i + 0.2, i + 0.5], color=f"C{i}")
+        ax_lines.legend(fontsize=7)
+        ax_map.imshow(np.linspace(0, 1, 400).reshape(20, 20), cmap="magma")
+        return fig
+
+    saved = np.asarray(Image.open(plots.save(figure(), tmp_path / "f.png")).convert("RGB"))
+    buffer = io.BytesIO()
+    figure().savefig(buffer, format="png", dpi=plots.DPI, bbox_inches="tight")
+    reference = np.asarray(Image.open(buffer).convert("RGB"))
+    assert saved.shape == reference.shape
+    assert np.abs(saved.astype(int) - reference.astype(int)).max() <= 16
+
+
 def test_markdown(tmp_path):
     """markdown-it-py: raw HTML is escaped, headings sit under the report's, images of PNG
     files are embedded and others dropped."""

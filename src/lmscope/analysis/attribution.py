@@ -397,14 +397,16 @@ def _save(result: AttributionResult, out_dir: Path) -> dict:
     # by_class.png: the final checkpoint, a group of bars per class, one bar per method
     present = [cls for cls in CHAR_CLASSES if any((m, cls) in final for m in methods)]
     fig, (ax,) = plots.panels(1, title=f"attribution by character class, checkpoint {labels[-1]}",
-                              width=max(6.0, 1.2 * len(present) * len(methods) / 2 + 2))
+                              width=max(5.0, 0.35 * len(present) * len(methods) + 1.5),
+                              height=3.2)
     width = 0.8 / len(methods)
     for j, method in enumerate(methods):
         xs = np.arange(len(present)) + (j - (len(methods) - 1) / 2) * width
         ax.bar(xs, [final.get((method, cls), np.nan) for cls in present], width, label=method)
     ax.set_xticks(range(len(present)), present)
     ax.set_ylabel("mean |normalized score| per position")
-    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    plots.legend_below(fig)
     files["by_class_png"] = plots.save(fig, out_dir / "by_class.png")
 
     # summary.md

@@ -181,10 +181,9 @@ def _plot(rows: list[SoftmaxRow], field: str, path: Path, title: str, ylabel: st
         ax.set_ylabel(ylabel)
         ax.set_title(domain)
         ax.grid(alpha=0.3)
-    mean = handles.pop("mean of the panel's prompts", None)  # last in the legend
-    if mean is not None:
-        handles["mean of the panel's prompts"] = mean
-    plots.legend_below(fig, list(handles.values()), list(handles))
+    order = [*names, "mean of the panel's prompts"]  # the prompt file's order, the mean last
+    labels = sorted(handles, key=order.index)
+    plots.legend_below(fig, [handles[label] for label in labels], labels)
     return plots.save(fig, path)
 
 
