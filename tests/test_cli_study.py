@@ -122,6 +122,7 @@ def test_the_quick_domain_study(quick_domain_study):
                      f"softmax/{c}/entropy.png", f"softmax/{c}/expected_prob.png",
                      f"attribution/{c}/attribution.csv", f"attribution/{c}/by_class.png"]
         expected += [f"transfer/{c}-to-{t}/curves.png" for t in corpora if t != c]
+        expected += [f"transfer/from_{c}.png", f"attention/{c}/attention_L1.png"]
     missing = [name for name in expected if not (out / name).is_file()]
     assert not missing, missing
     matrix = json.loads((out / "matrix" / "matrix.json").read_text())
@@ -135,12 +136,20 @@ def test_the_quick_domain_study(quick_domain_study):
 
 @pytest.mark.slow
 def test_the_quick_domain_study_report_in_the_browser(quick_domain_study):
-    """The browser test on a real study's report: no console errors, every image decodes,
-    hovering a token and moving the checkpoint slider change the attention view; screenshots
-    are kept in test-artifacts/ (skipped where there is no Chromium)."""
-    seen = check_report(quick_domain_study / "report.html", "quick-domain-study-report")
-    assert seen["images"] > 50
+    """The browser test on a real study's report, at most 4 MB: no console errors, every image
+    decodes, nothing overflows a 1400-pixel window, and every interactive view works (the loss
+    chart's hover and legend, the matrix, the attribution and attention sliders and hover); the
+    page is screenshotted top to bottom into test-artifacts/ (skipped where there is no
+    Chromium)."""
+    page = quick_domain_study / "report.html"
+    assert page.stat().st_size <= 4_000_000, page.stat().st_size
+    seen = check_report(page, "quick-domain-study-report")
+    assert seen["scroll_width"] <= 1400
+    assert seen["views"] == {"attention": 3, "chart": 1, "matrix": 1, "attribution": 3}
+    assert seen["legend"][1:] == [f"{c}: {curve}" for c in ("math", "shakespeare", "wikipedia")
+                                  for curve in ("train", "validation")]
     assert len(seen["after"]["heads"]) == 4  # the quick model's last layer has four heads
+    assert len(seen["screenshots"]["screens"]) > 5  # the page, top to bottom
 
 
 def test_sweep_compare_and_attention_commands(tiny_run, domain_runs, tmp_path):

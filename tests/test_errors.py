@@ -226,7 +226,7 @@ CASES = [
       ("outputs of an earlier `lmscope compare`", "add --force")),
     C("compare-not-a-run", "compare", "a folder that is not a run",
       ("compare", "{w}/taken", "--out", "{w}/c"), ("no metrics.jsonl",)),
-    C("report-not-a-run", "report", "a folder that is neither a run nor a study",
+    C("report-not-a-run", "report", "a folder holding no run, study or lmscope output",
       ("report", "{w}/taken"), ("neither a run folder",)),
     C("study-missing", "study", "a study file that does not exist",
       ("study", "{w}/missing.toml", "--out", "{w}/s"), ("does not exist",)),

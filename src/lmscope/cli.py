@@ -577,11 +577,13 @@ def study(study_file, out, quick, seeds, device):
 @click.argument("folder", type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
 def report(folder, open_browser):
-    """Write DIR/report.html: a run's or a study's configs, curves, tables, samples and figures
-    in one self-contained page (no server, no network).
+    """Write DIR/report.html: a run's, a study's or any command's output folder (its configs,
+    curves, tables, samples, figures and interactive views) in one self-contained page (no
+    server, no network).
 
     \b
     lmscope report results/domain --open
+    lmscope report attention-out      # from lmscope probe attention ... --out attention-out
     """
     from lmscope.study.runner import write_report
 

@@ -3,9 +3,10 @@
 import json
 import shutil
 
+from lmscope.analysis import attribution, cross_domain
 from lmscope.analysis.attention import attention_probe
 from lmscope.study.runner import write_report
-from tests.report.browser import check_report, chromium_or_skip
+from tests.report.browser import WIDTH, check_report, chromium_or_skip
 
 
 def test_a_tiny_study_report_in_the_browser(tiny_run, tmp_path):
@@ -16,7 +17,38 @@ def test_a_tiny_study_report_in_the_browser(tiny_run, tmp_path):
     attention_probe(study / "runs" / "tiny", "First Citizen:\nBefore we", study / "attention" / "tiny",
                     which="all")
     seen = check_report(write_report(study), "tiny-study-report")
-    assert seen["images"] >= 2
+    assert seen["images"] >= 1 and seen["scroll_width"] <= WIDTH
+    assert seen["views"]["chart"] == 1  # the loss curves
     assert len(seen["after"]["heads"]) == 2  # the tiny model's last layer has two heads
-    for shot in seen["screenshots"].values():
+    for shot in [*seen["screenshots"]["screens"], seen["screenshots"]["chart"]]:
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_view_of_a_two_domain_study_in_the_browser(domain_runs, tmp_path):
+    """The matrix, attribution, attention and loss-curve views, each used as a reader would."""
+    chromium_or_skip()
+    study = tmp_path / "study"
+    for name in ("play", "sums"):
+        shutil.copytree(domain_runs[name], study / "runs" / name)
+    (study / "study.json").write_text(json.dumps({"name": "two domains"}))
+    runs = [study / "runs" / "play", study / "runs" / "sums"]
+    corpora = [str(domain_runs["corpora"]["play"]), str(domain_runs["corpora"]["sums"])]
+    cross_domain.compute(runs, corpora, device="cpu", log=lambda m: None).save(study / "matrix")
+    for run in runs:
+        attribution.compute(run, domain_runs["prompts"], steps=4, device="cpu").save(
+            study / "attribution" / run.name)
+        attention_probe(run, "He has 3 + 2", study / "attention" / run.name, which="all")
+    seen = check_report(write_report(study), "two-domain-study-report")
+    assert seen["views"] == {"attention": 2, "chart": 1, "matrix": 1, "attribution": 2}
+    assert "nats/char" in seen["matrix_readout"] and "bits/char" in seen["matrix_readout"]
+    assert seen["legend"] == ["iteration", "play: train", "play: validation", "sums: train",
+                              "sums: validation"]
+
+
+def test_a_probe_folder_opens_in_the_browser(tiny_run, tmp_path):
+    """`lmscope probe attention ... --checkpoints all --out DIR`: its folder is a report too."""
+    chromium_or_skip()
+    out = tmp_path / "attention"
+    attention_probe(tiny_run, "First Citizen:\nBefore we", out, which="all")
+    seen = check_report(write_report(out), "attention-probe-report")
+    assert seen["views"]["attention"] == 1 and seen["images"] == 1  # the grid of heads

@@ -14,6 +14,7 @@ ARTIFACTS = [
     "runs/play/checkpoints/final/meta.json", "runs/play/samples.md", "runs/sums/summary.json",
     "matrix/matrix.csv", "matrix/matrix_bits.csv", "matrix/oov.csv", "matrix/matrix.png",
     "transfer/summary.csv", "transfer/summary.md", "transfer/play-to-sums/curves.png",
+    "transfer/from_play.png", "transfer/from_sums.png",
     "transfer/sums-to-play/samples.md", "softmax/play/softmax.csv", "softmax/sums/entropy.png",
     "softmax/sums/expected_prob.png", "attribution/play/attribution.csv",
     "attribution/sums/by_class.png", "attribution/sums/heatmap_sum_grad_norm.png",

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmscope.data.chars import visible
+from lmscope.data.chars import quiet, visible
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
@@ -170,21 +170,14 @@ def _save(result: AttentionResult, out: Path) -> dict:
     attn = layers[layer]  # the figures and tables: the last checkpoint's
     out.mkdir(parents=True, exist_ok=True)
     T = len(tokens)
-    labels = [f"{t}" for t in tokens]
+    labels = [quiet(t) for t in result.tokens]  # whitespace as a quiet mark
     files = []
     for h in chosen:
         files.append(plots.heatmap(attn[h], labels, labels, out / f"attention_L{layer}_H{h}.png",
                                    title=f"Layer {layer}, head {h}", xlabel="key (attended to)",
                                    ylabel="query", cmap="Blues", fmt="{:.2f}",
                                    annotate=T <= 16, colorbar="attention"))
-    fig, axes = plots.panels(len(chosen), title=f"Layer {layer}", width=4.2, height=4.2)
-    for ax, h in zip(axes, chosen, strict=True):
-        ax.imshow(attn[h], cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(f"head {h}")
-        if T <= 40:
-            ax.set_xticks(range(T), labels, rotation=90, fontsize=6)
-            ax.set_yticks(range(T), labels, fontsize=6)
-    files.append(plots.save(fig, out / f"attention_L{layer}.png"))
+    files.append(_grid(attn, chosen, labels, layer, out / f"attention_L{layer}.png"))
 
     rows = []
     for h in chosen:
@@ -213,3 +206,32 @@ def _save(result: AttentionResult, out: Path) -> dict:
     atomic_write_text(out / "attention.json", json.dumps(maps, separators=(",", ":")))
     files.append(out / "attention.json")
     return {"files": [str(f) for f in files], "scores": scores, "layer": layer}
+
+
+def _grid(attn: np.ndarray, heads: list[int], labels: list[str], layer: int, path: Path) -> Path:
+    """attention_L<l>.png: the chosen heads' maps, two to a row, the prompt's tokens on both
+    axes (every k-th where there are too many to read) and one colour bar."""
+    T = len(labels)
+    cols = min(2, len(heads))
+    rows = -(-len(heads) // cols)
+    side = 5.0 if T > 24 else 3.6
+    fig, axes = plots.grid(rows, cols, title=f"Layer {layer}: attention of each query (row) to "
+                           "each key (column)", width=side + 0.4, height=side)
+    step = max(1, -(-T // 64))  # at most 64 labels an axis
+    ticks = list(range(0, T, step))
+    image = None
+    for i, ax in enumerate(ax for row in axes for ax in row):
+        if i >= len(heads):
+            ax.set_visible(False)
+            continue
+        image = ax.imshow(attn[heads[i]], cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(f"head {heads[i]}", fontsize=10)
+        size = 7 if T <= 48 else 5.5
+        ax.set_xticks(ticks, [labels[k] for k in ticks], fontsize=size, rotation=90)
+        ax.set_yticks(ticks, [labels[k] for k in ticks], fontsize=size)
+        ax.tick_params(length=2, pad=1)
+        ax.set_xlabel("key", fontsize=9)
+        ax.set_ylabel("query", fontsize=9)
+    fig.colorbar(image, ax=[ax for row in axes for ax in row], shrink=0.6,
+                 label="attention weight")
+    return plots.save(fig, path)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmscope.data.chars import CHAR_CLASSES, char_class, visible
+from lmscope.data.chars import CHAR_CLASSES, char_class, quiet, visible
 from lmscope.data.prompts import check_domains, check_prompt_fits, expected_id, load_prompts
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
@@ -383,7 +383,7 @@ def _save(result: AttributionResult, out_dir: Path) -> dict:
     heatmaps, taken = [], set()
     for prompt in dict.fromkeys(r.prompt for r in result.rows):
         stem = _file_stem(prompt, taken)
-        chars = [r.character for r in result.final_rows()
+        chars = [quiet(r.character) for r in result.final_rows()  # whitespace as a quiet mark
                  if r.prompt == prompt and r.method == methods[0]]
         for method in methods:
             values = np.stack([np.abs([r.normalized for r in result.rows
@@ -400,14 +400,16 @@ def _save(result: AttributionResult, out_dir: Path) -> dict:
     # by_class.png: the final checkpoint, a group of bars per class, one bar per method
     present = [cls for cls in CHAR_CLASSES if any((m, cls) in final for m in methods)]
     fig, (ax,) = plots.panels(1, title=f"attribution by character class, checkpoint {labels[-1]}",
-                              width=max(6.0, 1.2 * len(present) * len(methods) / 2 + 2))
+                              width=max(5.0, 0.35 * len(present) * len(methods) + 1.5),
+                              height=3.2)
     width = 0.8 / len(methods)
     for j, method in enumerate(methods):
         xs = np.arange(len(present)) + (j - (len(methods) - 1) / 2) * width
         ax.bar(xs, [final.get((method, cls), np.nan) for cls in present], width, label=method)
     ax.set_xticks(range(len(present)), present)
     ax.set_ylabel("mean |normalized score| per position")
-    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    plots.legend_below(fig)
     files["by_class_png"] = plots.save(fig, out_dir / "by_class.png")
 
     # summary.md

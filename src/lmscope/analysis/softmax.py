@@ -165,9 +165,12 @@ def softmax_probe(run, prompts_path, out_dir, *, top_k: int = 5, which: str = "a
 
 
 def _plot(rows: list[SoftmaxRow], field: str, path: Path, title: str, ylabel: str) -> Path:
-    """One panel per domain (in / out), one line per prompt over iterations, plus their mean."""
+    """One panel per domain (in / out), one line per prompt over iterations, plus their mean;
+    one legend for all panels, under them (a prompt has one colour in every panel)."""
     domains = [d for d in (*DOMAINS, "unknown") if any(r.domain == d for r in rows)]
-    fig, axes = plots.panels(len(domains), title=title)
+    fig, axes = plots.panels(len(domains), title=title, width=4.8, height=3.4)
+    names = list(dict.fromkeys(r.prompt for r in rows))
+    handles: dict[str, object] = {}
     for ax, domain in zip(axes, domains, strict=True):
         by_prompt: dict[str, list] = {}
         for r in rows:
@@ -175,24 +178,22 @@ def _plot(rows: list[SoftmaxRow], field: str, path: Path, title: str, ylabel: st
             if r.domain == domain and not (isinstance(value, float) and math.isnan(value)):
                 by_prompt.setdefault(r.prompt, []).append((r.iteration, value))
         for name, points in by_prompt.items():
-            ax.plot(*zip(*points, strict=True), marker=".", alpha=0.6, label=name)
+            (line,) = ax.plot(*zip(*points, strict=True), marker=".", alpha=0.7,
+                              color=f"C{names.index(name) % 10}")
+            handles.setdefault(name, line)
         if len(by_prompt) > 1:
             iters = sorted({x for pts in by_prompt.values() for x, _ in pts})
             mean = [sum(y for pts in by_prompt.values() for x, y in pts if x == it) /
                     sum(1 for pts in by_prompt.values() for x, _ in pts if x == it) for it in iters]
-            ax.plot(iters, mean, "k-", linewidth=2.5, label="mean")
-        iters = sorted({r.iteration for r in rows})
-        positive = [i for i in iters if i > 0]
-        if positive and iters[-1] > 20 * positive[0]:  # spans decades: log scale past the first
-            ax.set_xscale("symlog", linthresh=positive[0], linscale=0.5)
-        if len(iters) <= 10:
-            ax.set_xticks(iters, [str(i) for i in iters], rotation=45 if len(iters) > 6 else 0)
-        ax.set_xlabel("training iteration")
+            (line,) = ax.plot(iters, mean, "k-", linewidth=2.5)
+            handles.setdefault("mean of the panel's prompts", line)
+        plots.iteration_axis(ax, [r.iteration for r in rows])
         ax.set_ylabel(ylabel)
         ax.set_title(domain)
         ax.grid(alpha=0.3)
-        if by_prompt:
-            ax.legend(fontsize=7)
+    order = [*names, "mean of the panel's prompts"]  # the prompt file's order, the mean last
+    labels = sorted(handles, key=order.index)
+    plots.legend_below(fig, [handles[label] for label in labels], labels)
     return plots.save(fig, path)
 
 

@@ -141,6 +141,23 @@ class TransferResult:
                             for r in rows])
 
 
+@dataclass
+class CurvePoint:
+    """One evaluation of one fine-tuning: a row of curves.csv."""
+
+    start: str
+    start_iter: int
+    step: int
+    target_loss: float
+    source_loss: float
+
+
+def load_curves(out_dir) -> list[CurvePoint]:
+    """curves.csv of a transfer folder: every evaluation of every fine-tuning."""
+    return [CurvePoint(r["start"], int(r["start_iter"]), int(r["step"]), float(r["target_loss"]),
+                       float(r["source_loss"])) for r in read_csv(Path(out_dir) / "curves.csv")]
+
+
 def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", iters: int = 200,
              eval_every: int = 20, eval_iters: int = 20, overrides=(), sample_prompt: str = "\n",
              sample_tokens: int = 200, seed: int = 1337, device: str = "auto",

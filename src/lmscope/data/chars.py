@@ -17,6 +17,18 @@ def visible(char: str) -> str:
     return char
 
 
+# Whitespace as a reader sees it in a prompt drawn character by character (the report, the
+# figures' axes): a visible but quiet mark in place of the character or of its <name>.
+QUIET = {" ": "·", "\n": "⏎", "\t": "⇥", "\r": "⇤"}
+QUIET.update({VISIBLE[c]: mark for c, mark in QUIET.items()})
+
+
+def quiet(text: str) -> str:
+    """A character or token (or a character's `visible` form) with whitespace as quiet marks:
+    " " and "<space>" are "·", a newline is "⏎"; a character was whitespace if it is in QUIET."""
+    return QUIET.get(text) or "".join(QUIET.get(c, c) for c in text)
+
+
 def char_class(char: str) -> str:
     """vowel, consonant, digit, space/newline, punctuation or other symbol (the seed's classes)."""
     if len(char) != 1:

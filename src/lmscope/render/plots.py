@@ -1,17 +1,23 @@
 """The few kinds of figure the studies draw, as PNG files: bars, heatmaps and lines.
 
 matplotlib with its non-interactive Agg backend (no display needed); every file is written
-to a temporary name and renamed into place.
+to a temporary name and renamed into place. Every figure is saved at DPI and at most MAX_WIDTH
+inches wide, so that the report (which shows each at its print size) draws them all at one
+scale: a label has the same size in every figure.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from lmscope.io import atomic_write
+
+DPI = 96  # one PNG pixel per CSS pixel in the report
+MAX_WIDTH = 11.5  # inches: the report's column (1136 CSS pixels at 96 per inch)
 
 
 def _pyplot():
@@ -24,16 +30,24 @@ def _pyplot():
 
 
 def save(fig, path: str | Path) -> Path:
+    """`fig` as a PNG of at most 256 colours, at DPI: under half the bytes of matplotlib's
+    RGBA. Pillow's maximum-coverage palette keeps each pixel close to matplotlib's (median cut,
+    the default, turned a light blue line teal); tests/report/test_html.py checks it."""
+    from PIL import Image  # matplotlib's own dependency, imported with it
+
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     _pyplot().close(fig)
+    image = Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MAXCOVERAGE)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", optimize=True, dpi=(DPI, DPI)))
     return path
 
 
 def bar_chart(labels: Sequence[str], values: Sequence[float], path, *, title: str,
               ylabel: str) -> Path:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(labels)), 3.5))
+    fig, ax = plt.subplots(figsize=(min(max(6, 0.35 * len(labels)), MAX_WIDTH), 3.5))
     ax.bar(range(len(labels)), values, color="#4878a8")
     ax.set_xticks(range(len(labels)), labels, rotation=90 if len(labels) > 12 else 0)
     ax.set_ylabel(ylabel)
@@ -48,8 +62,8 @@ def heatmap(values, row_labels: Sequence[str], col_labels: Sequence[str], path, 
     plt = _pyplot()
     values = np.asarray(values, dtype=float)
     rows, cols = values.shape
-    fig, ax = plt.subplots(figsize=(max(4, 0.9 + 0.5 * cols) if annotate and cols < 12 else
-                                    max(4, 0.25 * cols + 2), max(2.5, 0.5 * rows + 1.2)))
+    width = max(4, 0.9 + 0.5 * cols) if annotate and cols < 12 else max(4, 0.25 * cols + 2)
+    fig, ax = plt.subplots(figsize=(min(width, MAX_WIDTH), max(2.5, 0.5 * rows + 1.2)))
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
     ax.set_xticks(range(cols), col_labels, rotation=90 if cols > 8 else 0)
     ax.set_yticks(range(rows), row_labels)
@@ -88,11 +102,50 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], pat
 
 
 def panels(n: int, *, title: str, width: float = 5.0, height: float = 3.6):
-    """A row of `n` axes sharing a title, for side-by-side comparisons; save with `save`."""
+    """A row of `n` axes sharing a title, for side-by-side comparisons, at most MAX_WIDTH inches
+    wide in all; save with `save`."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
-    fig.suptitle(title, y=1.02)  # above the axes titles
+    fig, axes = plt.subplots(1, n, figsize=(min(width * n, MAX_WIDTH), height), squeeze=False,
+                             layout="constrained")
+    fig.suptitle(title)
     return fig, list(axes[0])
+
+
+def grid(rows: int, cols: int, *, title: str, width: float = 4.5, height: float = 3.0,
+         **kwargs):
+    """`rows` x `cols` axes (a list of rows) sharing a title: small multiples, at most MAX_WIDTH
+    inches wide; `kwargs` go to plt.subplots (sharex, sharey, ...)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, cols, figsize=(min(width * cols, MAX_WIDTH), height * rows),
+                             squeeze=False, layout="constrained", **kwargs)
+    fig.suptitle(title)
+    return fig, [list(row) for row in axes]
+
+
+def legend_below(fig, handles=None, labels=None, *, ncol: int | None = None) -> None:
+    """One legend for the whole figure, under its axes (the entries of its first axes that has
+    any, unless `handles` and `labels` are given)."""
+    if handles is None:
+        for ax in fig.axes:
+            handles, labels = ax.get_legend_handles_labels()
+            if handles:
+                break
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", fontsize=9, frameon=False,
+                   ncol=ncol or min(len(handles), 4))
+
+
+def iteration_axis(ax, iterations, *, label: str = "training iteration") -> None:
+    """An x axis of training iterations with a tick at each one (when there are at most 12), on
+    a symlog scale when they span decades (linear up to the first after 0, which keeps 0)."""
+    iters = sorted(set(iterations))
+    positive = [i for i in iters if i > 0]
+    if positive and iters[-1] > 20 * positive[0]:
+        ax.set_xscale("symlog", linthresh=positive[0], linscale=0.5)
+    if len(iters) <= 12:
+        ax.set_xticks(iters, [str(i) for i in iters], rotation=45 if len(iters) > 5 else 0)
+        ax.minorticks_off()
+    ax.set_xlabel(label)
 
 
 def finish_axes(axes, *, xlabel: str = "iteration", ylabel: str = "") -> None:

@@ -7,7 +7,8 @@ adding that module's STEP to `STEPS` in study/steps/__init__.py. From the declar
                           against `settings`), whether it needs prompts or one model per corpus
     the run               `run(ctx)`, in the order of STEPS, skipped once its folder has .done
     the study README.md   `readme(ctx)`: its section of DIR/README.md
-    the report            `report_title` and `report_view`: its section of DIR/report.html
+    the report            `report_title`, `report_view` and the figures it replaces
+                          (`report_hide`): its section of DIR/report.html
     the documentation     `summary`: `lmscope study --help` and docs/studies.md
 """
 
@@ -76,6 +77,9 @@ class Step:
     report_title: str = ""  # its section of report.html ("": none)
     report_view: Callable[[Path], str] | None = None  # HTML from its results, atop the section
     report_skip: tuple[str, ...] = field(default=())  # Markdown files the view already shows
+    # figures not shown in report.html (patterns of their paths in the step's folder, such as
+    # "matrix.png"): those its view replaces, or too many; they stay in the folder
+    report_hide: tuple[str, ...] = field(default=())
 
     @property
     def out(self) -> str:

@@ -33,7 +33,8 @@ from lmscope.study.spec import load_study
 
 def report_sections() -> list[Section]:
     """The report's sections of a study folder, one per step that has one, in step order."""
-    return [Section(step.report_title, step.out, step.report_view, step.report_skip)
+    return [Section(step.report_title, step.out, step.report_view, step.report_skip,
+                    step.report_hide)
             for step in registered.STEPS if step.report_title]
 
 

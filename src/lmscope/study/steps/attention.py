@@ -34,4 +34,5 @@ STEP = Step(
     "attention/<run>/attention_L<l>.png, summary.md (per-head scores), attention.json (every "
     "layer and head at every checkpoint)", run, settings=AttentionSettings,
     result=probe.AttentionResult, command="lmscope probe attention --checkpoints all",
-    report_title="Attention maps", report_view=attention_view)
+    report_title="Attention maps", report_view=attention_view,
+    report_hide=("attention_L*_H*.png",))

@@ -58,7 +58,7 @@ def _across_models(ctx: StepContext) -> None:
             [[c, *(value.get((m, method, c), "") for m in models)] for c in CHAR_CLASSES]))
     atomic_write_text(out / "by_class_models.md", "".join(md))
     fig, axes = plots.panels(len(methods), title="Importance by character class, per model "
-                                                 "(final checkpoints)", width=5.5)
+                                                 "(final checkpoints)", width=4.2, height=3.4)
     width = 0.8 / len(models)
     for ax, method in zip(axes, methods, strict=True):
         for i, model in enumerate(models):
@@ -69,7 +69,8 @@ def _across_models(ctx: StepContext) -> None:
                       CHAR_CLASSES, rotation=30, ha="right")
         ax.set_title(method)
         ax.set_ylabel("mean |normalized score|")
-    axes[0].legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    plots.legend_below(fig)
     plots.save(fig, out / "by_class_models.png")
 
 
@@ -84,4 +85,4 @@ STEP = Step(
     "by_class.csv/.png, attribution/by_class_models.md", run, settings=AttributionSettings,
     result=AttributionResult, per_corpus=True, needs_prompts=True,
     command="lmscope probe attribution", readme=readme, report_title="Gradient attribution",
-    report_view=attribution_view)
+    report_view=attribution_view, report_hide=("heatmap_*.png",))

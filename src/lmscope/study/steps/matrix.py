@@ -24,4 +24,4 @@ STEP = Step(
     "(nats/char), matrix_bits.csv, oov.csv, matrix.png", run, result=cross_domain.Matrix,
     per_corpus=True, command="lmscope matrix", readme=readme,
     report_title="Zero-shot cross-domain matrix", report_view=matrix_view,
-    report_skip=("matrix.md",))
+    report_skip=("matrix.md",), report_hide=("matrix.png",))

@@ -59,22 +59,23 @@ def _across_models(ctx: StepContext) -> None:
                       "nan for one prompt); the full curves are in summary.csv.\n\n"
                       + markdown_table(
                           HEADER, [r for r in rows if r[1] == last[r[0]]]))
-    fig, axes = plots.panels(2, title="Next-character confidence: in-domain (solid) vs "
-                                       "out-of-domain (dashed) prompts")
+    fig, axes = plots.panels(2, title="Next-character confidence: in-domain vs out-of-domain "
+                                       "prompts, means over prompts", width=5.2, height=3.6)
+    handles = []
     for i, name in enumerate(last):
         for domain, style in (("in-domain", "-"), ("out-of-domain", "--")):
             pts = [(r[1], r[4], r[6]) for r in rows if r[0] == name and r[2] == domain]
             if pts:
                 its, ent, pexp = zip(*pts, strict=True)
-                axes[0].plot(its, ent, style, color=f"C{i}", marker=".",
-                             label=f"{name} model, {domain}")
+                (line,) = axes[0].plot(its, ent, style, color=f"C{i}", marker=".")
                 axes[1].plot(its, pexp, style, color=f"C{i}", marker=".")
+                handles.append((line, f"{name} model, {domain}"))
     for ax, label in zip(axes, ("entropy (bits)", "p(expected next character)"), strict=True):
-        ax.set_xscale("symlog", linthresh=100, linscale=0.5)
-        ax.set_xlabel("training iteration")
+        plots.iteration_axis(ax, [r[1] for r in rows])
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    plots.legend_below(fig, [h for h, _ in handles], [label for _, label in handles],
+                       ncol=len(last))  # a column per model: in-domain above out-of-domain
     plots.save(fig, out / "summary.png")
 
 

@@ -8,9 +8,10 @@ import math
 from dataclasses import dataclass
 
 from lmscope.analysis import transfer as probe
-from lmscope.analysis.transfer import TransferResult, TransferSummary
+from lmscope.analysis.transfer import CurvePoint, TransferResult, TransferSummary, load_curves
 from lmscope.data.corpora import corpus_label
 from lmscope.io import atomic_write_text
+from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
 from lmscope.study.registry import Step, StepContext, readme_section
 
@@ -54,6 +55,38 @@ def run(ctx: StepContext) -> None:
                       "Losses in nats per character (estimates on fixed validation batches); "
                       "gain = before - after on the target, forgetting = after - before on "
                       "the source.\n\n" + markdown_table(HEADER, table) + "\n" + _answer(rows))
+    for source in ctx.study.corpora:
+        _curves_from(ctx, source)
+
+
+def _curves_from(ctx: StepContext, source: str) -> None:
+    """transfer/from_<source>.png: small multiples of every fine-tuning of the source model, a
+    row per target corpus: the target's loss, and the source's (forgetting)."""
+    name = ctx.corpus_dir(source).name
+    targets = [t for s, t in _pairs(ctx) if s == source]
+    fig, axes = plots.grid(len(targets), 2, title=f"Fine-tuning the {name} model from each "
+                           "starting checkpoint", width=5.0, height=2.8, sharex=True)
+    handles: dict[str, object] = {}
+    for (ax_target, ax_source), target in zip(axes, targets, strict=True):
+        target_name = ctx.corpus_dir(target).name
+        curves: dict[str, list[CurvePoint]] = {}
+        for point in load_curves(ctx.out / "transfer" / _pair_folder(ctx, source, target)):
+            curves.setdefault(f"{point.start} (iteration {point.start_iter})", []).append(point)
+        for i, (label, points) in enumerate(curves.items()):
+            steps = [p.step for p in points]
+            (line,) = ax_target.plot(steps, [p.target_loss for p in points], marker=".",
+                                     color=f"C{i}")
+            ax_source.plot(steps, [p.source_loss for p in points], marker=".", color=f"C{i}")
+            handles.setdefault(label, line)
+        ax_target.set_title(f"on {target_name}: {target_name} loss (target)", fontsize=10)
+        ax_source.set_title(f"on {target_name}: {name} loss (forgetting)", fontsize=10)
+        for ax in (ax_target, ax_source):
+            ax.set_ylabel("nats/char")
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("fine-tuning step")
+    plots.legend_below(fig, list(handles.values()), list(handles))
+    plots.save(fig, ctx.out / "transfer" / f"from_{name}.png")
 
 
 def _mean(values) -> float:
@@ -89,13 +122,14 @@ def _answer(rows: list[tuple[str, str, TransferSummary]]) -> str:
 
 def readme(ctx: StepContext) -> str:
     return readme_section(ctx, "Few-shot transfer", "transfer/summary.md",
-                          [f"transfer/{_pair_folder(ctx, a, b)}/curves.png"
-                           for a, b in _pairs(ctx)])
+                          [f"transfer/from_{ctx.corpus_dir(c).name}.png"
+                           for c in ctx.study.corpora])
 
 
 STEP = Step(
     "transfer", "fine-tuning from early/mid/late checkpoints on every other corpus: "
     "transfer/<a>-to-<b>/curves.png (target loss and source forgetting), samples.md before and "
-    "after, transfer/summary.md", run, settings=TransferSettings, result=TransferResult,
-    per_corpus=True, command="lmscope transfer", readme=readme,
-    report_title="Few-shot transfer")
+    "after, transfer/from_<a>.png (every target of one source), transfer/summary.md", run,
+    settings=TransferSettings, result=TransferResult, per_corpus=True,
+    command="lmscope transfer", readme=readme, report_title="Few-shot transfer",
+    report_hide=("*/*.png",))  # the pairs' curves and fine-tunings: in from_<a>.png
