@@ -168,3 +168,14 @@ def test_other_output_folders_open(domain_runs, tmp_path):
     page = write_report(out).read_text()
     assert page.count('class="chart"') == 1 and "early: validation" in page
     assert "curves.png" in page and "loss.png" not in page and "summary.md" in page
+
+
+def test_a_run_report_shows_each_resume_and_what_it_changed(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "resumes.jsonl").write_text(json.dumps(
+        {"iter": 20, "time": "2026-12-02T10:00:00+0000", "lmscope": "0.1.0",
+         "changed": {"train.lr": [0.001, 0.1]}}) + "\n")
+    page = write_report(run).read_text()
+    assert "resumed 1 time (resumes.jsonl)" in page
+    assert "iteration 20, 2026-12-02T10:00:00+0000, lmscope 0.1.0: train.lr 0.001 -&gt; 0.1" in page

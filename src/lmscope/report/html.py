@@ -345,7 +345,15 @@ def _run(folder: Path, level: int) -> str:
     if run.is_finished():
         parts.append(_runs_table([run]))
     if run.config_file.is_file():
-        parts.append(_details("config.toml", run.config_file.read_text(encoding="utf-8")))
+        parts.append(_details("config.toml (as the run started)",
+                              run.config_file.read_text(encoding="utf-8")))
+    resumes = run.resumes()
+    if resumes:  # each resume, with what it changed (resumes.jsonl)
+        lines = [f"iteration {r.get('iter')}, {r.get('time')}, lmscope {r.get('lmscope')}: " + (
+            ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in r["changed"].items())
+            if r.get("changed") else "no setting changed") for r in resumes]
+        parts.append(_details(f"resumed {len(resumes)} time{'s' * (len(resumes) != 1)} "
+                              "(resumes.jsonl)", "\n".join(lines)))
     parts.append(loss_chart([run]))
     if run.samples_file.is_file():
         parts.append(markdown_to_html(run.samples_file.read_text(encoding="utf-8"), run.path))
