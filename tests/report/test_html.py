@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from lmscope.analysis import cross_domain
 from lmscope.analysis.attention import attention_probe
 from lmscope.errors import LmscopeError
 from lmscope.render import plots
@@ -168,6 +169,15 @@ def test_other_output_folders_open(domain_runs, tmp_path):
     page = write_report(out).read_text()
     assert page.count('class="chart"') == 1 and "early: validation" in page
     assert "curves.png" in page and "loss.png" not in page and "summary.md" in page
+
+    # `lmscope matrix --out DIR`: the interactive matrix in place of matrix.png and matrix.md
+    out = tmp_path / "matrix"
+    cross_domain.compute([domain_runs["play"], domain_runs["sums"]],
+                         [str(domain_runs["corpora"]["play"])], device="cpu",
+                         log=lambda m: None).save(out)
+    page = write_report(out).read_text()
+    assert page.count('class="matrix"') == 1 and "oov.csv" not in page
+    assert "matrix.png" not in page and "matrix.md" not in page
 
 
 def test_a_run_report_shows_each_resume_and_what_it_changed(tiny_run, tmp_path):

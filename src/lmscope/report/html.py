@@ -374,17 +374,19 @@ def _output_folder(folder: Path, sections: Sequence[Section]) -> str:
     curves of the runs in it (a transfer's fine-tunings), its Markdown files and figures."""
     parts = [f"<h1>lmscope output: {html.escape(folder.name)}</h1>"]
     hide: list[str] = []
+    skip: set[str] = set()
     for section in sections:
         view = section.view(folder) if section.view is not None else ""
         if view:
             parts.append(view)
             hide += section.hide
+            skip.update(section.skip)
     runs = [RunDir(p.parent) for pattern in ("*/metrics.jsonl", "*/*/metrics.jsonl")
             for p in sorted(folder.glob(pattern))]
     if runs:
         parts.append("<h2>Runs</h2>" + loss_chart(runs))
         hide += [str(PurePath(r.loss_plot).relative_to(folder)) for r in runs]
-    parts.append(_markdown_files(folder, skip=set()))
+    parts.append(_markdown_files(folder, skip=skip))
     parts.append(_figures_of(folder, tuple(hide)))
     return "\n".join(parts)
 
