@@ -108,8 +108,8 @@ class TransferSummary:
     source_before: float
     source_after: float
     forgetting: float  # after - before on the source
-    # the fraction of the target's characters outside the source model's vocabulary (they are
-    # trained on as <unk> and left out of no loss: the target losses include them)
+    # the fraction of the target's characters outside the source model's vocabulary: they are
+    # fine-tuned on as <unk>, and the target losses include them
     target_oov_rate: float = 0.0
 
     def cells(self) -> list:

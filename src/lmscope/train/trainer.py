@@ -284,9 +284,10 @@ class Trainer:
                          if tf.n_unknown}
         whose = "the checkpoint of train.init_from" if source is not None else "this run's tokenizer"
         training = {c.name for c in self.parts}
+        # Only the training corpora are checked: other corpora's unknown characters are left out
+        # of their loss. A resume is on the text its start checked (_restore refuses changed text).
         for name, split, tf in splits:
-            # a resume is on the text the start checked (_restore refuses changed text)
-            if name in training and not self.resume:  # other corpora's unknown characters are left out of their loss
+            if name in training and not self.resume:
                 check_oov_rate(name, split, tf.oov_rate, self.config.data.max_oov_rate,
                                whose=whose)
 
