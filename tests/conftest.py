@@ -9,6 +9,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (-n auto), each worker's torch, and every process it starts, gets its share
+# of the cores rather than all of them (2 workers on 2 cores, each with 2 threads, would fight).
+# Set before any test module imports torch; a value the user set is kept.
+if (_workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first, so that the workers share them out instead of one worker ending
+    the run alone on the last of them (the order is otherwise kept)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # The time limit of every subprocess a test runs: a bound against a hang, never an estimate of
 # speed (a busy machine may be ten times slower; tests wait for states, not for times).
 HANG_TIMEOUT = 3600

@@ -4,12 +4,14 @@ import json
 import os
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import HANG_TIMEOUT, png
 from tests.report.browser import check_report
+from tests.terminal import Terminal
 from tests.test_cli import assert_clean_error, lmscope
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +33,10 @@ def test_matrix_takes_several_runs_and_corpora(domain_runs, tmp_path):
     assert lines[0].split() == ["nats/char", "play", "sums"]
     assert lines[1].split()[0] == "play" and lines[2].split()[0] == "sums"
     assert "share one vocabulary" in r.stdout
+    # progress: one line per cell on stderr while the matrix is computed
+    cells_done = [line for line in r.stderr.splitlines() if " nats/char" in line]
+    assert [line.split(":")[0] for line in cells_done] == ["play on play", "play on sums",
+                                                          "sums on play", "sums on sums"]
     cells = json.loads((tmp_path / "m" / "matrix.json").read_text())["nats_per_char"]
     assert float(lines[1].split()[1]) == pytest.approx(cells[0][0], abs=1e-4)
 
@@ -109,6 +115,7 @@ def quick_domain_study(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("quick_domain_study")  # one run of the study
 def test_the_quick_domain_study(quick_domain_study):
     """Every artifact of the quick domain study, and each model is the best on its own domain."""
     out = quick_domain_study
@@ -135,6 +142,7 @@ def test_the_quick_domain_study(quick_domain_study):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("quick_domain_study")  # one run of the study
 def test_the_quick_domain_study_report_in_the_browser(quick_domain_study):
     """The browser test on a real study's report, at most 4 MB: no console errors, every image
     decodes, nothing overflows a 1400-pixel window, and every interactive view works (the loss
@@ -201,13 +209,19 @@ def test_bad_input_to_sampling_and_model_commands(tiny_run, tiny_corpus, tmp_pat
 
 @pytest.mark.slow
 def test_the_quick_architectures_study(shared_data, tmp_path):
-    """`lmscope study studies/architectures.toml --quick`: every variant trains, is compared,
-    generates from "0 1 2 3 4", and the attention models draw their maps."""
+    """`lmscope study studies/architectures.toml --quick`, shortened with --set to 50
+    iterations: every variant trains, is compared, generates from "0 1 2 3 4", and the attention
+    models draw their maps."""
     study = tmp_path / "studies"
     shutil.copytree(REPO / "studies", study)
     out = tmp_path / "arch"
-    r = lmscope("study", study / "architectures.toml", "--quick", "--out", out, timeout=HANG_TIMEOUT)
+    r = lmscope("study", study / "architectures.toml", "--quick", "--out", out, "--set",
+                "train.max_iters=50", "train.eval_interval=25", "train.checkpoint_at=[25]",
+                timeout=HANG_TIMEOUT)
     assert r.returncode == 0, r.stderr
+    for v in ("lstm", "gpt-rotary"):  # --set reaches every variant, over [quick.train]
+        config = (out / "runs" / v / "config.toml").read_text()
+        assert "max_iters = 50" in config and "eval_interval = 25" in config, config
     variants = ["lstm", "kgram-onehot", "kgram-embedding", "gpt", "gpt-post-norm",
                 "gpt-rmsnorm", "gpt-rotary", "gpt-no-pos"]
     rows = (out / "compare" / "compare.csv").read_text().splitlines()
@@ -223,8 +237,10 @@ def test_the_quick_architectures_study(shared_data, tmp_path):
 @pytest.mark.slow
 def test_the_quick_attention_study_with_two_seeds(shared_data, tmp_path):
     out = tmp_path / "attention"
+    # --quick, shortened with --set to 150 iterations: 7 attention snapshots (every 25)
     r = lmscope("study", REPO / "studies" / "attention.toml", "--quick", "--seeds", "0,1",
-                "--out", out, timeout=HANG_TIMEOUT)
+                "--out", out, "--set", "train.max_iters=150", "train.checkpoint_at=[100]",
+                timeout=HANG_TIMEOUT)
     assert r.returncode == 0, r.stderr
     results = json.loads((out / "seeds" / "results.json").read_text())
     assert set(results) == {"shakespeare", "wikipedia"}
@@ -238,7 +254,7 @@ def test_the_quick_attention_study_with_two_seeds(shared_data, tmp_path):
         assert (out / "seeds" / f"correlation_{dataset}.md").is_file()
     for run in ("shakespeare-s0", "shakespeare-s1", "wikipedia-s0", "wikipedia-s1"):
         rows = [json.loads(x) for x in (out / "runs" / run / "attention.jsonl").open()]
-        assert len(rows) == 13 and all(x["entropy_bits"] == x["entropy_bits"] for x in rows)
+        assert len(rows) == 7 and all(x["entropy_bits"] == x["entropy_bits"] for x in rows)
         assert (out / "generation" / run / "correlation_samples.csv").is_file()
         assert (out / "generation" / run / "correlation_loss.csv").is_file()
     # attention entropy falls as the model learns shakespeare: in every seed, in every layer
@@ -252,3 +268,16 @@ def test_the_quick_attention_study_with_two_seeds(shared_data, tmp_path):
     assert "## Means over seeds" in (out / "README.md").read_text()
     assert_clean_error(lmscope("study", REPO / "studies" / "attention.toml", "--seeds", "a,b",
                                "--out", tmp_path / "x"), "--seeds")
+
+
+def test_a_probe_at_a_terminal_shows_its_progress(domain_runs, tmp_path):
+    """At a terminal (stderr a pseudo-terminal), a probe draws a bar counting checkpoints; on a
+    pipe (every other test here) it stays silent."""
+    term = Terminal([sys.executable, "-m", "lmscope", "probe", "softmax", str(domain_runs["play"]),
+                     "--prompts", str(domain_runs["prompts"]), "--checkpoints", "all", "--out",
+                     str(tmp_path / "s")])
+    code, stdout, screen = term.finish()
+    assert code == 0, screen
+    assert "softmax: " in screen and "checkpoint" in screen, screen
+    assert "/4 [" in screen  # 4 checkpoints: iterations 0, 10, 20 and final
+    assert (tmp_path / "s" / "summary.md").is_file() and "# Softmax confidence" in stdout

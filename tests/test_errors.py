@@ -1,7 +1,7 @@
 """Every bad input we know of, for every command: one `error:` line, a non-zero exit, no
 traceback, and nothing already on disk changed. This table is also docs/errors.md:
 
-    LMSCOPE_WRITE_ERRORS_DOC=1 pytest tests/test_errors.py     # rewrites docs/errors.md
+    LMSCOPE_WRITE_ERRORS_DOC=1 pytest -n 0 tests/test_errors.py     # rewrites docs/errors.md
 
 and a test checks that the document lists every case, so the two cannot drift apart. Cases run
 through the command line's entry point in this process (the full-disk case in a subprocess with a
@@ -237,6 +237,15 @@ CASES = [
       ("being written by another process", "pid"), held="{w}/busy_study"),
     C("study-unknown-table", "study", "a study file with an unknown table",
       ("study", "{w}/study.toml", "--out", "{w}/s"), ("unknown table [plots]",)),
+    C("study-set-unknown-table", "study", "--set naming a table no study has",
+      ("study", "{w}/stats_study.toml", "--set", "trian.max_iters=5", "--out", "{w}/s"),
+      ("--set trian.max_iters=5: unknown table [trian]", "did you mean train?")),
+    C("study-set-unknown-key", "study", "--set naming a key the table does not have",
+      ("study", "{w}/stats_study.toml", "--set", "train.max_iter=5", "--out", "{w}/s"),
+      ("max_iter", "did you mean train.max_iters?")),
+    C("study-set-corpus", "study", "--set into a [corpus.NAME] table",
+      ("study", "{w}/stats_study.toml", "--set", "corpus.x=5", "--out", "{w}/s"),
+      ("not a table of settings", "edit the study file")),
     # --- export
     C("export-lstm", "export", "a model GPT-2 cannot represent (an LSTM)",
       ("export", "{w}/lstm", "--format", "hf", "--out", "{w}/hf"),
@@ -384,7 +393,7 @@ def test_bad_input(case, world, tiny_run, monkeypatch):
 
 def test_the_document_lists_every_case():
     if os.environ.get("LMSCOPE_WRITE_ERRORS_DOC"):
-        assert len(_seen) == len(CASES), "run the whole module to write the document"
+        assert len(_seen) == len(CASES), "run the whole module in one process (-n 0) to write the document"
         _write_doc()
     text = DOC.read_text(encoding="utf-8")
     missing = [c.id for c in CASES if f"`{c.id}`" not in text]
@@ -406,5 +415,5 @@ def _write_doc() -> None:
         "line on stderr, a non-zero exit code, no traceback, and every file that was on disk\n"
         "before (the bad files, a trained run) is unchanged after. DIR is the test's folder of\n"
         "bad files, RUN a small trained run. Regenerate this page with\n"
-        "`LMSCOPE_WRITE_ERRORS_DOC=1 pytest tests/test_errors.py`.\n\n"
+        "`LMSCOPE_WRITE_ERRORS_DOC=1 pytest -n 0 tests/test_errors.py`.\n\n"
         f"{len(CASES)} cases.\n\n" + "\n".join(rows) + "\n", encoding="utf-8")

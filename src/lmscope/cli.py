@@ -45,6 +45,14 @@ def _default_run_dir(corpus: str, name: str) -> Path:
     return path
 
 
+def _all_overrides(overrides: tuple[str, ...], more: tuple[str, ...]) -> list[str]:
+    """`--set a=1 b=2`: click gives `a=1` to --set and `b=2` to the trailing arguments."""
+    for item in more:
+        if "=" not in item:
+            raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
+    return [*overrides, *more]
+
+
 @cli.command()
 @click.option("--data", "data", metavar="CORPUS[:WEIGHT]", multiple=True,
               help="Corpus name (see `lmscope data list`) or path to a text file or folder; "
@@ -74,10 +82,7 @@ def train(data, out, model, preset, config_file, overrides, more_overrides, resu
     from lmscope.run.run_dir import RunDir
     from lmscope.train.trainer import train as run_training
 
-    for item in more_overrides:  # `--set a=1 b=2`: the values after the first arrive here
-        if "=" not in item:
-            raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
-    overrides = [*overrides, *more_overrides]
+    overrides = _all_overrides(overrides, more_overrides)
     data = str(Mixture.from_items(data)) if data else None  # several --data: one mixture
     note = ""
     if resume:
@@ -365,13 +370,11 @@ def transfer(run, target, checkpoints, iters, eval_every, eval_iters, prompt, se
     """
     from lmscope.analysis.transfer import transfer as run_transfer
 
-    for item in more_overrides:
-        if "=" not in item:
-            raise click.UsageError(f"unexpected argument {item!r} (overrides look like key=value)")
+    overrides = _all_overrides(overrides, more_overrides)
     with OutDir(out, "transfer", force=force, resumes=not force):
         run_transfer(run, target, out, checkpoints=checkpoints, iters=iters,
                      eval_every=eval_every, eval_iters=eval_iters,
-                     overrides=[*overrides, *more_overrides], sample_prompt=prompt, seed=seed,
+                     overrides=overrides, sample_prompt=prompt, seed=seed,
                      device=device, max_oov_rate=max_oov_rate, log=click.echo)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
@@ -543,8 +546,12 @@ class _StudyCommand(click.Command):
 @click.option("--quick", is_flag=True, help="The study's [quick] settings: every artifact, fast.")
 @click.option("--seeds", default=None, metavar="S1,S2,...",
               help="Train every run once per seed (replaces the file's [study] seeds).")
+@click.option("--set", "overrides", multiple=True, metavar="TABLE.KEY=VALUE",
+              help="Override a value of the study file, after [quick], e.g. --set "
+                   "train.max_iters=100 model.n_layer=2 (a variant's or corpus's own table wins).")
+@click.argument("more_overrides", nargs=-1, metavar="")
 @click.option("--device", default="auto", show_default=True)
-def study(study_file, out, quick, seeds, device):
+def study(study_file, out, quick, seeds, overrides, more_overrides, device):
     """Run a study file's steps in order (by default stats, train, matrix, transfer, softmax,
     attribution).
 
@@ -554,6 +561,7 @@ def study(study_file, out, quick, seeds, device):
     \b
     lmscope study studies/domain.toml --quick --out results/domain-quick
     lmscope study studies/attention.toml --seeds 0,1,2 --out results/attention
+    lmscope study studies/architectures.toml --quick --set train.max_iters=100 --out arch-100
     """
     from lmscope.study.runner import run_study
 
@@ -566,7 +574,8 @@ def study(study_file, out, quick, seeds, device):
                                f"{seeds!r}") from None
         if not seed_list or min(seed_list) < 0:
             raise LmscopeError(f"--seeds takes one or more seeds >= 0, got {seeds!r}")
-    timings = run_study(study_file, out, quick=quick, seeds=seed_list, device=device,
+    timings = run_study(study_file, out, quick=quick, seeds=seed_list,
+                        overrides=_all_overrides(overrides, more_overrides), device=device,
                         log=click.echo)
     click.echo(f"done in {sum(timings.values()):.0f} s ("
                + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"); see {out}/")

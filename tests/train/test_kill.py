@@ -56,8 +56,13 @@ def test_sigkill_at_random_moments_never_breaks_a_run(tiny_corpus, tmp_path):
     start = [sys.executable, "-m", "lmscope", "train", "--data", str(tiny_corpus), "--out",
              str(run), "--quiet", "--set", *BUSY]
     resume = [sys.executable, "-m", "lmscope", "train", "--out", str(run), "--resume", "--quiet"]
-    iters, mid_write = [], 0
-    for _ in range(20):  # 20 kills
+    iters, mid_write, kills = [], 0, 0
+    # Kill until at least 8 kills landed after training began and one landed inside a write:
+    # a state to reach, not a number of tries (bounded against a machine where writes never
+    # overlap a kill).
+    while len(iters) < 8 or not mid_write:
+        assert kills < 60, f"no kill landed inside a checkpoint write in {kills}; make writes busier"
+        kills += 1
         saved = _saved_iter(run)
         proc = subprocess.Popen(resume if saved is not None else start,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -69,15 +74,13 @@ def test_sigkill_at_random_moments_never_breaks_a_run(tiny_corpus, tmp_path):
         mid_write += bool(leftovers)
         if (run / "checkpoints" / "last" / "train_state.json").is_file():
             iters.append(_check_loadable(run))
-    assert len(iters) >= 15, iters  # most kills came after training had begun
     assert iters == sorted(iters) and iters[-1] > iters[0]  # every restart went on from the last
-    assert mid_write >= 1, "no kill landed inside a checkpoint write; make writes busier"
     # and the run still finishes normally
     done = subprocess.run([*resume, "--set", f"train.max_iters={iters[-1] + 4}"],
                           capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert not list((run / "checkpoints").glob(".*.tmp-*"))  # the leftovers were cleared
-    # exact resume: 20 kills later, the same weights and losses as one uninterrupted run
+    # exact resume: all those kills later, the same weights and losses as one uninterrupted run
     n = iters[-1] + 4
     straight = tmp_path / "straight"
     plain = subprocess.run([*start[:7], str(straight), "--quiet", "--set", *BUSY,

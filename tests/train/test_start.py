@@ -3,6 +3,8 @@ schedule it prints, and a start that fails or is stopped leaves nothing behind."
 
 import json
 import math
+import signal
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from lmscope.config import resolve_config
 from lmscope.errors import LmscopeError
 from lmscope.train.trainer import Trainer, TrainingInterrupted, train
 from tests.conftest import TINY_SETTINGS, TINY_TEXT
+from tests.terminal import Terminal
 
 
 def _config(corpus, *extra):
@@ -203,3 +206,21 @@ def test_each_resume_is_recorded_and_config_toml_stays_as_the_run_started(
     assert "resumed at iteration 20, no setting changed" in lines
     assert [r["changed"] for r in folder.resumes()][1] == {}
     assert folder.config().train.lr == 0.002
+
+
+def test_a_real_ctrl_c_in_a_long_first_evaluation_stops_it_and_leaves_nothing(tiny_corpus,
+                                                                               tmp_path):
+    """As a user at a terminal: the evaluation's bar is drawn, one Ctrl-C (SIGINT) stops the
+    evaluation between batches, and the rerun starts fresh in the empty place."""
+    run = tmp_path / "run"
+    endless = ["train.eval_iters=10000000"]  # the first evaluation would never end on its own
+    term = Terminal([sys.executable, "-m", "lmscope", "train", "--data", str(tiny_corpus),
+                     "--out", str(run), "--set", *TINY_SETTINGS, *endless])
+    term.wait_for("eval:")  # the evaluation's bar: it is evaluating
+    term.proc.send_signal(signal.SIGINT)
+    code, _, screen = term.finish()
+    assert code == 130  # stopped by the user (128 + SIGINT), as a shell reports it
+    assert "stopping: no state has been saved yet" in screen
+    assert "interrupted before the first checkpoint: nothing is saved" in screen
+    assert "Traceback" not in screen
+    assert not run.exists()

@@ -120,8 +120,9 @@ class StudyRunner:
 
 
 def run_study(path: str | Path, out_dir: str | Path, *, quick: bool = False,
-              seeds: list[int] | None = None, device: str = "auto",
+              seeds: list[int] | None = None, overrides: list[str] = (), device: str = "auto",
               log=print) -> dict[str, float]:
-    """Run (or continue) the study in `path`, writing into `out_dir`; returns seconds per step."""
-    return StudyRunner(load_study(path, quick=quick, seeds=seeds), out_dir, device=device,
-                       log=log).run()
+    """Run (or continue) the study in `path`, writing into `out_dir`; returns seconds per step.
+    `overrides` ("train.max_iters=100", ...) are merged over the file's tables (load_study)."""
+    study = load_study(path, quick=quick, seeds=seeds, overrides=overrides)
+    return StudyRunner(study, out_dir, device=device, log=log).run()

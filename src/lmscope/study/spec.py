@@ -56,14 +56,17 @@ from pathlib import Path
 from lmscope.data.corpora import REGISTRY
 from lmscope.data.prompts import check_domains, load_prompts
 from lmscope.errors import ConfigError, LmscopeError
-from lmscope.settings import build, load_toml, merge, suggest
+from lmscope.settings import build, load_toml, merge, parse_override, suggest
 from lmscope.study import steps as registered
 from lmscope.study.plan import RUN_TABLES, Study, Variant
 
 
-def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None = None) -> Study:
+def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None = None,
+               overrides: list[str] = ()) -> Study:
     """Read and check a study file; with quick=True its [quick] tables are merged over the rest;
-    `seeds` (the command line's --seeds) replaces [study] seeds."""
+    `seeds` (the command line's --seeds) replaces [study] seeds; `overrides` (the command line's
+    --set, "train.max_iters=100") are merged over the file's tables, after [quick] (a variant's
+    or a corpus's own table still wins, as it does over the file's)."""
     path = Path(path)
     raw = load_toml(path, "study file")
     quick_raw = raw.pop("quick", {})
@@ -80,11 +83,21 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
                                   f"[[variant]]{suggest(name, names)}")
             i = names.index(name)
             raw["variant"][i] = merge(raw["variant"][i], tables)
-    if seeds is not None:
-        raw = merge(raw, {"study": {"seeds": seeds}})
     settings = registered.settings_tables()
     steps = registered.by_name()
     tables = ("study", *RUN_TABLES, "corpus", "variant", *settings)
+    for item in overrides:
+        override = parse_override(item)
+        table = next(iter(override))
+        if table in ("corpus", "variant"):
+            raise ConfigError(f"--set {item}: [{table}] is not a table of settings; edit the "
+                              "study file for [corpus.NAME] and [[variant]] tables")
+        if table not in tables:
+            raise ConfigError(f"--set {item}: unknown table [{table}]"
+                              f"{suggest(table, [t for t in tables if t not in ('corpus', 'variant')])}")
+        raw = merge(raw, override)
+    if seeds is not None:
+        raw = merge(raw, {"study": {"seeds": seeds}})
     for key, value in raw.items():
         if key not in tables:
             raise ConfigError(f"study file {path}: unknown table [{key}]{suggest(key, tables)}")
