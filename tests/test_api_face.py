@@ -6,7 +6,8 @@ import sys
 import lmscope
 
 NAMES = ["Checkpoint", "EvalResult", "LmscopeError", "RunConfig", "TrainResult", "evaluate",
-         "export_hf", "generate", "load", "logits", "read_metrics", "resolve_config", "train"]
+         "export_hf", "generate", "load", "logits", "read_metrics", "resolve_config",
+         "run_with_cache", "run_with_hooks", "train"]
 
 
 def test_the_face_has_its_names_and_dir_lists_them():

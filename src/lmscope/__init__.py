@@ -27,12 +27,15 @@ _EXPORTS = {
     "logits": "lmscope.api",
     "read_metrics": "lmscope.run.run_dir",
     "resolve_config": "lmscope.config",
+    "run_with_cache": "lmscope.api",
+    "run_with_hooks": "lmscope.api",
     "train": "lmscope.train.trainer",
 }
 
 __all__ = [
     "Checkpoint", "EvalResult", "LmscopeError", "RunConfig", "TrainResult",
-    "evaluate", "export_hf", "generate", "load", "logits", "read_metrics", "resolve_config", "train",
+    "evaluate", "export_hf", "generate", "load", "logits", "read_metrics", "resolve_config",
+    "run_with_cache", "run_with_hooks", "train",
 ]
 __version__ = "0.1.0"
 

@@ -5,6 +5,7 @@
     ckpt = lmscope.load("runs/demo")                       # final checkpoint, else the latest
     print(lmscope.generate(ckpt, "ROMEO:", max_new_tokens=200, seed=0))
     print(lmscope.evaluate(ckpt, "shakespeare").loss)      # whole validation split
+    logits, cache = lmscope.run_with_cache(ckpt, "ROMEO:", names=["blocks.0.attn.hook_pattern"])
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import torch
 from lmscope.errors import LmscopeError
 from lmscope.generate import SamplingConfig
 from lmscope.generate import generate as _generate
+from lmscope.models.hooks import Hooks
 from lmscope.run.checkpoint import as_checkpoint, load
 
-__all__ = ["generate", "load", "logits"]
+__all__ = ["generate", "load", "logits", "run_with_cache", "run_with_hooks"]
 
 
 def generate(model_or_path, prompt: str, *, max_new_tokens: int = 200,
@@ -46,3 +48,72 @@ def logits(model_or_path, text: str) -> torch.Tensor:
                            "(the model's context length)")
     device = next(ckpt.model.parameters()).device
     return ckpt.model(torch.tensor([ids], device=device))[0]
+
+
+def _model_and_ids(model_or_path, text_or_ids):
+    """(model, ids (batch, time) on the model's device) for a text (encoded by the checkpoint's
+    tokenizer) or token ids (a list, a list of lists, or a 1-D or 2-D tensor)."""
+    if isinstance(model_or_path, torch.nn.Module):
+        model, tokenizer = model_or_path, None
+    else:
+        ckpt = as_checkpoint(model_or_path)
+        model, tokenizer = ckpt.model, ckpt.tokenizer
+    if not hasattr(model, "hook_names"):
+        raise LmscopeError(f"{type(model).__name__} has no hook points (not an lmscope model)")
+    if isinstance(text_or_ids, str):
+        if tokenizer is None:
+            raise LmscopeError("a text needs a checkpoint (its tokenizer); with a bare model, "
+                               "pass token ids")
+        text_or_ids = tokenizer.encode(text_or_ids, unknown="error")
+    ids = torch.as_tensor(text_or_ids, dtype=torch.long)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.numel() == 0:
+        raise LmscopeError(f"token ids must be (time,) or (batch, time) and not empty, got shape "
+                           f"{tuple(ids.shape)}")
+    if ids.size(1) > model.context_length:
+        raise LmscopeError(f"{ids.size(1)} tokens: give at most {model.context_length} (the "
+                           "model's context length)")
+    return model, ids.to(next(model.parameters()).device)
+
+
+def _batches(model, ids, hooks_for_batch, batch_size: int):
+    """Run `ids` in batches of `batch_size` rows; returns (logits, [Hooks of each batch])."""
+    if batch_size < 1:
+        raise LmscopeError(f"batch_size must be at least 1, got {batch_size}")
+    was_training = model.training
+    model.eval()
+    try:
+        logits, used = [], []
+        for start in range(0, ids.size(0), batch_size):
+            hooks = hooks_for_batch()
+            logits.append(model(ids[start:start + batch_size], hooks=hooks))
+            used.append(hooks)
+    finally:
+        model.train(was_training)
+    return torch.cat(logits), used
+
+
+@torch.no_grad()
+def run_with_cache(model_or_path, text_or_ids, names=None, *, batch_size: int = 64):
+    """Logits (batch, time, vocab) and {hook name: activation} for a text or token ids.
+
+    `names`: the hook points to keep (model.hook_names() lists them; None keeps every one, which
+    for a long batch takes memory). Activations are detached, on the model's device, with the
+    batch first; rows run `batch_size` at a time and are joined.
+    """
+    model, ids = _model_and_ids(model_or_path, text_or_ids)
+    names = model.hook_names() if names is None else [names] if isinstance(names, str) else names
+    Hooks(cache=names).check(model.hook_names(), model_name=type(model).__name__)
+    logits, used = _batches(model, ids, lambda: Hooks(cache=names), batch_size)
+    return logits, {name: torch.cat([h.cache[name] for h in used]) for name in names}
+
+
+@torch.no_grad()
+def run_with_hooks(model_or_path, text_or_ids, hooks, *, batch_size: int = 64):
+    """Logits (batch, time, vocab) with functions at hook points: `hooks` = {name: fn or [fn]},
+    each called as fn(activation, name) and returning None (read) or a replacement of the same
+    shape (e.g. zeros for an ablation)."""
+    model, ids = _model_and_ids(model_or_path, text_or_ids)
+    Hooks(hooks).check(model.hook_names(), model_name=type(model).__name__)
+    return _batches(model, ids, lambda: Hooks(hooks), batch_size)[0]

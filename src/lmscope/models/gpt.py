@@ -147,21 +147,31 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0, return_attention=False,
-                rope=None):
+                rope=None, hooks=None):
         B, T, C = x.shape
+        hook = _hook_at(hooks, f"blocks.{layer}.attn.")
         q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # (B, T, C) -> (B, T, n_head, head_dim), TransformerLens's layout at hook_q/k/v and
+        # hook_z, -> (B, n_head, T, head_dim) for the attention itself
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in (q, k, v))
+        q, k, v = (hook(name, t).transpose(1, 2) for name, t in
+                   (("hook_q", q), ("hook_k", k), ("hook_v", v)))
         if rope is not None:  # (cos, sin) at these tokens' absolute positions
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # cached keys stay rotated
+            if hooks is not None:
+                q = hook("hook_rot_q", q.transpose(1, 2)).transpose(1, 2)
+                k = hook("hook_rot_k", k.transpose(1, 2)).transpose(1, 2)
         past = 0
         if cache is not None:
             past = cache.length
             k, v = cache.append(layer, k, v)
         attn = None
         dropout_p = self.dropout if self.training else 0.0
-        if return_attention:  # explicit probabilities (returned before dropout)
-            attn = _causal_softmax(q, k, past)
+        explicit = return_attention or (hooks is not None and any(
+            hooks.wants(f"blocks.{layer}.attn.{name}") for name in ("hook_attn_scores",
+                                                                    "hook_pattern")))
+        if explicit:  # explicit probabilities (returned before dropout)
+            attn = _causal_softmax(q, k, past, hook)
             y = F.dropout(attn, dropout_p, self.training) @ v
         elif past == 0 or T == 1:
             # The whole context is new (causal mask), or one new token sees everything before it.
@@ -171,16 +181,30 @@ class CausalSelfAttention(nn.Module):
             # Several new tokens after a cached prefix: an explicit mask, offset by the prefix.
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y)), attn
+        y = hook("hook_z", y.transpose(1, 2))  # (B, T, n_head, head_dim): each head's output
+        return self.resid_dropout(self.proj(y.contiguous().view(B, T, C))), attn
 
 
-def _causal_softmax(q, k, past: int):
-    """Attention probabilities (B, n_head, T_query, T_key), each query seeing keys up to itself."""
+def _no_hook(name: str, x):
+    return x
+
+
+def _hook_at(hooks, prefix: str):
+    """hook(name, x): x through `hooks` at `prefix + name`, or x itself when there are no hooks
+    (one call that returns its argument: the forward pass without hooks pays nothing more)."""
+    if hooks is None:
+        return _no_hook
+    return lambda name, x: hooks(prefix + name, x)
+
+
+def _causal_softmax(q, k, past: int, hook=_no_hook):
+    """Attention probabilities (B, n_head, T_query, T_key), each query seeing keys up to itself
+    (the masked scores at hook_attn_scores, the probabilities at hook_pattern)."""
     T, S = q.size(2), k.size(2)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
     mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=past)
-    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    scores = hook("hook_attn_scores", scores.masked_fill(~mask, float("-inf")))
+    return hook("hook_pattern", scores.softmax(dim=-1))
 
 
 class MLP(nn.Module):
@@ -190,8 +214,9 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x):
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+    def forward(self, x, hook=_no_hook):
+        """hook_pre: the hidden layer before the GELU, hook_post: after it (TransformerLens)."""
+        return self.dropout(self.proj(hook("hook_post", F.gelu(hook("hook_pre", self.fc(x))))))
 
 
 class Block(nn.Module):
@@ -203,15 +228,21 @@ class Block(nn.Module):
         self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0, return_attention=False, rope=None):
+    def forward(self, x, cache=None, layer=0, return_attention=False, rope=None, hooks=None):
+        hook = _hook_at(hooks, f"blocks.{layer}.")
+        mlp_hook = _hook_at(hooks, f"blocks.{layer}.mlp.")
+        x = hook("hook_resid_pre", x)
         if self.pre_norm:
-            a, attn = self.attn(self.norm1(x), cache, layer, return_attention, rope)
-            x = x + a
-            x = x + self.mlp(self.norm2(x))
-        else:
-            a, attn = self.attn(x, cache, layer, return_attention, rope)
-            x = self.norm1(x + a)
-            x = self.norm2(x + self.mlp(x))
+            a, attn = self.attn(hook("ln1.hook_normalized", self.norm1(x)), cache, layer,
+                                return_attention, rope, hooks)
+            x = hook("hook_resid_mid", x + hook("hook_attn_out", a))
+            m = self.mlp(hook("ln2.hook_normalized", self.norm2(x)), mlp_hook)
+            x = hook("hook_resid_post", x + hook("hook_mlp_out", m))
+        else:  # post-norm: the residual stream is normalized after each sum
+            a, attn = self.attn(x, cache, layer, return_attention, rope, hooks)
+            x = hook("hook_resid_mid", self.norm1(x + hook("hook_attn_out", a)))
+            m = self.mlp(x, mlp_hook)
+            x = hook("hook_resid_post", self.norm2(x + hook("hook_mlp_out", m)))
         return x, attn
 
 
@@ -258,29 +289,51 @@ class GPT(nn.Module):
             n -= self.pos_emb.weight.numel()
         return n
 
-    def _run(self, idx, cache=None, return_attention=False, tok_emb=None):
-        x = self.tok_emb(idx) if tok_emb is None else tok_emb
+    def hook_names(self) -> list[str]:
+        """Every hook point, in the order a forward pass reaches them (docs/hooks.md)."""
+        c = self.config
+        names = ["hook_embed"] + (["hook_pos_embed"] if c.pos_emb == "learned" else [])
+        for layer in range(c.n_layer):
+            b = f"blocks.{layer}."
+            attn = [f"{b}attn.hook_{n}" for n in ("q", "k", "v")]
+            if c.pos_emb == "rotary":
+                attn += [f"{b}attn.hook_rot_q", f"{b}attn.hook_rot_k"]
+            attn += [f"{b}attn.hook_{n}" for n in ("attn_scores", "pattern", "z")]
+            if c.norm_position == "pre":
+                names += [f"{b}hook_resid_pre", f"{b}ln1.hook_normalized", *attn,
+                          f"{b}hook_attn_out", f"{b}hook_resid_mid", f"{b}ln2.hook_normalized"]
+            else:
+                names += [f"{b}hook_resid_pre", *attn, f"{b}hook_attn_out", f"{b}hook_resid_mid"]
+            names += [f"{b}mlp.hook_pre", f"{b}mlp.hook_post", f"{b}hook_mlp_out",
+                      f"{b}hook_resid_post"]
+        return [*names, "ln_final.hook_normalized"]
+
+    def _run(self, idx, cache=None, return_attention=False, tok_emb=None, hooks=None):
+        hook = _hook_at(hooks, "")
+        x = hook("hook_embed", self.tok_emb(idx) if tok_emb is None else tok_emb)
         T = x.shape[1]
         past = cache.length if cache is not None else 0
         if past + T > self.config.block_size:
             raise ValueError(f"context of {past + T} tokens exceeds block_size {self.config.block_size}")
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(past, past + T, device=x.device))
+            positions = self.pos_emb(torch.arange(past, past + T, device=x.device))
+            x = x + (positions if hooks is None else hook("hook_pos_embed", positions.expand_as(x)))
         rope = None
         if self.config.pos_emb == "rotary":
             rope = (self.rope_cos[past:past + T], self.rope_sin[past:past + T])
         x = self.drop(x)
         attentions = []
         for layer, block in enumerate(self.blocks):
-            x, attn = block(x, cache, layer, return_attention, rope)
+            x, attn = block(x, cache, layer, return_attention, rope, hooks)
             attentions.append(attn)
         if cache is not None:
             cache.length += T
-        return self.head(self.norm_f(x)), attentions
+        return self.head(hook("ln_final.hook_normalized", self.norm_f(x))), attentions
 
-    def forward(self, idx):
-        """Logits (batch, time, vocab) for token ids (batch, time)."""
-        return self._run(idx)[0]
+    def forward(self, idx, hooks=None):
+        """Logits (batch, time, vocab) for token ids (batch, time); `hooks` (models/hooks.py)
+        reads or replaces activations at named points on the way."""
+        return self._run(idx, hooks=hooks)[0]
 
     def forward_with_attention(self, idx):
         """Logits and a list, one per layer, of attention probabilities (batch, head, query, key)."""

@@ -113,7 +113,7 @@ class KGram(nn.Module):
             return self.tok_emb(ids)
         return F.one_hot(ids, self.config.vocab_size + 1).to(self._dtype())
 
-    def _mlp_on(self, x):
+    def _mlp_on(self, x, hooks=None):
         """Logits for every position of x (batch, k-1+T, width), whose first k-1 are context only.
 
         unfold gives (batch, T, width, k): the window of k vectors ending at each position, oldest
@@ -122,7 +122,25 @@ class KGram(nn.Module):
         B, L, C = x.shape
         k = self.config.k
         windows = x.unfold(1, k, 1).transpose(2, 3).reshape(B, L - k + 1, k * C)
+        if hooks is not None:
+            return self._mlp_hooked(windows, hooks)
         return self.head(self.mlp(windows))
+
+    def hook_names(self) -> list[str]:
+        """Every hook point, in the order a forward pass reaches them (docs/hooks.md)."""
+        layers = [f"mlp.{i}.hook_{n}" for i in range(self.config.n_layer) for n in ("pre", "post")]
+        return ["hook_input", *layers]
+
+    def _mlp_hooked(self, windows, hooks):
+        """`head(mlp(windows))` layer by layer: hook_input is each position's k input vectors
+        concatenated (batch, time, k * width), mlp.L.hook_pre a hidden layer before its GELU,
+        mlp.L.hook_post after it."""
+        x = hooks("hook_input", windows)
+        for layer in range(self.config.n_layer):
+            linear, gelu, dropout = self.mlp[3 * layer:3 * layer + 3]
+            x = hooks(f"mlp.{layer}.hook_pre", linear(x))
+            x = dropout(hooks(f"mlp.{layer}.hook_post", gelu(x)))
+        return self.head(x)
 
     def _pad_vectors(self, batch: int):
         """The input vectors of k-1 padding tokens, (batch, k-1, width)."""
@@ -130,12 +148,13 @@ class KGram(nn.Module):
         pad = torch.full((batch, self.config.k - 1), self.pad_id, dtype=torch.long, device=device)
         return self._vectors(pad)
 
-    def forward(self, idx):
+    def forward(self, idx, hooks=None):
         """Logits (batch, time, vocab) for token ids (batch, time); the first k-1 positions see
-        padding in place of the tokens before the start."""
+        padding in place of the tokens before the start. `hooks` (models/hooks.py) reads or
+        replaces activations at named points on the way."""
         pad = torch.full((idx.size(0), self.config.k - 1), self.pad_id, dtype=idx.dtype,
                          device=idx.device)
-        return self._mlp_on(self._vectors(torch.cat([pad, idx], dim=1)))
+        return self._mlp_on(self._vectors(torch.cat([pad, idx], dim=1)), hooks)
 
     def embed(self, idx):
         """The input vectors of token ids: embeddings (batch, time, n_embd), or one-hot vectors

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from lmscope.errors import ConfigError
+from lmscope.errors import ConfigError, LmscopeError
 
 
 @dataclass
@@ -93,8 +94,45 @@ class LSTM(nn.Module):
         out, state = self.lstm(x, state)
         return self.head(self.drop(out)), state
 
-    def forward(self, idx):
-        """Logits (batch, time, vocab) for token ids (batch, time), starting from a zero state."""
+    def hook_names(self) -> list[str]:
+        """Every hook point, in the order a forward pass reaches them (docs/hooks.md)."""
+        layers = [f"lstm.{i}.hook_{n}" for i in range(self.config.n_layer) for n in ("cell", "hidden")]
+        return ["hook_embed", *layers]
+
+    def _run_hooked(self, x, hooks):
+        """The same logits as `_run` from a zero state, one layer and one position at a time, so
+        that every layer's hidden and cell state at every position can be read; a replaced
+        hidden state is what the next layer and the head read (layer L's own recurrence keeps
+        the computed one). The gates follow nn.LSTM's equations and weights (tested equal)."""
+        lstm = self.lstm
+        x = hooks("hook_embed", x)
+        for layer in range(self.config.n_layer):
+            w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
+            inputs = x @ w_ih.T + getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}")
+            h = x.new_zeros(x.size(0), self.config.n_hidden)
+            c = torch.zeros_like(h)
+            hidden, cell = [], []
+            for t in range(x.size(1)):
+                i, f, g, o = (inputs[:, t] + h @ w_hh.T).chunk(4, dim=-1)  # nn.LSTM's order
+                c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+                h = o.sigmoid() * c.tanh()
+                hidden.append(h)
+                cell.append(c)
+            cells = torch.stack(cell, dim=1)
+            if hooks(f"lstm.{layer}.hook_cell", cells) is not cells:
+                raise LmscopeError(f"lstm.{layer}.hook_cell can be read, not replaced (the cell "
+                                   f"state feeds only its own layer's recurrence); replace "
+                                   f"lstm.{layer}.hook_hidden")
+            x = hooks(f"lstm.{layer}.hook_hidden", torch.stack(hidden, dim=1))
+            if layer < self.config.n_layer - 1 and self.training:
+                x = F.dropout(x, lstm.dropout, True)  # as nn.LSTM, between layers
+        return self.head(self.drop(x))
+
+    def forward(self, idx, hooks=None):
+        """Logits (batch, time, vocab) for token ids (batch, time), starting from a zero state;
+        `hooks` (models/hooks.py) reads or replaces activations at named points on the way."""
+        if hooks is not None:
+            return self._run_hooked(self.tok_emb(idx), hooks)
         return self._run(self.tok_emb(idx))[0]
 
     def embed(self, idx):
