@@ -1,101 +1,117 @@
 """What the hook points cost a forward pass that sets no hooks; prints one JSON object.
 
-    git worktree add /tmp/before <commit before the hook points>
-    python benchmarks/hooks.py --before /tmp/before            # 8 rounds
-    python benchmarks/hooks.py --before /tmp/before --quick    # 1 round, fewer steps
+    python benchmarks/hooks.py                      # against f020ef5, the commit before hooks
+    python benchmarks/hooks.py --before COMMIT --blocks 60
 
-Each round times, in a fresh process for each checkout, side by side (the machine may be shared;
-the order alternates from round to round, so a drift in the machine's speed favours neither): the training step (forward, backward, AdamW) of the
-shakespeare-char-cpu GPT (4 layers, 128 wide, batch 12 x block 64), and sampling 1,000 tokens at
-batch size 1 with the KV cache from the same model. Medians over rounds of each checkout, their
-ratio, and the median of the rounds' own after / before ratios (1.00: no cost).
+Both versions of the GPT run in one process, side by side: the model code of the commit before
+the hook points (models/gpt.py, read with `git show COMMIT:...`) and today's, with the same
+weights. They alternate in short blocks (a training block, then a sampling block, of one model
+and then of the other, the order switching from block to block), so that a change in the
+machine's speed (another process on a shared machine) reaches both alike. Timed:
+
+    train        the training step (forward, backward, AdamW) of the shakespeare-char-cpu GPT
+                 (4 layers, 128 wide, batch 12 x block 64), `steps` steps per block
+    sample       sampling `tokens` tokens at batch size 1 with the KV cache (generate_ids)
+
+Reported: the medians over blocks of each version, and the median of the blocks' own
+after / before ratios, with its interquartile range: for training, milliseconds per step (above
+1: slower), for sampling, tokens per second (below 1: slower); 1.000 is no cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
+
+from lmscope.generate import SamplingConfig, generate_ids
+from lmscope.models.gpt import GPT, GPTConfig
+
 REPO = Path(__file__).resolve().parents[1]
+BEFORE = "f020ef5"  # the last commit before the hook points (1868a9b)
 
 
-def measure(steps: int) -> dict:
-    """In the child process: the lmscope on sys.path, timed."""
-    import torch
+def old_gpt_module(commit: str):
+    """models/gpt.py as it was at `commit`, imported as a module of its own."""
+    source = subprocess.run(["git", "show", f"{commit}:src/lmscope/models/gpt.py"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout
+    name = f"gpt_at_{commit}"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(source, f"{commit}:models/gpt.py", "exec"), module.__dict__)
+    return module
 
-    from lmscope.data.tokenizers import CharTokenizer
-    from lmscope.generate import SamplingConfig, generate
-    from lmscope.models.gpt import GPT, GPTConfig
 
+def models(commit: str):
+    config = dict(vocab_size=96, block_size=64, n_layer=4, n_head=4, n_embd=128)
     torch.manual_seed(0)
-    chars = "".join(chr(c) for c in range(32, 127)) + "\n"
-    tokenizer = CharTokenizer(chars)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=4, n_head=4,
-                          n_embd=128))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randint(0, tokenizer.vocab_size, (12, 64))
-    y = torch.randint(0, tokenizer.vocab_size, (12, 64))
-
-    def step():
-        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(10):  # warm up
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    train_ms = (time.perf_counter() - start) / steps * 1000
-    model.eval()
-    cfg = SamplingConfig(max_new_tokens=1000, temperature=0.8, seed=0)
-    generate(model, tokenizer, "ROMEO:", SamplingConfig(max_new_tokens=50, seed=0))  # warm up
-    start = time.perf_counter()
-    generate(model, tokenizer, "ROMEO:", cfg)
-    sample_tps = 1000 / (time.perf_counter() - start)
-    return {"train_ms_per_step": train_ms, "sample_tokens_per_s": sample_tps}
-
-
-def _child(checkout: Path, steps: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(checkout / "src")}
-    out = subprocess.run([sys.executable, __file__, "--measure", "--steps", str(steps)], env=env,
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    after = GPT(GPTConfig(**config))
+    old = old_gpt_module(commit)
+    before = old.GPT(old.GPTConfig(**config))
+    before.load_state_dict(after.state_dict())
+    return {"before": before, "after": after}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--before", type=Path, help="a checkout of the code before the change")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=100, help=argparse.SUPPRESS)
+    parser.add_argument("--before", default=BEFORE, help="the commit before the change")
+    parser.add_argument("--blocks", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=5, help="training steps per block")
+    parser.add_argument("--tokens", type=int, default=200, help="sampled tokens per block")
     args = parser.parse_args()
-    if args.measure:
-        print(json.dumps(measure(args.steps)))
-        return
-    if args.before is None or not (args.before / "src" / "lmscope").is_dir():
-        parser.error("--before must be a checkout of lmscope (git worktree add DIR COMMIT)")
-    rounds, steps = (1, 30) if args.quick else (args.rounds, 100)
-    checkouts = {"before": args.before, "after": REPO}
-    runs = {"before": [], "after": []}
-    for i in range(rounds):
-        for side in (("before", "after") if i % 2 == 0 else ("after", "before")):
-            runs[side].append(_child(checkouts[side], steps))
-    result = {"rounds": rounds, "steps": steps}
-    for key in ("train_ms_per_step", "sample_tokens_per_s"):
-        medians = {side: statistics.median(r[key] for r in runs[side]) for side in runs}
-        paired = [a[key] / b[key] for a, b in zip(runs["after"], runs["before"], strict=True)]
-        result[key] = {**{side: round(v, 3) for side, v in medians.items()},
-                       "after_over_before": round(medians["after"] / medians["before"], 4),
-                       "median_paired_ratio": round(statistics.median(paired), 4)}
+    nets = models(args.before)
+    x = torch.randint(0, 96, (12, 64), generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 96, (12, 64), generator=torch.Generator().manual_seed(2))
+    optimizers = {side: torch.optim.AdamW(m.parameters(), lr=1e-3) for side, m in nets.items()}
+    samplers = {side: copy.deepcopy(m).eval() for side, m in nets.items()}
+    prompt = torch.tensor([[1, 2, 3]])
+    cfg = SamplingConfig(max_new_tokens=args.tokens, temperature=0.8, seed=0)
+
+    def train(side: str) -> float:
+        model, optimizer = nets[side], optimizers[side]
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) / args.steps * 1000
+
+    @torch.no_grad()
+    def sample(side: str) -> float:
+        start = time.perf_counter()
+        generate_ids(samplers[side], prompt, cfg)
+        return args.tokens / (time.perf_counter() - start)
+
+    for side in nets:  # warm up
+        train(side)
+        sample(side)
+    times = {("train", s): [] for s in nets} | {("sample", s): [] for s in nets}
+    for block in range(args.blocks):
+        order = ("before", "after") if block % 2 == 0 else ("after", "before")
+        for side in order:
+            times["train", side].append(train(side))
+        for side in order:
+            times["sample", side].append(sample(side))
+    result = {"before": args.before, "blocks": args.blocks, "steps_per_block": args.steps,
+              "tokens_per_block": args.tokens, "threads": torch.get_num_threads()}
+    for kind, unit in (("train", "ms_per_step"), ("sample", "tokens_per_s")):
+        b, a = times[kind, "before"], times[kind, "after"]
+        ratios = sorted(ai / bi for ai, bi in zip(a, b, strict=True))
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        result[kind] = {f"before_{unit}": round(statistics.median(b), 3),
+                        f"after_{unit}": round(statistics.median(a), 3),
+                        "median_paired_ratio": round(statistics.median(ratios), 4),
+                        "ratio_interquartile": [round(q1, 4), round(q3, 4)]}
     print(json.dumps(result, indent=2))
 
 

@@ -1,5 +1,6 @@
 """The study commands run as a user would: data stats, matrix, transfer, probe, study."""
 
+import csv
 import json
 import os
 import shlex
@@ -129,7 +130,10 @@ def test_the_quick_domain_study(quick_domain_study):
                      f"softmax/{c}/entropy.png", f"softmax/{c}/expected_prob.png",
                      f"attribution/{c}/attribution.csv", f"attribution/{c}/by_class.png"]
         expected += [f"transfer/{c}-to-{t}/curves.png" for t in corpora if t != c]
-        expected += [f"transfer/from_{c}.png", f"attention/{c}/attention_L1.png"]
+        expected += [f"transfer/from_{c}.png", f"attention/{c}/attention_L1.png",
+                     f"lens/{c}/formation.png", f"lens/{c}/by_layer.png",
+                     f"ablate/{c}/ablation.csv", f"ablate/{c}/heads.png"]
+    expected += ["lens/summary.md", "lens/summary.png", "ablate/summary.md"]
     missing = [name for name in expected if not (out / name).is_file()]
     assert not missing, missing
     matrix = json.loads((out / "matrix" / "matrix.json").read_text())
@@ -139,6 +143,15 @@ def test_the_quick_domain_study(quick_domain_study):
     assert samples.count("## iter_") == 5  # iterations 0, 50, 100, 200, 400, and final
     maps = json.loads((out / "attention" / "math" / "attention.json").read_text())
     assert [c["iteration"] for c in maps["checkpoints"]] == [0, 50, 100, 200, 400, 600]
+    # the lens: every model read on every corpus; its last point is the model's own output
+    lens = list(csv.DictReader((out / "lens" / "summary.csv").open(encoding="utf-8")))
+    assert {(r["model"], r["corpus"]) for r in lens} == {(m, c) for m in corpora for c in corpora}
+    last = [r for r in lens if r["point"] == "1.mlp"]
+    assert len(last) == 9 and all(float(r["agree_final"]) == 1.0 for r in last)
+    # ablation: every model's components, each with its specificity to the model's own corpus
+    ablation = list(csv.DictReader((out / "ablate" / "summary.csv").open(encoding="utf-8")))
+    assert {r["model"] for r in ablation} == set(corpora)
+    assert len(ablation) == 3 * (2 * 4 + 2 + 2)  # per model: 8 heads, 2 attention, 2 MLP
 
 
 @pytest.mark.slow
@@ -153,7 +166,8 @@ def test_the_quick_domain_study_report_in_the_browser(quick_domain_study):
     assert page.stat().st_size <= 4_000_000, page.stat().st_size
     seen = check_report(page, "quick-domain-study-report")
     assert seen["scroll_width"] <= 1400
-    assert seen["views"] == {"attention": 3, "chart": 1, "matrix": 1, "attribution": 3}
+    assert seen["views"] == {"attention": 3, "chart": 1, "matrix": 1, "attribution": 3,
+                             "lens": 9}  # the lens: each model on each corpus
     assert seen["legend"][1:] == [f"{c}: {curve}" for c in ("math", "shakespeare", "wikipedia")
                                   for curve in ("train", "validation")]
     assert len(seen["after"]["heads"]) == 4  # the quick model's last layer has four heads
@@ -266,6 +280,18 @@ def test_the_quick_attention_study_with_two_seeds(shared_data, tmp_path):
             first, last = (sum(r["layers"][layer]["entropy_bits"]) for r in (rows[0], rows[-1]))
             assert last < first
     assert "## Means over seeds" in (out / "README.md").read_text()
+    # the heads step: every run's detectors at each checkpoint, induction as a mean over seeds
+    for run in ("shakespeare-s0", "wikipedia-s1"):
+        heads = list(csv.DictReader((out / "heads" / run / "heads.csv").open(encoding="utf-8")))
+        assert {r["detector"] for r in heads} == {"previous_token", "duplicate_token",
+                                                 "induction", "first_token"}
+        assert {int(r["iteration"]) for r in heads} == {100, 150}
+        assert len(heads) == 2 * 2 * 4 * 4  # checkpoints x layers x heads x detectors
+    for dataset in ("shakespeare", "wikipedia"):
+        assert png(out / "heads" / f"induction_{dataset}.png")
+    summary = (out / "heads" / "summary.md").read_text()
+    assert "| shakespeare | attention | 2 |" in summary
+    assert "## Attention heads and in-context learning" in (out / "README.md").read_text()
     assert_clean_error(lmscope("study", REPO / "studies" / "attention.toml", "--seeds", "a,b",
                                "--out", tmp_path / "x"), "--seeds")
 

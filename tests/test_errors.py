@@ -71,6 +71,13 @@ CASES = [
       ("train", "--data", "{w}/greek.txt", "--set", "train.init_from={run}", "--out", "{w}/ft"),
       ("outside the vocabulary of the checkpoint of train.init_from", "data.max_oov_rate")),
     # --- train: configuration
+    C("track-heads-negative", "train", "a negative track.heads_every",
+      ("train", "--data", "{w}/tiny.txt", "--set", "track.heads_every=-1", "--out", "{w}/out"),
+      ("track.heads_every must not be negative, got -1",)),
+    C("track-heads-short-context", "train", "head tracking asked for with a 3-token context",
+      ("train", "--data", "{w}/tiny.txt", "--set", "track.heads_every=5", "model.block_size=3",
+       "model.n_layer=1", "model.n_embd=8", "model.n_head=2", "train.max_iters=2",
+       "train.device=cpu", "--out", "{w}/out"), ("needs model.block_size of at least 4",)),
     C("set-unknown-key", "train", "a misspelt --set key",
       ("train", "--data", "{w}/tiny.txt", "--set", "train.max_iter=5"),
       ("did you mean train.max_iters",)),
@@ -215,6 +222,57 @@ CASES = [
     C("attention-heads", "probe attention", "heads that are not numbers",
       ("probe", "attention", "{run}", "--prompt", "First", "--heads", "0,x", "--out", "{w}/a"),
       ("--heads",)),
+    C("lens-no-text", "probe lens", "neither --prompts nor --data",
+      ("probe", "lens", "{run}", "--out", "{w}/l"), ("--prompts FILE or --data CORPUS",)),
+    C("lens-one-token", "probe lens", "a one-character prompt with no expected character",
+      ("probe", "lens", "{run}", "--prompts", "{w}/one_token.toml", "--out", "{w}/l"),
+      ("one token with no expected character",)),
+    C("lens-oov-corpus", "probe lens", "a corpus the model's vocabulary cannot read",
+      ("probe", "lens", "{run}", "--data", "{w}/greek.txt", "--out", "{w}/l"),
+      ("outside the vocabulary", "a probe allows 5%", "data.vocab_from")),
+    C("lens-windows", "probe lens", "--windows 0",
+      ("probe", "lens", "{run}", "--data", "{w}/tiny.txt", "--windows", "0", "--out", "{w}/l"),
+      ("--windows",)),
+    C("lens-tuned-missing", "probe lens", "--lens tuned on a run with no tuned lens",
+      ("probe", "lens", "{run}", "--data", "{w}/tiny.txt", "--lens", "tuned", "--out", "{w}/l"),
+      ("has no tuned lens", "lmscope lens train")),
+    C("lens-train-oov", "lens train", "a tuned lens trained on text the vocabulary cannot read",
+      ("lens", "train", "{run}", "--data", "{w}/greek.txt"),
+      ("outside the vocabulary", "a probe allows 5%")),
+    C("heads-seq-len-long", "probe heads", "repeated sequences longer than the context",
+      ("probe", "heads", "{run}", "--seq-len", "34", "--out", "{w}/h"),
+      ("seq_len 34 is longer than the model's context of 32",)),
+    C("heads-seq-len-odd", "probe heads", "an odd --seq-len",
+      ("probe", "heads", "{run}", "--seq-len", "15", "--out", "{w}/h"), ("must be even",)),
+    C("heads-n-sequences", "probe heads", "--n-sequences 0",
+      ("probe", "heads", "{run}", "--n-sequences", "0", "--out", "{w}/h"),
+      ("at least 1, got 0",)),
+    C("ablate-method", "probe ablate", "an unknown --method",
+      ("probe", "ablate", "{run}", "--data", "{w}/tiny.txt", "--method", "meen", "--out",
+       "{w}/a"), ("meen",)),
+    C("ablate-no-corpus", "probe ablate", "no --data",
+      ("probe", "ablate", "{run}", "--out", "{w}/a"), ("--data",)),
+    C("ablate-component", "probe ablate", "a component the model does not have",
+      ("probe", "ablate", "{run}", "--data", "{w}/tiny.txt", "--component", "L7 attn",
+       "--out", "{w}/a"), ("no component 'L7 attn'", "did you mean")),
+    C("ablate-resample-windows", "probe ablate", "resample ablation with one window",
+      ("probe", "ablate", "{run}", "--data", "{w}/tiny.txt", "--method", "resample",
+       "--windows", "1", "--out", "{w}/a"), ("at least 2 windows",)),
+    C("patch-lengths", "probe patch", "clean and corrupt prompts of different lengths",
+      ("probe", "patch", "{run}", "--clean", "First", "--corrupt", "Firs", "--target", " ",
+       "--out", "{w}/pt"), ("same number of tokens",)),
+    C("patch-unknown-char", "probe patch", "a character outside the vocabulary",
+      ("probe", "patch", "{run}", "--clean", "First", "--corrupt", "Firét", "--target",
+       " ", "--out", "{w}/pt"), ("corrupt prompt",)),
+    C("patch-target-tokens", "probe patch", "a target of two characters",
+      ("probe", "patch", "{run}", "--clean", "First", "--corrupt", "Furst", "--target", "Sp",
+       "--out", "{w}/pt"), ("2 tokens", "give one token")),
+    C("patch-same-foil", "probe patch", "a foil equal to the target",
+      ("probe", "patch", "{run}", "--clean", "First", "--corrupt", "Furst", "--target", " ",
+       "--foil", " ", "--out", "{w}/pt"), ("the same token",)),
+    C("patch-too-long", "probe patch", "prompts longer than the context",
+      ("probe", "patch", "{run}", "--clean", "F" * 40, "--corrupt", "C" * 40, "--target",
+       " ", "--out", "{w}/pt"), ("more than the model's context of 32",)),
     C("generation-samples", "probe generation", "--num-samples 0",
       ("probe", "generation", "{run}", "--num-samples", "0", "--out", "{w}/g"),
       ("--num-samples",)),
@@ -246,6 +304,9 @@ CASES = [
     C("study-set-corpus", "study", "--set into a [corpus.NAME] table",
       ("study", "{w}/stats_study.toml", "--set", "corpus.x=5", "--out", "{w}/s"),
       ("not a table of settings", "edit the study file")),
+    C("study-ablate-method", "study", "a study whose [ablate] names an unknown method",
+      ("study", "{w}/ablation_study.toml", "--out", "{w}/s"),
+      ("unknown ablation method 'meen'", "did you mean mean")),
     # --- export
     C("export-lstm", "export", "a model GPT-2 cannot represent (an LSTM)",
       ("export", "{w}/lstm", "--format", "hf", "--out", "{w}/hf"),
@@ -257,6 +318,9 @@ CASES = [
       ("model.norm_position=post",)),
     C("export-rotary", "export", "a GPT with rotary positions",
       ("export", "{w}/rotary", "--format", "hf", "--out", "{w}/hf"), ("model.pos_emb=rotary",)),
+    C("export-attn-only", "export", "an attention-only GPT (no MLPs)",
+      ("export", "{w}/attn_only", "--format", "hf", "--out", "{w}/hf"),
+      ("model.attn_only=true",)),
     C("export-format", "export", "an unknown --format",
       ("export", "{run}", "--format", "gguf", "--out", "{w}/hf"), ("--format",)),
     C("export-out-taken", "export", "--out a folder holding other files",
@@ -290,6 +354,10 @@ def world(tmp_path_factory, tiny_run):
     (w / "earlier" / ".lmscope-outputs.json").write_text(
         '{"command": "compare", "files": ["compare.md"]}')
     (w / "greek.txt").write_text("αβγδε ζηθ ικλμν ξοπ ρστυφ χψω\n" * 200, encoding="utf-8")
+    (w / "ablation_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
+                                           'steps = ["train", "ablate"]\n'
+                                           '[ablate]\nmethod = "meen"\n')
+    (w / "one_token.toml").write_text('[[prompt]]\ntext = "F"\n')
     (w / "typo_prompts.toml").write_text('[[prompt]]\ntext = "First"\ndomain = "shakespear"\n')
     (w / "typo_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
                                        'prompts = "typo_prompts.toml"\nsteps = ["train", "softmax"]\n')
@@ -316,6 +384,7 @@ def world(tmp_path_factory, tiny_run):
     tiny_checkpoint(w / "rmsnorm", norm="rmsnorm")
     tiny_checkpoint(w / "postnorm", norm_position="post")
     tiny_checkpoint(w / "rotary", pos_emb="rotary")
+    tiny_checkpoint(w / "attn_only", attn_only=True)
     return w
 
 

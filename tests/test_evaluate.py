@@ -90,3 +90,29 @@ def test_joint_vocabulary_covers_every_corpus(tmp_path):
     alone = build_tokenizer(resolve_config(data=str(a)), corpora.resolve(str(a)))
     with pytest.raises(LmscopeError, match="not in the vocabulary"):
         alone.encode("1 + 2")
+
+
+def test_corpus_windows_are_the_splits_tokens_at_evenly_spaced_starts(tiny_run, tiny_corpus):
+    from lmscope.data import corpora
+    from lmscope.evaluate import corpus_windows
+    from lmscope.run.checkpoint import load
+
+    ckpt = load(tiny_run, device="cpu")
+    w = corpus_windows(ckpt, str(tiny_corpus), "val", windows=5, length=16)
+    assert w.ids.shape == (5, 16) and w.oov_rate == 0.0 and w.target_mask().all()
+    text = corpora.resolve(str(tiny_corpus), val_fraction=0.1).splits["val"]
+    ids = ckpt.tokenizer.encode("".join(corpora.iter_text(text)))
+    assert w.starts[0] == 0 and w.starts[-1] == len(ids) - 16
+    for start, row in zip(w.starts, w.ids.tolist(), strict=True):
+        assert row == ids[start:start + 16]
+    with pytest.raises(LmscopeError, match="at most 32"):
+        corpus_windows(ckpt, str(tiny_corpus), windows=2, length=33)
+
+
+def test_corpus_windows_refuse_text_outside_the_vocabulary(tiny_run, tmp_path):
+    from lmscope.evaluate import corpus_windows
+
+    greek = tmp_path / "greek.txt"
+    greek.write_text("αβγδε ζηθ " * 400, encoding="utf-8")
+    with pytest.raises(LmscopeError, match=r"outside the vocabulary .*a probe allows 5%"):
+        corpus_windows(str(tiny_run), str(greek))

@@ -475,6 +475,141 @@ def probe_attention(run, prompt, layer, heads, top, out, which, device, force):
     click.echo(f"written to {out}/")
 
 
+@probe.command(name="lens")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--prompts", "prompts", type=click.Path(path_type=Path), metavar="FILE.toml",
+              help="Read the lens on these prompts (each one's own next tokens).")
+@click.option("--data", "data", multiple=True, metavar="CORPUS",
+              help="Read it on windows of a corpus's validation split (repeat for several).")
+@click.option("--windows", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="Windows per corpus, each the model's context long.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--lens", type=click.Choice(["logit", "tuned"]), default="logit",
+              show_default=True, help="tuned: the translators `lmscope lens train` wrote.")
+@_WHICH
+@click.option("--device", default="auto", show_default=True)
+@_FORCE
+def probe_lens(run, prompts, data, windows, lens, out, which, device, force):
+    """The logit lens: what the model would predict at each layer, at each checkpoint.
+
+    \b
+    lmscope probe lens runs/shakespeare --data shakespeare --data wikipedia --out results/lens
+    lmscope probe lens runs/shakespeare --prompts prompts.toml --out results/lens
+    """
+    from lmscope.analysis import lens as lens_probe
+
+    with OutDir(out, "probe lens", force=force):
+        lens_probe.compute(run, prompts=prompts, data=data, which=which, windows=windows,
+                           device=device, lens=lens).save(out)
+    _echo_summary(out, stop="Where the prediction forms")
+
+
+_FINAL_OR_ALL = click.option("--checkpoints", "which", type=click.Choice(["all", "final"]),
+                             default="final", show_default=True,
+                             help="Only the final checkpoint, or every kept one.")
+
+
+def _echo_summary(out: Path, stop: str | None = None) -> None:
+    """The probe's summary.md on the terminal (up to the line starting with `stop`), then where
+    it was written."""
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    if stop is not None and f"\n{stop}" in text:
+        notes = [line for line in text.splitlines() if line.startswith("Note: ")]
+        text = text.split(f"\n{stop}")[0].rstrip("\n") + "\n" + "".join(f"{n}\n" for n in notes)
+    click.echo(text, nl=False)
+    click.echo(f"written to {out}/")
+
+
+@probe.command(name="heads")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", default=None, metavar="CORPUS",
+              help="Also the in-context-learning score, on windows of this corpus.")
+@click.option("--windows", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="Windows of the corpus for the in-context-learning score.")
+@click.option("--n-sequences", default=8, show_default=True, type=int,
+              help="Repeated random sequences the detectors read.")
+@click.option("--seq-len", default=None, type=int, show_default="the longest even length that "
+              "fits the context", help="Tokens of each repeated sequence (two copies).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@_WHICH
+@click.option("--device", default="auto", show_default=True)
+@_FORCE
+def probe_heads(run, data, windows, n_sequences, seq_len, seed, out, which, device, force):
+    """Attention-head detectors (previous-token, duplicate-token, induction, first-token) and the
+    in-context-learning score, at each checkpoint.
+
+    \b
+    lmscope probe heads runs/shakespeare --data shakespeare --out results/heads
+    """
+    from lmscope.analysis import heads
+
+    with OutDir(out, "probe heads", force=force):
+        heads.compute(run, which=which, data=data, windows=windows, n_sequences=n_sequences,
+                      seed=seed, seq_len=seq_len, device=device).save(out)
+    _echo_summary(out)
+
+
+@probe.command(name="ablate")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", "corpora", multiple=True, required=True, metavar="CORPUS",
+              help="A corpus to measure the loss on (repeat for several; the run's own first).")
+@click.option("--method", type=click.Choice(["zero", "mean", "resample"]), default="mean",
+              show_default=True, help="What replaces a component's output.")
+@click.option("--component", "components", multiple=True, metavar="LABEL",
+              help="Only these components (e.g. L0H1, 'L1 attn', 'L1 mlp', 'lstm 0'); "
+              "default all.")
+@click.option("--windows", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="Windows per corpus, each the model's context long.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@_FINAL_OR_ALL
+@click.option("--device", default="auto", show_default=True)
+@_FORCE
+def probe_ablate(run, corpora, method, components, windows, out, which, device, force):
+    """Which components does the model need, on which corpus: the loss with each head, attention
+    layer, MLP (or LSTM / k-gram layer) ablated.
+
+    \b
+    lmscope probe ablate runs/shakespeare --data shakespeare --data wikipedia --out results/ablation
+    """
+    from lmscope.analysis import ablation
+
+    with OutDir(out, "probe ablate", force=force):
+        ablation.compute(run, list(corpora), method=method, which=which, windows=windows,
+                         device=device, components=list(components) or None).save(out)
+    _echo_summary(out)
+
+
+@probe.command(name="patch")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--clean", required=True, metavar="TEXT", help="The prompt whose behaviour is "
+              "restored.")
+@click.option("--corrupt", required=True, metavar="TEXT",
+              help="The same number of tokens, changed where it matters.")
+@click.option("--target", required=True, metavar="CHAR", help="The clean prompt's next token.")
+@click.option("--foil", default=None, metavar="CHAR",
+              help="The corrupt prompt's next token: the metric becomes logit(target) - "
+              "logit(foil) instead of log p(target).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@_FINAL_OR_ALL
+@click.option("--device", default="auto", show_default=True)
+@_FORCE
+def probe_patch(run, clean, corrupt, target, foil, out, which, device, force):
+    """Activation patching: each layer's residual stream, attention and MLP output at each
+    position (and each head) taken from the clean run into the corrupt one; how much of the
+    clean behaviour comes back (1: all, 0: none).
+
+    \b
+    lmscope probe patch runs/shakespeare --clean "ROMEO:" --corrupt "JULIET" --target "\n" --out results/patching
+    """
+    from lmscope.analysis import patching
+
+    with OutDir(out, "probe patch", force=force):
+        patching.compute(run, clean, corrupt, target, foil, which=which,
+                         device=device).save(out)
+    _echo_summary(out)
+
+
 @probe.command(name="generation")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--num-samples", default=8, show_default=True, type=click.IntRange(1, 10_000))
@@ -506,6 +641,35 @@ def probe_generation(run, num_samples, max_new_tokens, prompt, temperature, seed
                                     seed=seed, which=which, device=device, log=click.echo)
         result.save(out, title=f"of {Path(run).name}")
     click.echo(f"written to {out}/")
+
+
+@cli.group(name="lens")
+def lens_group():
+    """Lenses that are trained: the tuned lens's translators, beside each checkpoint."""
+
+
+@lens_group.command(name="train")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", "corpus", required=True, metavar="CORPUS",
+              help="The text the translators learn on (its train split; its val split measures).")
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
+@_WHICH
+@click.option("--device", default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="Train again where a checkpoint has a tuned lens.")
+def lens_train(run, corpus, steps, batch_size, lr, which, device, force):
+    """Train a tuned lens (Belrose et al. 2023) for each checkpoint of a run; the translators go
+    beside the checkpoint's weights (tuned_lens.safetensors, tuned_lens.json), and
+    `lmscope probe lens RUN --lens tuned` reads them.
+
+    \b
+    lmscope lens train runs/shakespeare --data shakespeare
+    """
+    from lmscope.analysis import tuned_lens
+
+    tuned_lens.train_run(run, corpus, which=which, force=force, steps=steps,
+                         batch_size=batch_size, lr=lr, device=device, log=click.echo)
 
 
 @cli.command()

@@ -10,8 +10,8 @@ A config file mirrors the dataclasses, one table per section:
     [train]
     max_iters = 2000
 
-A [track] table sets what is measured during training besides the loss (attention metrics), a
-[log] table where it is logged besides RUN/metrics.jsonl (TensorBoard).
+A [track] table sets what is measured during training besides the loss (attention metrics, head
+detectors), a [log] table where it is logged besides RUN/metrics.jsonl (TensorBoard).
 
 Layers, later wins: defaults < preset < --config file < --data/--model flags < --set overrides.
 Every key is checked against the dataclasses; an unknown key is an error that suggests the nearest
@@ -149,11 +149,20 @@ class TrackConfig:
     attention_every: int = 100  # attention metrics on a fixed probe batch every N iterations (0: off)
     attention_batch: int = 4  # sequences in the probe batch (windows of the validation split)
     save_maps: bool = False  # also keep the raw attention maps (large) under RUN/attention/
+    # head detectors (gpt), induction losses and the ICL score every N iterations, in
+    # RUN/heads.jsonl (0: off; none: with the attention metrics, every attention_every;
+    # metrics/heads.py defines them, train/tracking.py says on what)
+    heads_every: int | None = None
+
+    def heads_interval(self) -> int:
+        """How often the heads are tracked: heads_every, or attention_every when it is unset."""
+        return self.attention_every if self.heads_every is None else self.heads_every
 
     def validate(self) -> None:
-        if self.attention_every < 0:
-            raise ConfigError(f"track.attention_every must not be negative, got "
-                              f"{self.attention_every}")
+        for name in ("attention_every", "heads_every"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"track.{name} must not be negative, got "
+                                  f"{getattr(self, name)}")
         if self.attention_batch < 1:
             raise ConfigError(f"track.attention_batch must be at least 1, got "
                               f"{self.attention_batch}")

@@ -12,7 +12,8 @@ needs transformers. The exported model gives lmscope's logits, and its tokenizer
 
 lmscope's GPT is a GPT-2 when its blocks are pre-norm with LayerNorm and its positions are
 learned (or absent: an all-zero position table adds nothing). RMSNorm, post-norm and rotary
-positions have no GPT-2 equivalent and are refused, as are the LSTM and k-gram models.
+positions have no GPT-2 equivalent and are refused, as are attention-only blocks (no MLP) and
+the LSTM and k-gram models.
 Where lmscope has no biases (`bias=False`), GPT-2's are written as zeros.
 
 Tokenizers: byte-level BPE is already a `tokenizers` tokenizer and is copied as it is; the
@@ -70,6 +71,8 @@ def check_exportable(ckpt: Checkpoint) -> None:
     c = ckpt.model.config
     wanted = {"norm": ("layernorm",), "norm_position": ("pre",), "pos_emb": ("learned", "none")}
     bad = [f"model.{k}={getattr(c, k)}" for k, ok in wanted.items() if getattr(c, k) not in ok]
+    if c.attn_only:
+        bad.append("model.attn_only=true (every GPT-2 block has an MLP)")
     if bad:
         raise LmscopeError(f"cannot export {ckpt.path}: GPT-2 has no {', '.join(bad)}; "
                            f"{SUPPORTED}")

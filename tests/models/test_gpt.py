@@ -5,11 +5,14 @@ import pytest
 import torch
 
 import lmscope
-from lmscope.errors import ConfigError
+from lmscope.data.tokenizers import CharTokenizer
+from lmscope.errors import ConfigError, LmscopeError
+from lmscope.export import export_hf
 from lmscope.generate import SamplingConfig, generate_ids
 from lmscope.models import build_model
 from lmscope.models.gpt import GPT, GPTConfig, apply_rotary, rotary_tables
 from lmscope.models.quantize import for_sampling
+from lmscope.run.checkpoint import load, save_checkpoint
 from tests.conftest import TINY_SETTINGS
 
 VARIANTS = list(itertools.product(["layernorm", "rmsnorm"], ["pre", "post"],
@@ -217,3 +220,57 @@ def test_rotary_run_trains_saves_and_reloads(tiny_corpus, tmp_path):
     assert lmscope.generate(b, "First", max_new_tokens=40, seed=3) == text
     ids = torch.tensor([a.tokenizer.encode("First Citizen:")])
     assert torch.equal(a.model(ids), b.model(ids))
+
+
+@pytest.mark.parametrize("position", ["pre", "post"])
+def test_attention_only_blocks_have_no_mlp_and_no_mlp_hooks(position):
+    full, attn_only = tiny(norm_position=position), tiny(norm_position=position, attn_only=True)
+    names = [n for n, _ in attn_only.named_parameters()]
+    assert not any(".mlp." in n or ".norm2." in n for n in names)
+    d = 16  # n_embd; an MLP is fc (d x 4d) and proj (4d x d), no biases; norm2 a gain of d
+    assert full.num_params() - attn_only.num_params() == 2 * (8 * d * d + d)
+    hooks = attn_only.hook_names()
+    assert not any("mlp" in n or "ln2" in n for n in hooks)
+    assert set(full.hook_names()) - set(hooks) == {
+        f"blocks.{layer}.{n}" for layer in range(2)
+        for n in ["mlp.hook_pre", "mlp.hook_post", "hook_mlp_out"]
+        + (["ln2.hook_normalized"] if position == "pre" else [])}
+    idx = torch.randint(0, 17, (2, 12), generator=torch.Generator().manual_seed(7))
+    _, cache = lmscope.run_with_cache(attn_only, idx)
+    assert set(cache) == set(hooks)
+    for layer in range(2):
+        assert torch.equal(cache[f"blocks.{layer}.hook_resid_post"],
+                           cache[f"blocks.{layer}.hook_resid_mid"])
+
+
+def test_attention_only_equals_a_full_model_with_silent_mlps():
+    """Pre-norm: a block whose MLP writes zeros adds nothing, so the logits are the same."""
+    attn_only = sharpened(tiny(attn_only=True))
+    full = tiny()
+    missing, unexpected = full.load_state_dict(attn_only.state_dict(), strict=False)
+    assert not unexpected and all(".mlp." in k or ".norm2." in k for k in missing)
+    with torch.no_grad():
+        for block in full.blocks:
+            block.mlp.proj.weight.zero_()
+    idx = torch.randint(0, 17, (3, 16), generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(attn_only(idx), full(idx), rtol=1e-6, atol=1e-6)
+    cache = attn_only.new_cache(3)  # and generation's cached path agrees
+    pieces = [attn_only.decode(idx[:, :6], cache)]
+    pieces += [attn_only.decode(idx[:, t:t + 1], cache) for t in range(6, 16)]
+    torch.testing.assert_close(torch.cat(pieces, 1), attn_only(idx), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_only_checkpoint_round_trips_and_refuses_the_hf_export(tmp_path):
+    model = sharpened(tiny(attn_only=True))
+    tokenizer = CharTokenizer(list("abcdefghijklmnop"))
+    assert tokenizer.vocab_size == 17
+    save_checkpoint(tmp_path / "ckpt", model, model_name="gpt", model_config=model.config,
+                    tokenizer=tokenizer, meta={"iter": 1})
+    back = load(tmp_path / "ckpt", device="cpu")
+    assert back.model.config.attn_only and back.model.blocks[0].mlp is None
+    idx = torch.randint(0, 17, (2, 16), generator=torch.Generator().manual_seed(9))
+    assert torch.equal(back.model(idx), model(idx))
+    with pytest.raises(LmscopeError, match=r"GPT-2 has no model.attn_only=true \(every GPT-2 "
+                                           r"block has an MLP\)"):
+        export_hf(back, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -147,10 +147,36 @@ def check_attribution(page, shots: dict, name: str) -> None:
     view.screenshot(path=shots["attribution"])
 
 
+def check_lens(page, shots: dict, name: str) -> str:
+    """The lens view's slider redraws the cells for another checkpoint; hovering a cell reads it
+    out. Returns the readout."""
+    view = page.locator(".lens").first
+    view.scroll_into_view_if_needed()
+
+    def cells():
+        return view.evaluate("v => Array.from(v.querySelectorAll('td.cell')).map("
+                             "c => c.textContent + c.style.background)")
+
+    final = cells()
+    assert all(final), "a lens cell is empty"
+    slider = view.locator(".lens-checkpoint")
+    if int(slider.get_attribute("max")) > 0:
+        slider.fill("0")
+        assert cells() != final
+        slider.fill(slider.get_attribute("max"))
+        assert cells() == final
+    view.locator("td.cell").nth(3).hover()
+    readout = view.locator(".lens-readout").text_content()
+    assert readout.startswith(view.locator("tbody th").first.text_content() + ", position 3:")
+    shots["lens"] = artifacts_dir() / f"{name}-lens.png"
+    view.screenshot(path=shots["lens"])
+    return readout
+
+
 def check_report(page_path: Path, screenshot_name: str) -> dict:
     """Load the report in a WIDTH-pixel window; assert no console errors, every image decodes,
     nothing overflows the window's width, and every kind of interactive view on the page works
-    (attention, charts, the matrix, attribution). Screenshots the page top to bottom. Returns
+    (attention, charts, the matrix, attribution, the lens). Screenshots the page top to bottom. Returns
     what it saw and the screenshots' paths."""
     from playwright.sync_api import sync_playwright
 
@@ -179,7 +205,8 @@ def check_report(page_path: Path, screenshot_name: str) -> dict:
                           "document.querySelectorAll('details')[i].open = false)", folded)
             seen["views"] = {kind: page.locator(selector).count() for kind, selector in
                              (("attention", ".attn"), ("chart", ".chart"),
-                              ("matrix", ".matrix"), ("attribution", ".attribution"))}
+                              ("matrix", ".matrix"), ("attribution", ".attribution"),
+                              ("lens", ".lens"))}
             if seen["views"]["attention"]:
                 seen.update(check_attention(page, shots, screenshot_name))
             if seen["views"]["chart"]:
@@ -188,6 +215,8 @@ def check_report(page_path: Path, screenshot_name: str) -> dict:
                 seen["matrix_readout"] = check_matrix(page, shots, screenshot_name)
             if seen["views"]["attribution"]:
                 check_attribution(page, shots, screenshot_name)
+            if seen["views"]["lens"]:
+                seen["lens_readout"] = check_lens(page, shots, screenshot_name)
             page.mouse.move(0, 0)
             shots["screens"] = _screens(page, screenshot_name)
             shots["page"] = shots["screens"][0]

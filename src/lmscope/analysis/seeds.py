@@ -95,17 +95,6 @@ def _curve(runs: Sequence[RunRows], pick) -> tuple[list[int], np.ndarray]:
     return shared, np.array([[c[i] for i in shared] for c in curves], dtype=np.float64)
 
 
-def _band(ax, iters, values: np.ndarray, label: str, color: str) -> None:
-    """Mean line with a shaded +-1 standard error band (no band for one seed)."""
-    if not iters:
-        return
-    mean = values.mean(axis=0)
-    ax.plot(iters, mean, color=color, label=label)
-    if len(values) > 1:
-        se = values.std(axis=0, ddof=1) / math.sqrt(len(values))
-        ax.fill_between(iters, mean - se, mean + se, color=color, alpha=0.25)
-
-
 def _losses(kind: str):
     """The finite training losses (kind "train") or validation estimates (kind "eval")."""
     def pick(run: RunRows):
@@ -231,7 +220,7 @@ def _plot_dataset(dataset: str, variants: Mapping[str, Sequence[RunRows]], out_d
                                  width=7, height=4)
         for i, (variant, runs) in enumerate(variants.items()):
             iters, values = _curve(runs, _losses(kind))
-            _band(axes[0], iters, values, f"{variant} ({len(runs)} seeds)", f"C{i}")
+            plots.mean_band(axes[0], iters, values, f"{variant} ({len(runs)} seeds)", f"C{i}")
         plots.finish_axes(axes, ylabel=f"{label} (nats/token)")
         plots.save(fig, out_dir / f"{name}_{dataset}.png")
 
@@ -245,7 +234,7 @@ def _plot_dataset(dataset: str, variants: Mapping[str, Sequence[RunRows]], out_d
             tag = f"layer {layer}" if len(variants) == 1 else f"{variant} L{layer}"
             for ax, key in zip(axes, ("entropy_bits", "span90"), strict=True):
                 iters, values = _curve(runs, _attention(key, layer=layer))
-                _band(ax, iters, values, tag, style)
+                plots.mean_band(ax, iters, values, tag, style)
     axes[0].set_title("attention entropy (bits)")
     axes[1].set_title("90% attention span (tokens)")
     plots.finish_axes(axes)
@@ -258,7 +247,7 @@ def _plot_dataset(dataset: str, variants: Mapping[str, Sequence[RunRows]], out_d
         for ax, key in zip(axes, ("layer_js", "layer_cosine"), strict=True):
             for runs in variants.values():
                 iters, values = _curve(runs, _attention(key, pair=(a, b)))
-                _band(ax, iters, values, f"L{a}-L{b}", f"C{k % 10}")
+                plots.mean_band(ax, iters, values, f"L{a}-L{b}", f"C{k % 10}")
     axes[0].set_title("Jensen-Shannon divergence (bits)")
     axes[1].set_title("cosine similarity")
     plots.finish_axes(axes)

@@ -9,7 +9,8 @@ with the position, so attention scores depend on how far apart two tokens are, n
 
 Each Block is causal self-attention followed by an MLP, each wrapped in a residual connection,
 with the normalization either before the sublayer (pre-norm, GPT-2) or after the residual sum
-(post-norm, the original Transformer).
+(post-norm, the original Transformer). With `attn_only` a block is the attention alone, without
+the MLP and its norm (the attention-only models of Elhage et al. 2021 and Olsson et al. 2022).
 
 Four ways to run it:
 - `model(idx)`: logits for every position, the training and evaluation path (fast, fused attention).
@@ -47,6 +48,7 @@ class GPTConfig:
     pos_emb: str = "learned"  # learned | none | rotary
     rope_base: float = 10000.0  # rotary only: pair i turns base^(-2i/head_dim) per position
     tie_weights: bool = True  # the output head shares the token embedding matrix
+    attn_only: bool = False  # blocks without an MLP (attention-only models, for circuits)
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -225,8 +227,9 @@ class Block(nn.Module):
         self.pre_norm = config.norm_position == "pre"
         self.norm1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.norm2 = make_norm(config)
-        self.mlp = MLP(config)
+        # attention-only: no MLP and no norm before (pre-norm) or after (post-norm) it
+        self.norm2 = None if config.attn_only else make_norm(config)
+        self.mlp = None if config.attn_only else MLP(config)
 
     def forward(self, x, cache=None, layer=0, return_attention=False, rope=None, hooks=None):
         hook = _hook_at(hooks, f"blocks.{layer}.")
@@ -236,13 +239,16 @@ class Block(nn.Module):
             a, attn = self.attn(hook("ln1.hook_normalized", self.norm1(x)), cache, layer,
                                 return_attention, rope, hooks)
             x = hook("hook_resid_mid", x + hook("hook_attn_out", a))
-            m = self.mlp(hook("ln2.hook_normalized", self.norm2(x)), mlp_hook)
-            x = hook("hook_resid_post", x + hook("hook_mlp_out", m))
+            if self.mlp is not None:
+                m = self.mlp(hook("ln2.hook_normalized", self.norm2(x)), mlp_hook)
+                x = x + hook("hook_mlp_out", m)
+            x = hook("hook_resid_post", x)
         else:  # post-norm: the residual stream is normalized after each sum
             a, attn = self.attn(x, cache, layer, return_attention, rope, hooks)
             x = hook("hook_resid_mid", self.norm1(x + hook("hook_attn_out", a)))
-            m = self.mlp(x, mlp_hook)
-            x = hook("hook_resid_post", self.norm2(x + hook("hook_mlp_out", m)))
+            if self.mlp is not None:
+                x = self.norm2(x + hook("hook_mlp_out", self.mlp(x, mlp_hook)))
+            x = hook("hook_resid_post", x)
         return x, attn
 
 
@@ -299,14 +305,30 @@ class GPT(nn.Module):
             if c.pos_emb == "rotary":
                 attn += [f"{b}attn.hook_rot_q", f"{b}attn.hook_rot_k"]
             attn += [f"{b}attn.hook_{n}" for n in ("attn_scores", "pattern", "z")]
-            if c.norm_position == "pre":
-                names += [f"{b}hook_resid_pre", f"{b}ln1.hook_normalized", *attn,
-                          f"{b}hook_attn_out", f"{b}hook_resid_mid", f"{b}ln2.hook_normalized"]
-            else:
-                names += [f"{b}hook_resid_pre", *attn, f"{b}hook_attn_out", f"{b}hook_resid_mid"]
-            names += [f"{b}mlp.hook_pre", f"{b}mlp.hook_post", f"{b}hook_mlp_out",
-                      f"{b}hook_resid_post"]
+            pre = c.norm_position == "pre"
+            names += [f"{b}hook_resid_pre", *([f"{b}ln1.hook_normalized"] if pre else []), *attn,
+                      f"{b}hook_attn_out", f"{b}hook_resid_mid"]
+            if not c.attn_only:  # attention-only: no MLP, and hook_resid_post = hook_resid_mid
+                names += [*([f"{b}ln2.hook_normalized"] if pre else []), f"{b}mlp.hook_pre",
+                          f"{b}mlp.hook_post", f"{b}hook_mlp_out"]
+            names.append(f"{b}hook_resid_post")
         return [*names, "ln_final.hook_normalized"]
+
+    def lens_points(self) -> list[tuple[str, str]]:
+        """(label, hook name) of every place of the residual stream a lens reads, in order: the
+        embeddings, then each block after its attention and after its MLP (attention-only: after
+        its attention, the block's output)."""
+        points = [("embed", "blocks.0.hook_resid_pre")]
+        for layer in range(self.config.n_layer):
+            points.append((f"{layer}.attn", f"blocks.{layer}.hook_resid_mid"))
+            if not self.config.attn_only:
+                points.append((f"{layer}.mlp", f"blocks.{layer}.hook_resid_post"))
+        return points
+
+    def unembed(self, x):
+        """Logits from a residual stream (batch, time, n_embd): the final norm and the head,
+        what the logit lens applies at every layer."""
+        return self.head(self.norm_f(x))
 
     def _run(self, idx, cache=None, return_attention=False, tok_emb=None, hooks=None):
         hook = _hook_at(hooks, "")

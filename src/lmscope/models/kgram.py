@@ -131,6 +131,15 @@ class KGram(nn.Module):
         layers = [f"mlp.{i}.hook_{n}" for i in range(self.config.n_layer) for n in ("pre", "post")]
         return ["hook_input", *layers]
 
+    def lens_points(self) -> list[tuple[str, str]]:
+        """(label, hook name) of every hidden layer's output, where a lens reads (all n_hidden
+        wide, as the head's input)."""
+        return [(f"mlp.{i}", f"mlp.{i}.hook_post") for i in range(self.config.n_layer)]
+
+    def unembed(self, x):
+        """Logits from a hidden layer's output (batch, time, n_hidden): the head."""
+        return self.head(x)
+
     def _mlp_hooked(self, windows, hooks):
         """`head(mlp(windows))` layer by layer: hook_input is each position's k input vectors
         concatenated (batch, time, k * width), mlp.L.hook_pre a hidden layer before its GELU,

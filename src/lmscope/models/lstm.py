@@ -99,6 +99,15 @@ class LSTM(nn.Module):
         layers = [f"lstm.{i}.hook_{n}" for i in range(self.config.n_layer) for n in ("cell", "hidden")]
         return ["hook_embed", *layers]
 
+    def lens_points(self) -> list[tuple[str, str]]:
+        """(label, hook name) of every layer's hidden state, where a lens reads (the head's
+        input has the same width at every layer)."""
+        return [(f"lstm.{i}", f"lstm.{i}.hook_hidden") for i in range(self.config.n_layer)]
+
+    def unembed(self, x):
+        """Logits from a hidden state (batch, time, n_hidden): the head."""
+        return self.head(x)
+
     def _run_hooked(self, x, hooks):
         """The same logits as `_run` from a zero state, one layer and one position at a time, so
         that every layer's hidden and cell state at every position can be read; a replaced

@@ -82,6 +82,34 @@ def heatmap(values, row_labels: Sequence[str], col_labels: Sequence[str], path, 
     return save(fig, path)
 
 
+def token_grid(values, texts, row_labels: Sequence[str], col_labels: Sequence[str], path, *,
+               title: str, xlabel: str = "", ylabel: str = "", colorbar: str = "",
+               vmin: float | None = None, vmax: float | None = None,
+               cmap: str = "viridis") -> Path:
+    """A matrix as coloured cells, each showing a short text (a token) instead of its value: the
+    logit lens's picture, layers by positions, each cell the layer's first choice there."""
+    plt = _pyplot()
+    values = np.asarray(values, dtype=float)
+    rows, cols = values.shape
+    fig, ax = plt.subplots(figsize=(min(max(4.0, 0.38 * cols + 2.2), MAX_WIDTH),
+                                    max(2.5, 0.36 * rows + 1.4)))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto", vmin=vmin,
+                      vmax=vmax)
+    ax.set_xticks(range(cols), col_labels, rotation=90, fontsize=8)
+    ax.set_yticks(range(rows), row_labels, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colorbar)
+    for r in range(rows):
+        for c in range(cols):
+            red, green, blue, _ = image.cmap(image.norm(values[r, c]))
+            light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
+            ax.text(c, r, texts[r][c], ha="center", va="center", fontsize=7,
+                    color="black" if light else "white")
+    return save(fig, path)
+
+
 def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path, *, title: str,
               xlabel: str, ylabel: str, styles: Mapping[str, str] | None = None,
               logx: bool = False) -> Path:
@@ -133,6 +161,26 @@ def legend_below(fig, handles=None, labels=None, *, ncol: int | None = None) -> 
     if handles:
         fig.legend(handles, labels, loc="outside lower center", fontsize=9, frameon=False,
                    ncol=ncol or min(len(handles), 4))
+
+
+def sequential_colours(n: int, cmap: str = "viridis_r") -> list:
+    """`n` colours from light to dark, for lines that follow training (early light, late dark)."""
+    plt = _pyplot()
+    colours = plt.get_cmap(cmap)
+    return [colours(0.15 + 0.8 * i / max(n - 1, 1)) for i in range(n)]
+
+
+def mean_band(ax, x, values, label: str, color: str) -> None:
+    """The mean of `values` (rows: seeds, columns: the points of `x`) as a line, with a shaded
+    +-1 standard error band (ddof 1; no band for one row)."""
+    if not len(x):
+        return
+    values = np.asarray(values, dtype=float)
+    mean = values.mean(axis=0)
+    ax.plot(x, mean, color=color, label=label)
+    if len(values) > 1:
+        se = values.std(axis=0, ddof=1) / np.sqrt(len(values))
+        ax.fill_between(x, mean - se, mean + se, color=color, alpha=0.25)
 
 
 def iteration_axis(ax, iterations, *, label: str = "training iteration") -> None:

@@ -9,6 +9,8 @@ folder, a study folder, or the folder of any probe or command (`lmscope probe at
     training           each run's summary, an interactive chart of its loss curves (charts.py),
                        and its samples at every checkpoint, runs side by side
     tables             every Markdown file the steps wrote, as HTML (markdown.py)
+    logit lens         grid.csv: points by positions, each cell the lens's first choice coloured by
+                       p(next), a slider walking through the checkpoints (js/lens.js)
     zero-shot matrix   matrix.json as a table coloured by loss, in nats, bits or the
                        out-of-vocabulary rate; hover a cell to read it out (js/matrix.js)
     attribution        each prompt's characters coloured by their importance, a slider walking
@@ -36,6 +38,7 @@ from pathlib import Path, PurePath
 from lmscope.analysis.attention import AttentionResult
 from lmscope.analysis.attribution import AttributionResult
 from lmscope.analysis.cross_domain import Matrix
+from lmscope.analysis.lens import LensResult
 from lmscope.data.chars import QUIET, quiet
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
@@ -68,6 +71,9 @@ figcaption { font-size: 12px; color: #555; }
 .matrix td[data-r] { font-variant-numeric: tabular-nums; cursor: crosshair; }
 .matrix td.cross { outline: 2px solid #4878a8; outline-offset: -2px; }
 .matrix-readout { font-size: 13px; min-height: 1.5em; color: #333; }
+.lens td.cell { font: 12px ui-monospace, monospace; text-align: center; min-width: 1.4em;
+               padding: 2px 3px; }
+.lens th.pos { font: 11px ui-monospace, monospace; writing-mode: vertical-rl; padding: 3px 1px; }
 .attn { border: 1px solid #ccc; border-radius: 6px; padding: .6em 1em; margin: .8em 0; }
 .attn .tokens { font: 14px/1.9 ui-monospace, monospace; word-break: break-all; }
 .attn .tokens span { padding: 1px 0; border-bottom: 2px solid transparent; }
@@ -111,7 +117,7 @@ def write_page(folder: str | Path, sections: Sequence[Section] = ()) -> Path:
     head, scripts = charts.assets(body)
     for marker, name in (('class="attn"', "attention.js"), ('class="attribution"',
                                                               "attribution.js"),
-                         ('class="matrix"', "matrix.js")):
+                         ('class="matrix"', "matrix.js"), ('class="lens"', "lens.js")):
         if marker in body:
             scripts += f"<script>{charts.script(name)}</script>"
     page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -297,6 +303,52 @@ def attribution_view(folder: Path) -> str:
             "score)</th><th>predicted (p)</th></tr></thead><tbody>" + "".join(body)
             + "</tbody></table></div>"
             + _json_block({"checkpoints": points, "rows": data_rows}) + "</div>")
+    return "".join(parts)
+
+
+LENS_POSITIONS = 32  # positions of each text the lens view shows
+
+
+def lens_view(folder: Path) -> str:
+    """The logit-lens picture of each text (points by positions, each cell the lens's first
+    choice, coloured by the probability it gives the true next token), with a slider through the
+    checkpoints (js/lens.js); hovering a cell reads out its numbers."""
+    paths = [folder / "grid.csv"] + sorted(folder.glob("*/grid.csv"))
+    parts = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        result = LensResult.load(path.parent)
+        name = "" if path.parent == folder else f"{html.escape(path.parent.name)} model, "
+        for source in dict.fromkeys(c.source for c in result.grid):
+            cells = [c for c in result.grid if c.source == source
+                     and c.position < LENS_POSITIONS]
+            checkpoints = list(dict.fromkeys((c.checkpoint, c.iteration) for c in cells))
+            points = list(dict.fromkeys(c.point for c in cells))
+            positions = sorted({c.position for c in cells})
+            at = {(c.checkpoint, c.point, c.position): c for c in cells}
+            data = {"checkpoints": checkpoints, "points": points,
+                    "cells": [[[[quiet(at[ck, pt, t].lens_top), round(at[ck, pt, t].p_next, 3),
+                                 round(at[ck, pt, t].kl_bits, 3)] for t in positions]
+                               for pt in points] for ck, _ in checkpoints]}
+            final = checkpoints[-1][0]
+            head = "".join(f"<th class=\"pos\">{html.escape(quiet(at[final, points[0], t].token))}"
+                           f"→{html.escape(quiet(at[final, points[0], t].next_token))}</th>"
+                           for t in positions)
+            body = "".join(f"<tr><th>{html.escape(pt)}</th>"
+                           + "<td class=\"cell\"></td>" * len(positions) + "</tr>"
+                           for pt in points)
+            last = len(checkpoints) - 1
+            parts.append(
+                f"<h3>{name}{html.escape(source)}: what each layer would predict</h3>"
+                "<div class=\"lens\"><div class=\"controls\"><label>checkpoint <input "
+                f"class=\"lens-checkpoint\" type=\"range\" min=\"0\" max=\"{last}\" "
+                f"value=\"{last}\"> <span class=\"lens-name\"></span></label><span "
+                "class=\"lens-readout\">each cell: the lens's first choice there, coloured by "
+                "the probability it gives the true next token; hover one</span></div>"
+                "<div class=\"table-wrap\"><table><thead><tr><th>point \\ token→next</th>"
+                f"{head}</tr></thead><tbody>{body}</tbody></table></div>"
+                + _json_block(data) + "</div>")
     return "".join(parts)
 
 

@@ -132,6 +132,10 @@ class RunDir:
         return self.path / "attention.jsonl"
 
     @property
+    def heads_file(self) -> Path:
+        return self.path / "heads.jsonl"
+
+    @property
     def summary_file(self) -> Path:
         return self.path / "summary.json"
 
@@ -172,7 +176,8 @@ class RunDir:
     def start_files(self) -> list[Path]:
         """What a run writes before it saves its first state to resume from."""
         return [self.config_file, self.tokenizer_file, self.metrics_file, self.attention_file,
-                self.attention_maps_dir, self.path / "tensorboard", self.checkpoints_dir]
+                self.heads_file, self.attention_maps_dir, self.path / "tensorboard",
+                self.checkpoints_dir]
 
     def holds_only_a_start(self) -> bool:
         """Whether the folder holds nothing but what a run writes before its first saved state

@@ -1,5 +1,6 @@
-"""TensorBoard logging (`--set log.tensorboard=true`): the rows of metrics.jsonl and attention.jsonl,
-also as TensorBoard scalars in RUN/tensorboard/ (view with `tensorboard --logdir runs/`).
+"""TensorBoard logging (`--set log.tensorboard=true`): the rows of metrics.jsonl, attention.jsonl
+and heads.jsonl, also as TensorBoard scalars in RUN/tensorboard/ (view with `tensorboard --logdir
+runs/`).
 
 The trainer hands every row it writes to a JSON-lines file to this logger too, so the two logs hold
 the same numbers. Each row's "iter" is the step; the tags are
@@ -10,7 +11,13 @@ the same numbers. Each row's "iter" is the step; the tags are
     attention/<metric>                      the model-wide attention metrics of attention.jsonl
     attention/<metric>/layer<i>             the same for layer i (the mean over its heads)
 
-with <metric> one of entropy_bits, entropy_norm, mean_distance, span90, head_diversity_js.
+    heads/<loss>                            the induction losses and the ICL score of heads.jsonl:
+                                            first_half_loss, second_half_loss, icl_score, ...
+    heads/<detector>_max                    the best head's score (gpt), e.g. heads/induction_max
+    heads/<detector>_max/layer<i>           the best head's score in layer i
+
+with <metric> one of entropy_bits, entropy_norm, mean_distance, span90, head_diversity_js, and
+<detector> one of previous_token, duplicate_token, induction, first_token.
 
 Every session starts its event file with a restart marker at step 0 (SummaryWriter's
 `purge_step`), so TensorBoard hides what earlier sessions wrote, and a resumed run writes its whole
@@ -27,6 +34,8 @@ import math
 from pathlib import Path
 
 from lmscope.errors import ConfigError
+from lmscope.io import read_jsonl
+from lmscope.metrics.heads import DETECTORS
 from lmscope.run.run_dir import RunDir
 
 # the metrics of attention_summary() that become tags (and its span key, e.g. span90)
@@ -68,6 +77,23 @@ def attention_scalars(row: dict) -> dict[str, float]:
     return out
 
 
+HEADS_LOSSES = ("first_half_loss", "second_half_loss", "early_loss", "late_loss", "icl_score")
+
+
+def heads_scalars(row: dict) -> dict[str, float]:
+    """The tags and values of a heads.jsonl row: the losses, and each detector's best head over
+    the model and per layer."""
+    out = {f"heads/{key}": row[key] for key in HEADS_LOSSES if _is_number(row.get(key))}
+    for detector in DETECTORS:
+        layers = row.get(detector)
+        if not layers:
+            continue
+        best = [max(heads) for heads in layers]
+        out[f"heads/{detector}_max"] = max(best)
+        out.update({f"heads/{detector}_max/layer{i}": b for i, b in enumerate(best)})
+    return out
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -91,12 +117,17 @@ class TensorBoardLogger:
                 self.metrics(row)
             for row in run.attention():
                 self.attention(row)
+            for row in read_jsonl(run.heads_file) if run.heads_file.is_file() else []:
+                self.heads(row)
 
     def metrics(self, row: dict) -> None:
         self._write(metric_scalars(row), row["iter"])
 
     def attention(self, row: dict) -> None:
         self._write(attention_scalars(row), row["iter"])
+
+    def heads(self, row: dict) -> None:
+        self._write(heads_scalars(row), row["iter"])
 
     def _write(self, scalars: dict[str, float], step: int) -> None:
         for tag, value in scalars.items():

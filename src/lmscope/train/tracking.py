@@ -9,13 +9,32 @@ similarity) and appends them as one line of RUN/attention.jsonl. With `track.sav
 raw maps are also kept, as RUN/attention/iter_XXXXXXX.safetensors (float16, one tensor per layer,
 (batch, head, query, key)); they are large, so this is off by default.
 
-The capture draws no random numbers and leaves the model in training mode, so a run with tracking
+Every `track.heads_every` iterations (and at iteration 0 and the end) `HeadsTracker.capture`
+measures what lmscope.metrics.heads defines, in eval mode without gradients, and appends one line
+to RUN/heads.jsonl:
+
+    {"iter", "seq_len", "n_sequences", "first_half_loss", "second_half_loss", "uniform_loss",
+     "windows", "early_loss", "late_loss", "icl_score", "seconds",
+     "previous_token", "duplicate_token", "induction", "first_token"}
+
+The induction losses (nats) are on `HEADS_SEQUENCES` sequences of seq_len // 2 random tokens
+repeated once (seq_len: the largest even length <= model.block_size), drawn once, when the
+tracker is made, from their own generator seeded with `HEADS_SEED` (never from the training
+generator), without the unknown id: the same sequences as `lmscope probe heads` reads with its
+defaults (--n-sequences 8 --seed 0), so the two agree on a checkpoint of the same iteration. The ICL
+score (late minus early loss, nats) is on the fixed probe batch above (`track.attention_batch`
+windows of the validation split; unknown targets left out). Each detector key (GPT only; absent
+for the LSTM and the k-gram MLP) holds the scores per layer and head, [[layer 0's heads], ...].
+A number that cannot be computed (an ICL band whose targets are all unknown) is null.
+
+The captures draw no random numbers and leave the model in training mode, so a run with tracking
 follows the same trajectory as one without.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +44,14 @@ from safetensors.torch import save_file
 
 from lmscope.io import atomic_write
 from lmscope.metrics.attention import attention_summary
+from lmscope.metrics.heads import (
+    allowed_ids,
+    check_seq_len,
+    has_heads,
+    icl_losses,
+    repeated_random_tokens,
+    repeated_run,
+)
 from lmscope.run.run_dir import RunDir
 
 
@@ -63,3 +90,46 @@ class AttentionTracker:
             f.write(json.dumps(row) + "\n")
         self.seconds += time.perf_counter() - start
         return row
+
+
+HEADS_SEQUENCES = 8  # repeated random sequences the head detectors read
+HEADS_SEED = 0  # their generator's seed
+
+
+class HeadsTracker:
+    """Head detectors, induction losses and the ICL score of the model being trained."""
+
+    def __init__(self, run_dir: Path, model, windows: torch.Tensor, *, unk_id: int | None):
+        self.path = RunDir(run_dir).heads_file
+        exclude = () if unk_id is None else (unk_id,)
+        self.seq_len = check_seq_len(model, None)
+        vocab = model.config.vocab_size
+        self.ids = repeated_random_tokens(vocab, self.seq_len, HEADS_SEQUENCES, seed=HEADS_SEED,
+                                          exclude=exclude)
+        self.n_allowed = allowed_ids(vocab, exclude).numel()
+        self.heads = has_heads(model)
+        self.windows = windows
+        self.mask = None if unk_id is None else windows[:, 1:] != unk_id
+        self.seconds = 0.0  # time spent capturing
+
+    def capture(self, model, it: int) -> dict:
+        start = time.perf_counter()
+        scores, losses = repeated_run(model, self.ids, n_allowed=self.n_allowed,
+                                      heads=self.heads)
+        early, late = icl_losses(model, self.windows, self.mask)
+        row = {"iter": it, "seq_len": self.seq_len, "n_sequences": HEADS_SEQUENCES,
+               "first_half_loss": losses.first_half, "second_half_loss": losses.second_half,
+               "uniform_loss": losses.uniform, "windows": self.windows.size(0),
+               "early_loss": _finite(early), "late_loss": _finite(late),
+               "icl_score": _finite(late - early)}
+        for detector, values in (scores or {}).items():
+            row[detector] = values.tolist()
+        row["seconds"] = round(time.perf_counter() - start, 4)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        self.seconds += time.perf_counter() - start
+        return row
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None

@@ -6,6 +6,7 @@ A run folder holds everything about one training run:
     RUN/tokenizer.json    the tokenizer (also inside every checkpoint)
     RUN/metrics.jsonl     one JSON object per line: {"kind": "train"|"eval", "iter", losses, "lr", ...}
     RUN/attention.jsonl   attention metrics every track.attention_every iterations (gpt; tracking.py)
+    RUN/heads.jsonl       head detectors, induction losses, ICL score every track.heads_every
     RUN/tensorboard/      the same numbers as TensorBoard scalars, with log.tensorboard=true
     RUN/samples.md        the sample written at each checkpoint, oldest first
     RUN/summary.json      final figures, written when the run ends
@@ -75,7 +76,7 @@ from lmscope.run.checkpoint import (
 from lmscope.run.run_dir import RunDir, RunSummary, TrainResult, read_metrics
 from lmscope.train.distributed import Distributed, init_distributed, shutdown
 from lmscope.train.tensorboard import TensorBoardLogger, check_installed
-from lmscope.train.tracking import AttentionTracker, probe_batch
+from lmscope.train.tracking import AttentionTracker, HeadsTracker, probe_batch
 
 
 class _EvaluationStopped(Exception):
@@ -269,6 +270,20 @@ class Trainer:
             probe = probe_batch(self.val_tokens[0].tokens, self.block_size,
                                 cfg.track.attention_batch)
             self.tracker = AttentionTracker(self.run_dir, probe, save_maps=cfg.track.save_maps)
+        self.heads_tracker = None  # head detectors, induction losses, ICL score (rank 0)
+        heads_every = cfg.track.heads_interval()
+        if heads_every and self.block_size < 4:
+            if cfg.track.heads_every is not None:  # asked for: every process stops
+                raise LmscopeError(f"track.heads_every needs model.block_size of at least 4 (two "
+                                   f"copies of 2 random tokens), got {self.block_size}; set "
+                                   "track.heads_every=0")
+            heads_every = 0  # the default, with the attention tracking: not for such a context
+        self.heads_every = heads_every
+        if heads_every and self.dist.is_main:
+            windows = probe_batch(self.val_tokens[0].tokens, self.block_size,
+                                  cfg.track.attention_batch)
+            self.heads_tracker = HeadsTracker(self.run_dir, self.raw_model, windows,
+                                              unk_id=self.tokenizer.unk_id)
         self.iter = 0
         self.best_val = math.inf
         self.elapsed = 0.0  # wall-clock seconds of training so far, over all sessions of the run
@@ -454,6 +469,11 @@ class Trainer:
         every = self.config.track.attention_every
         return self.tracker is not None and (it % every == 0 or it >= self.config.train.max_iters)
 
+    def _tracks_heads_at(self, it: int) -> bool:
+        every = self.heads_every
+        return self.heads_tracker is not None and (it % every == 0 or
+                                                   it >= self.config.train.max_iters)
+
     def _open_metrics(self) -> None:
         self.metrics = self.tensorboard = None
         if not self.dist.is_main:
@@ -473,6 +493,10 @@ class Trainer:
             rewrite_jsonl(self.tracker.path, lambda row: self.resume and (
                 row.get("iter", 0) < self.iter or
                 (row.get("iter", 0) == self.iter and not self._tracks_at(self.iter))))
+        if self.heads_tracker is not None:  # and for heads.jsonl
+            rewrite_jsonl(self.heads_tracker.path, lambda row: self.resume and (
+                row.get("iter", 0) < self.iter or
+                (row.get("iter", 0) == self.iter and not self._tracks_heads_at(self.iter))))
         if self.config.log.tensorboard:  # rank 0 only, like the files above
             self.tensorboard = TensorBoardLogger(self.run_dir, resume=self.resume)
 
@@ -735,6 +759,11 @@ class Trainer:
                     if self.tensorboard is not None:
                         self.tensorboard.attention(row)
                     window_t += row["seconds"]  # tokens/s counts optimizer steps only
+                if self._tracks_heads_at(it):
+                    row = self.heads_tracker.capture(self.raw_model, it)
+                    if self.tensorboard is not None:
+                        self.tensorboard.heads(row)
+                    window_t += row["seconds"]
                 if self._evaluates_at(it):
                     try:
                         losses = self.estimate_loss()

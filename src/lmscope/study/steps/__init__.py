@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from lmscope.study.registry import Step
 from lmscope.study.steps import (
+    ablate,
     attention,
     attribution,
     compare,
     generate,
     generation,
+    heads,
+    lens,
     matrix,
     seeds,
     softmax,
@@ -25,10 +28,13 @@ STEPS: tuple[Step, ...] = (
     transfer.STEP,
     softmax.STEP,
     attribution.STEP,
+    lens.STEP,
+    ablate.STEP,
     compare.STEP,
     generate.STEP,
     attention.STEP,
     generation.STEP,
+    heads.STEP,
     seeds.STEP,  # after generation, whose sampling speeds it averages
 )
 
