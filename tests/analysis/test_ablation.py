@@ -76,6 +76,18 @@ def test_zero_ablating_a_head_is_zeroing_its_output_projection_columns(tmp_path,
     assert abs(results["L0H0"].increase - results["L0H1"].increase) > 1e-4  # heads differ
 
 
+def test_zero_ablating_a_head_whose_projection_columns_are_zero_changes_nothing(tmp_path):
+    """The issue's own statement: a head that writes nothing (zero output-projection columns)
+    loses nothing when its output is zeroed; its neighbours still do."""
+    net = load(tiny_checkpoint(tmp_path / "ckpt"), device="cpu").model
+    d_head = net.config.n_embd // net.config.n_head
+    with torch.no_grad():
+        net.blocks[1].attn.proj.weight[:, 2 * d_head:3 * d_head] = 0.0
+    results = _by_label(ablate(net, _windows(), "zero", batch_size=3))
+    assert results["L1H2"].increase == 0.0 and results["L1H2"].increase_se == 0.0
+    assert abs(results["L1H1"].increase) > 1e-4
+
+
 @pytest.mark.parametrize("config", [{}, {"bias": True}], ids=["no-bias", "bias"])
 def test_zero_ablating_a_layer_is_zeroing_its_output_projection(tmp_path, config):
     net = load(tiny_checkpoint(tmp_path / "ckpt", **config), device="cpu").model

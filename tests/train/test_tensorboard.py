@@ -1,5 +1,5 @@
 """TensorBoard logging (log.tensorboard=true): the event files hold exactly the numbers of
-metrics.jsonl and attention.jsonl, each step once after a resume; off by default; a clear error
+metrics.jsonl, attention.jsonl and heads.jsonl, each step once after a resume; off by default; a clear error
 when the package is missing."""
 
 import math
@@ -20,6 +20,8 @@ from tests.test_cli import lmscope
 
 FAST = [*TINY_SETTINGS, "train.sample_tokens=0", "train.checkpoint_at=[]"]
 ATTENTION = ("entropy_bits", "entropy_norm", "mean_distance", "span90", "head_diversity_js")
+HEADS = ("first_half_loss", "second_half_loss", "early_loss", "late_loss", "icl_score")
+DETECTORS = ("previous_token", "duplicate_token", "induction", "first_token")
 
 
 def _config(corpus, *extra):
@@ -50,7 +52,8 @@ def _events(run_dir, server=False) -> dict[str, list[tuple[int, float]]]:
 
 
 def _expected(run_dir) -> dict[str, list[tuple[int, float]]]:
-    """The same, as metrics.jsonl and attention.jsonl hold it."""
+    """The same, as metrics.jsonl, attention.jsonl and heads.jsonl hold it (heads: the losses,
+    and each detector's best head over the model and in each layer)."""
     out: dict[str, list] = {}
     for row in read_jsonl(run_dir / "metrics.jsonl"):
         for key, value in row.items():
@@ -64,6 +67,16 @@ def _expected(run_dir) -> dict[str, list[tuple[int, float]]]:
                 value = layer[key]
                 value = sum(value) / len(value) if isinstance(value, list) else value
                 out.setdefault(f"attention/{key}/layer{i}", []).append((row["iter"], value))
+    path = run_dir / "heads.jsonl"
+    for row in read_jsonl(path) if path.is_file() else []:
+        for key in HEADS:
+            if row[key] is not None:
+                out.setdefault(f"heads/{key}", []).append((row["iter"], row[key]))
+        for detector in DETECTORS:
+            best = [max(heads) for heads in row[detector]]
+            out.setdefault(f"heads/{detector}_max", []).append((row["iter"], max(best)))
+            for i, value in enumerate(best):
+                out.setdefault(f"heads/{detector}_max/layer{i}", []).append((row["iter"], value))
     return out
 
 
