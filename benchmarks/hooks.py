@@ -1,7 +1,7 @@
 """What the hook points cost a forward pass that sets no hooks; prints one JSON object.
 
     python benchmarks/hooks.py                      # against f020ef5, the commit before hooks
-    python benchmarks/hooks.py --before COMMIT --blocks 60
+    python benchmarks/hooks.py --before COMMIT --blocks 200 --threads 1
 
 Both versions of the GPT run in one process, side by side: the model code of the commit before
 the hook points (models/gpt.py, read with `git show COMMIT:...`) and today's, with the same
@@ -11,11 +11,13 @@ machine's speed (another process on a shared machine) reaches both alike. Timed:
 
     train        the training step (forward, backward, AdamW) of the shakespeare-char-cpu GPT
                  (4 layers, 128 wide, batch 12 x block 64), `steps` steps per block
-    sample       sampling `tokens` tokens at batch size 1 with the KV cache (generate_ids)
+    decode       the step sampling repeats: one token through the model with the KV cache, at
+                 batch size 1, `tokens` of them per block (the sampling itself, the same code
+                 for both, is left out: its randomness only adds noise)
 
 Reported: the medians over blocks of each version, and the median of the blocks' own
-after / before ratios, with its interquartile range: for training, milliseconds per step (above
-1: slower), for sampling, tokens per second (below 1: slower); 1.000 is no cost.
+after / before ratios of milliseconds (training) or microseconds (decoding) per step, with their
+interquartile range: above 1 is slower, 1.000 is no cost.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from pathlib import Path
 
 import torch
 
-from lmscope.generate import SamplingConfig, generate_ids
 from lmscope.models.gpt import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,17 +65,20 @@ def models(commit: str):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--before", default=BEFORE, help="the commit before the change")
-    parser.add_argument("--blocks", type=int, default=40)
+    parser.add_argument("--blocks", type=int, default=100)
     parser.add_argument("--steps", type=int, default=5, help="training steps per block")
-    parser.add_argument("--tokens", type=int, default=200, help="sampled tokens per block")
+    parser.add_argument("--tokens", type=int, default=60, help="decoded tokens per block")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: torch's default); 1 is the least noisy")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     nets = models(args.before)
     x = torch.randint(0, 96, (12, 64), generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 96, (12, 64), generator=torch.Generator().manual_seed(2))
     optimizers = {side: torch.optim.AdamW(m.parameters(), lr=1e-3) for side, m in nets.items()}
-    samplers = {side: copy.deepcopy(m).eval() for side, m in nets.items()}
-    prompt = torch.tensor([[1, 2, 3]])
-    cfg = SamplingConfig(max_new_tokens=args.tokens, temperature=0.8, seed=0)
+    decoders = {side: copy.deepcopy(m).eval() for side, m in nets.items()}
+    token = torch.tensor([[5]])
 
     def train(side: str) -> float:
         model, optimizer = nets[side], optimizers[side]
@@ -87,24 +91,27 @@ def main() -> None:
         return (time.perf_counter() - start) / args.steps * 1000
 
     @torch.no_grad()
-    def sample(side: str) -> float:
+    def decode(side: str) -> float:
+        model = decoders[side]
+        cache = model.new_cache(1)
         start = time.perf_counter()
-        generate_ids(samplers[side], prompt, cfg)
-        return args.tokens / (time.perf_counter() - start)
+        for _ in range(args.tokens):
+            model.decode(token, cache)
+        return (time.perf_counter() - start) / args.tokens * 1e6
 
     for side in nets:  # warm up
         train(side)
-        sample(side)
-    times = {("train", s): [] for s in nets} | {("sample", s): [] for s in nets}
+        decode(side)
+    times = {("train", s): [] for s in nets} | {("decode", s): [] for s in nets}
     for block in range(args.blocks):
         order = ("before", "after") if block % 2 == 0 else ("after", "before")
         for side in order:
             times["train", side].append(train(side))
         for side in order:
-            times["sample", side].append(sample(side))
+            times["decode", side].append(decode(side))
     result = {"before": args.before, "blocks": args.blocks, "steps_per_block": args.steps,
               "tokens_per_block": args.tokens, "threads": torch.get_num_threads()}
-    for kind, unit in (("train", "ms_per_step"), ("sample", "tokens_per_s")):
+    for kind, unit in (("train", "ms_per_step"), ("decode", "us_per_token")):
         b, a = times[kind, "before"], times[kind, "after"]
         ratios = sorted(ai / bi for ai, bi in zip(a, b, strict=True))
         q1, _, q3 = statistics.quantiles(ratios, n=4)

@@ -151,13 +151,15 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cache: KVCache | None = None, layer: int = 0, return_attention=False,
                 rope=None, hooks=None):
         B, T, C = x.shape
-        hook = _hook_at(hooks, f"blocks.{layer}.attn.")
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, T, n_head, head_dim), TransformerLens's layout at hook_q/k/v and
         # hook_z, -> (B, n_head, T, head_dim) for the attention itself
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in (q, k, v))
-        q, k, v = (hook(name, t).transpose(1, 2) for name, t in
-                   (("hook_q", q), ("hook_k", k), ("hook_v", v)))
+        hook = _no_hook  # without hooks, no Python work beyond the computation itself
+        if hooks is not None:
+            hook = _hook_at(hooks, f"blocks.{layer}.attn.")
+            q, k, v = hook("hook_q", q), hook("hook_k", k), hook("hook_v", v)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if rope is not None:  # (cos, sin) at these tokens' absolute positions
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)  # cached keys stay rotated
             if hooks is not None:
@@ -183,7 +185,9 @@ class CausalSelfAttention(nn.Module):
             # Several new tokens after a cached prefix: an explicit mask, offset by the prefix.
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        y = hook("hook_z", y.transpose(1, 2))  # (B, T, n_head, head_dim): each head's output
+        y = y.transpose(1, 2)  # (B, T, n_head, head_dim): each head's output
+        if hooks is not None:
+            y = hook("hook_z", y)
         return self.resid_dropout(self.proj(y.contiguous().view(B, T, C))), attn
 
 
@@ -228,10 +232,27 @@ class Block(nn.Module):
         self.norm1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
         # attention-only: no MLP and no norm before (pre-norm) or after (post-norm) it
-        self.norm2 = None if config.attn_only else make_norm(config)
-        self.mlp = None if config.attn_only else MLP(config)
+        self.has_mlp = not config.attn_only  # a plain attribute: the test costs no module lookup
+        self.norm2 = make_norm(config) if self.has_mlp else None
+        self.mlp = MLP(config) if self.has_mlp else None
 
     def forward(self, x, cache=None, layer=0, return_attention=False, rope=None, hooks=None):
+        if hooks is not None:
+            return self._forward_hooked(x, cache, layer, return_attention, rope, hooks)
+        # the same computation as _forward_hooked, with no hook calls at all (benchmarks/hooks.py)
+        if self.pre_norm:
+            a, attn = self.attn(self.norm1(x), cache, layer, return_attention, rope)
+            x = x + a
+            if self.has_mlp:
+                x = x + self.mlp(self.norm2(x))
+        else:  # post-norm: the residual stream is normalized after each sum
+            a, attn = self.attn(x, cache, layer, return_attention, rope)
+            x = self.norm1(x + a)
+            if self.has_mlp:
+                x = self.norm2(x + self.mlp(x))
+        return x, attn
+
+    def _forward_hooked(self, x, cache, layer, return_attention, rope, hooks):
         hook = _hook_at(hooks, f"blocks.{layer}.")
         mlp_hook = _hook_at(hooks, f"blocks.{layer}.mlp.")
         x = hook("hook_resid_pre", x)
