@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from lmscope.config import resolve_config
-from lmscope.train.tracking import AttentionTracker, probe_batch
+from lmscope.data.tokens import spaced_windows
+from lmscope.train.tracking import AttentionTracker
 from lmscope.train.trainer import Trainer, train
 
 
@@ -65,8 +66,8 @@ def per_capture(preset: str, repeats: int, steps: int) -> dict:
         trainer._prepare_run_dir()
         trainer.setup()
         model = trainer.raw_model
-        probe = probe_batch(trainer.val_tokens[0].tokens, trainer.block_size,
-                            config.track.attention_batch)
+        _, probe = spaced_windows(trainer.val_tokens[0].tokens, trainer.block_size,
+                                  config.track.attention_batch)
         tracker = AttentionTracker(Path(tmp), probe, save_maps=False)
         capture = []
         for it in range(repeats):

@@ -15,7 +15,7 @@ import torch
 from lmscope.errors import LmscopeError
 from lmscope.generate import SamplingConfig
 from lmscope.generate import generate as _generate
-from lmscope.models.hooks import Hooks
+from lmscope.models.hooks import Hooks, run_batches
 from lmscope.run.checkpoint import as_checkpoint, load
 
 __all__ = ["generate", "load", "logits", "run_with_cache", "run_with_hooks"]
@@ -77,23 +77,6 @@ def _model_and_ids(model_or_path, text_or_ids):
     return model, ids.to(next(model.parameters()).device)
 
 
-def _batches(model, ids, hooks_for_batch, batch_size: int):
-    """Run `ids` in batches of `batch_size` rows; returns (logits, [Hooks of each batch])."""
-    if batch_size < 1:
-        raise LmscopeError(f"batch_size must be at least 1, got {batch_size}")
-    was_training = model.training
-    model.eval()
-    try:
-        logits, used = [], []
-        for start in range(0, ids.size(0), batch_size):
-            hooks = hooks_for_batch()
-            logits.append(model(ids[start:start + batch_size], hooks=hooks))
-            used.append(hooks)
-    finally:
-        model.train(was_training)
-    return torch.cat(logits), used
-
-
 @torch.no_grad()
 def run_with_cache(model_or_path, text_or_ids, names=None, *, batch_size: int = 64):
     """Logits (batch, time, vocab) and {hook name: activation} for a text or token ids.
@@ -105,7 +88,7 @@ def run_with_cache(model_or_path, text_or_ids, names=None, *, batch_size: int = 
     model, ids = _model_and_ids(model_or_path, text_or_ids)
     names = model.hook_names() if names is None else [names] if isinstance(names, str) else names
     Hooks(cache=names).check(model.hook_names(), model_name=type(model).__name__)
-    logits, used = _batches(model, ids, lambda: Hooks(cache=names), batch_size)
+    logits, used = run_batches(model, ids, lambda: Hooks(cache=names), batch_size)
     return logits, {name: torch.cat([h.cache[name] for h in used]) for name in names}
 
 
@@ -116,4 +99,4 @@ def run_with_hooks(model_or_path, text_or_ids, hooks, *, batch_size: int = 64):
     shape (e.g. zeros for an ablation)."""
     model, ids = _model_and_ids(model_or_path, text_or_ids)
     Hooks(hooks).check(model.hook_names(), model_name=type(model).__name__)
-    return _batches(model, ids, lambda: Hooks(hooks), batch_size)[0]
+    return run_batches(model, ids, lambda: Hooks(hooks), batch_size)[0]

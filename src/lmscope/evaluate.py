@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from lmscope.data import corpora
-from lmscope.data.tokens import encode_to_file
+from lmscope.data.tokens import encode_to_file, spaced_windows
 from lmscope.errors import LmscopeError
 from lmscope.metrics.losses import EvalResult, evaluate_token_file
 from lmscope.run.checkpoint import as_checkpoint
@@ -97,7 +96,5 @@ def corpus_windows(model_or_path, corpus: str, split: str = "val", *, windows: i
     if n < length:
         raise LmscopeError(f"corpus {found.name}: the {split} split has {n} tokens, fewer than "
                            f"one window of {length}; give a shorter length or a larger corpus")
-    starts = np.linspace(0, n - length, num=windows).round().astype(np.int64).tolist()
-    ids = torch.from_numpy(np.stack([np.asarray(token_file.tokens[s:s + length], dtype=np.int64)
-                                     for s in starts]))
+    starts, ids = spaced_windows(token_file.tokens, length, windows)
     return Windows(found.name, split, ids, starts, token_file.oov_rate, ckpt.tokenizer.unk_id)

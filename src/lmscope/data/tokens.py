@@ -6,7 +6,7 @@ token ids (the smallest unsigned dtype that fits the vocabulary), cached under
 is in it. The file is memory-mapped, so a 100 MB corpus costs no RAM to train on.
 
 `BatchSampler` draws random training windows from it; `eval_windows` walks it once in order
-for evaluation.
+for evaluation; `spaced_windows` cuts a few fixed ones for the probes and the tracking.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "TokenFile",
     "encode_to_file",
     "eval_windows",
+    "spaced_windows",
     "read_token_file",
     "token_dtype",
 ]
@@ -331,6 +332,15 @@ class MixtureSampler(BatchSampler):
             if len(rows):
                 x[rows], y[rows] = _windows(tokens, starts[rows], self.block_size)
         return x, y
+
+
+def spaced_windows(tokens: np.ndarray, length: int, n: int) -> tuple[list[int], torch.Tensor]:
+    """(starts, ids (n, length) int64): `n` windows of `length` tokens starting at evenly spaced
+    places from the first token to the last full window (no randomness: the same windows every
+    time for the same tokens)."""
+    starts = np.linspace(0, max(len(tokens) - length, 0), num=n).round().astype(np.int64)
+    ids = np.stack([np.asarray(tokens[s:s + length], dtype=np.int64) for s in starts])
+    return starts.tolist(), torch.from_numpy(ids)
 
 
 def eval_windows(

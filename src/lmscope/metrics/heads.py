@@ -69,7 +69,7 @@ from dataclasses import dataclass
 import torch
 
 from lmscope.errors import LmscopeError
-from lmscope.models.hooks import Hooks
+from lmscope.models.hooks import Hooks, run_batches
 
 DETECTORS = ("previous_token", "duplicate_token", "induction", "first_token")
 
@@ -178,25 +178,9 @@ def forward_cached(model, ids: torch.Tensor, names=(), *, batch_size: int = 64):
     """(logits (batch, time, vocab), {name: activation}) of a model in eval mode on `ids`, run
     `batch_size` rows at a time; without `names` the model runs without hooks (the LSTM's hooked
     path runs position by position). The model's training mode is restored."""
-    if batch_size < 1:
-        raise LmscopeError(f"batch_size must be at least 1, got {batch_size}")
-    device = next(model.parameters()).device
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    was_training = model.training
-    model.eval()
-    logits, caches = [], []
-    try:
-        for i in range(0, ids.size(0), batch_size):
-            batch = ids[i:i + batch_size].to(device)
-            if names:
-                hooks = Hooks(cache=names)
-                logits.append(model(batch, hooks=hooks))
-                caches.append(hooks.cache)
-            else:
-                logits.append(model(batch))
-    finally:
-        model.train(was_training)
-    return torch.cat(logits), {n: torch.cat([c[n] for c in caches]) for n in names}
+    logits, used = run_batches(model, ids, lambda: Hooks(cache=names) if names else None,
+                               batch_size)
+    return logits, {n: torch.cat([h.cache[n] for h in used]) for n in names}
 
 
 def repeated_run(model, ids: torch.Tensor, *, n_allowed: int, heads: bool,

@@ -66,3 +66,28 @@ class Hooks:
         if name in self.cache_names:
             self.cache[name] = x.detach()
         return x
+
+
+@torch.no_grad()
+def run_batches(model, ids: torch.Tensor, make_hooks: Callable[[], Hooks | None],
+                batch_size: int) -> tuple[torch.Tensor, list[Hooks | None]]:
+    """The logits of `model` on token ids (batch, time), `batch_size` rows at a time on the
+    model's device, in eval mode (its training mode restored after), each batch with a fresh
+    Hooks object from `make_hooks` (None: no hooks, the plain forward pass); returns the joined
+    logits and the Hooks of each batch, for their caches."""
+    if batch_size < 1:
+        raise LmscopeError(f"batch_size must be at least 1, got {batch_size}")
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    try:
+        logits, used = [], []
+        for start in range(0, ids.size(0), batch_size):
+            hooks = make_hooks()
+            batch = ids[start:start + batch_size].to(device)
+            logits.append(model(batch) if hooks is None else model(batch, hooks=hooks))
+            used.append(hooks)
+    finally:
+        model.train(was_training)
+    return torch.cat(logits), used

@@ -38,7 +38,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -53,13 +52,6 @@ from lmscope.metrics.heads import (
     repeated_run,
 )
 from lmscope.run.run_dir import RunDir
-
-
-def probe_batch(tokens: np.ndarray, block_size: int, n: int) -> torch.Tensor:
-    """`n` windows of `block_size` tokens, evenly spaced over `tokens` (no randomness)."""
-    last = len(tokens) - block_size
-    starts = np.linspace(0, max(last, 0), num=n).round().astype(np.int64)
-    return torch.from_numpy(np.stack([tokens[s:s + block_size] for s in starts]).astype(np.int64))
 
 
 class AttentionTracker:
@@ -85,10 +77,7 @@ class AttentionTracker:
                        for i, a in enumerate(attentions)}
             path = self.maps_dir / f"iter_{it:07d}.safetensors"
             atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
-        row["seconds"] = round(time.perf_counter() - start, 4)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        self.seconds += time.perf_counter() - start
+        self.seconds += _append_row(self.path, row, start)
         return row
 
 
@@ -124,11 +113,17 @@ class HeadsTracker:
                "icl_score": _finite(late - early)}
         for detector, values in (scores or {}).items():
             row[detector] = values.tolist()
-        row["seconds"] = round(time.perf_counter() - start, 4)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        self.seconds += time.perf_counter() - start
+        self.seconds += _append_row(self.path, row, start)
         return row
+
+
+def _append_row(path: Path, row: dict, start: float) -> float:
+    """Append `row`, with the seconds since `start` that the capture took, to a JSON-lines file;
+    returns the seconds, writing included."""
+    row["seconds"] = round(time.perf_counter() - start, 4)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    return time.perf_counter() - start
 
 
 def _finite(x: float) -> float | None:

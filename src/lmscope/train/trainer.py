@@ -58,7 +58,13 @@ from lmscope.data.tokenizers import (
     char_vocab,
     tokenizer_from_dict,
 )
-from lmscope.data.tokens import BatchSampler, MixtureSampler, check_oov_rate, encode_to_file
+from lmscope.data.tokens import (
+    BatchSampler,
+    MixtureSampler,
+    check_oov_rate,
+    encode_to_file,
+    spaced_windows,
+)
 from lmscope.device import pick_device
 from lmscope.errors import CheckpointError, LmscopeError, TrainingInterrupted
 from lmscope.generate import SamplingConfig, generate
@@ -76,7 +82,7 @@ from lmscope.run.checkpoint import (
 from lmscope.run.run_dir import RunDir, RunSummary, TrainResult, read_metrics
 from lmscope.train.distributed import Distributed, init_distributed, shutdown
 from lmscope.train.tensorboard import TensorBoardLogger, check_installed
-from lmscope.train.tracking import AttentionTracker, HeadsTracker, probe_batch
+from lmscope.train.tracking import AttentionTracker, HeadsTracker
 
 
 class _EvaluationStopped(Exception):
@@ -264,13 +270,6 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.sampler = self._sampler([t.tokens for t in self.train_tokens], tc.seed,
                                      rank=self.dist.rank, world_size=self.dist.world_size)
-        self.tracker = None  # attention metrics on a fixed probe batch (gpt models, rank 0)
-        if cfg.track.attention_every and self.dist.is_main and \
-                hasattr(self.raw_model, "forward_with_attention"):
-            probe = probe_batch(self.val_tokens[0].tokens, self.block_size,
-                                cfg.track.attention_batch)
-            self.tracker = AttentionTracker(self.run_dir, probe, save_maps=cfg.track.save_maps)
-        self.heads_tracker = None  # head detectors, induction losses, ICL score (rank 0)
         heads_every = cfg.track.heads_interval()
         if heads_every and self.block_size < 4:
             if cfg.track.heads_every is not None:  # asked for: every process stops
@@ -279,11 +278,19 @@ class Trainer:
                                    "track.heads_every=0")
             heads_every = 0  # the default, with the attention tracking: not for such a context
         self.heads_every = heads_every
-        if heads_every and self.dist.is_main:
-            windows = probe_batch(self.val_tokens[0].tokens, self.block_size,
-                                  cfg.track.attention_batch)
-            self.heads_tracker = HeadsTracker(self.run_dir, self.raw_model, windows,
-                                              unk_id=self.tokenizer.unk_id)
+        self.tracker = None  # attention metrics on the probe batch (gpt models, rank 0)
+        self.heads_tracker = None  # head detectors, induction losses, ICL score (rank 0)
+        attention = cfg.track.attention_every and hasattr(self.raw_model, "forward_with_attention")
+        if self.dist.is_main and (attention or heads_every):
+            # the fixed probe batch both trackers read: windows of the validation split
+            _, probe = spaced_windows(self.val_tokens[0].tokens, self.block_size,
+                                      cfg.track.attention_batch)
+            if attention:
+                self.tracker = AttentionTracker(self.run_dir, probe,
+                                                save_maps=cfg.track.save_maps)
+            if heads_every:
+                self.heads_tracker = HeadsTracker(self.run_dir, self.raw_model, probe,
+                                                  unk_id=self.tokenizer.unk_id)
         self.iter = 0
         self.best_val = math.inf
         self.elapsed = 0.0  # wall-clock seconds of training so far, over all sessions of the run
