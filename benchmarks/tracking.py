@@ -1,19 +1,26 @@
-"""What attention tracking costs during training; prints one JSON object.
+"""What tracking costs during training; prints one JSON object.
 
-    python benchmarks/tracking.py            # 3 rounds
-    python benchmarks/tracking.py --quick    # 1 round, shorter runs
+    python benchmarks/tracking.py                       # attention, 3 rounds
+    python benchmarks/tracking.py --tracker dynamics    # the learning dynamics alone
+    python benchmarks/tracking.py --quick               # 1 round, shorter runs
+
+--tracker picks what is on in the "on" runs: attention (track.attention_every=100 alone),
+dynamics (track.dynamics_every=100 alone) or all (the defaults: attention, heads and dynamics
+every 100); the "off" runs track nothing.
 
 Two measurements:
 
 - end_to_end: `lmscope.train` of the shakespeare-char-cpu model (0.80M parameters, batch 12 x 64)
-  with tracking at the default interval (track.attention_every=100) and with tracking off, run
+  with tracking at the default interval (every 100 iterations) and with tracking off, run
   alternately; medians of the training wall time of each and their ratio. The runs also report
-  the seconds spent in captures themselves (summary.json attention_tracking_s) as a share of the
-  run's time, the same overhead measured without the noise of two separate runs.
+  the seconds spent in captures themselves (summary.json attention_tracking_s or
+  dynamics_tracking_s) as a share of the run's time, the same overhead measured without the
+  noise of two separate runs.
 - per_capture: for the baby GPT (6 layers, 6 heads, 384 wide, block 256) and the small model:
-  median seconds of one capture (forward with attention on the 4-sequence probe batch, then every
-  metric), median seconds of one training step at the preset's batch, and the overhead of
-  capturing every 100 steps: capture / (100 x step).
+  median seconds of one capture (attention: forward with attention on the 4-sequence probe batch,
+  then every metric; dynamics: forward and backward on it, then every weight matrix's SVD),
+  median seconds of one training step at the preset's batch, and the overhead of capturing every
+  100 steps: capture / (100 x step).
 """
 
 from __future__ import annotations
@@ -31,35 +38,41 @@ import torch
 
 from lmscope.config import resolve_config
 from lmscope.data.tokens import spaced_windows
-from lmscope.train.tracking import AttentionTracker
+from lmscope.train.tracking import AttentionTracker, DynamicsTracker
 from lmscope.train.trainer import Trainer, train
 
+ON = {"attention": ["track.attention_every=100", "track.heads_every=0", "track.dynamics_every=0"],
+      "dynamics": ["track.attention_every=0", "track.dynamics_every=100"],
+      "all": ["track.attention_every=100"]}
+SECONDS = {"attention": ("attention_tracking_s",), "dynamics": ("dynamics_tracking_s",),
+           "all": ("attention_tracking_s", "dynamics_tracking_s")}  # heads: not in summary.json
 
-def end_to_end(rounds: int, iters: int) -> dict:
+
+def end_to_end(rounds: int, iters: int, tracker: str) -> dict:
     times = {"on": [], "off": []}
     shares = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
-                every = 100 if mode == "on" else 0
+                tracking = ON[tracker] if mode == "on" else ["track.attention_every=0"]
                 config = resolve_config(preset="shakespeare-char-cpu", overrides=[
                     f"train.max_iters={iters}", f"train.lr_decay_iters={iters}",
                     "train.eval_interval=1000000", "train.checkpoint_at=[]",
-                    "train.sample_tokens=0", "train.final_eval=false",
-                    f"track.attention_every={every}"])
+                    "train.sample_tokens=0", "train.final_eval=false", *tracking])
                 result = train(config, Path(tmp) / f"{mode}{r}", progress=False,
                                log=lambda *a: None)
                 times[mode].append(result.elapsed_s)
                 if mode == "on":
                     summary = json.loads((Path(tmp) / f"{mode}{r}" / "summary.json").read_text())
-                    shares.append(summary["attention_tracking_s"] / summary["elapsed_s"])
+                    shares.append(sum(summary[k] for k in SECONDS[tracker])
+                                  / summary["elapsed_s"])
     on, off = statistics.median(times["on"]), statistics.median(times["off"])
-    return {"iters": iters, "rounds": rounds, "seconds_tracking_on": round(on, 2),
+    return {"tracker": tracker, "iters": iters, "rounds": rounds, "seconds_tracking_on": round(on, 2),
             "seconds_tracking_off": round(off, 2), "ratio_on_over_off": round(on / off, 4),
             "capture_share_of_run": round(statistics.median(shares), 5)}
 
 
-def per_capture(preset: str, repeats: int, steps: int) -> dict:
+def per_capture(preset: str, repeats: int, steps: int, tracker: str) -> dict:
     config = resolve_config(preset=preset, overrides=["train.device=cpu"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, Path(tmp) / "run", progress=False, log=lambda *a: None)
@@ -68,11 +81,12 @@ def per_capture(preset: str, repeats: int, steps: int) -> dict:
         model = trainer.raw_model
         _, probe = spaced_windows(trainer.val_tokens[0].tokens, trainer.block_size,
                                   config.track.attention_batch)
-        tracker = AttentionTracker(Path(tmp), probe, save_maps=False)
+        capturing = (DynamicsTracker(Path(tmp), probe, unk_id=None) if tracker == "dynamics"
+                     else AttentionTracker(Path(tmp), probe, save_maps=False))
         capture = []
         for it in range(repeats):
             start = time.perf_counter()
-            tracker.capture(model, it)
+            capturing.capture(model, it)
             capture.append(time.perf_counter() - start)
         step = []
         model.train()
@@ -82,7 +96,7 @@ def per_capture(preset: str, repeats: int, steps: int) -> dict:
             trainer.step(1e-4)
             step.append(time.perf_counter() - start)
     c, s = statistics.median(capture), statistics.median(step)
-    return {"preset": preset, "batch": config.train.batch_size,
+    return {"tracker": tracker, "preset": preset, "batch": config.train.batch_size,
             "block": config.model.block_size, "probe_sequences": config.track.attention_batch,
             "capture_s": round(c, 4), "step_s": round(s, 4),
             "overhead_every_100": round(c / (100 * s), 5)}
@@ -91,6 +105,7 @@ def per_capture(preset: str, repeats: int, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tracker", choices=sorted(ON), default="attention")
     args = parser.parse_args()
     torch.manual_seed(0)
     np.random.seed(0)
@@ -98,10 +113,14 @@ def main() -> None:
     rounds, iters = (1, 200) if args.quick else (3, 600)
     out = {
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "end_to_end": end_to_end(rounds, iters),
-        "per_capture": [per_capture("shakespeare-char-cpu", 5 if not args.quick else 2, 10),
-                        per_capture("shakespeare-char", 3 if not args.quick else 1,
-                                    3 if not args.quick else 1)],
+        "end_to_end": end_to_end(rounds, iters, args.tracker),
+        "per_capture": [per_capture(preset, repeats, steps, kind)
+                        for kind in (["attention", "dynamics"] if args.tracker == "all"
+                                     else [args.tracker])
+                        for preset, repeats, steps in (
+                            ("shakespeare-char-cpu", 5 if not args.quick else 2, 10),
+                            ("shakespeare-char", 3 if not args.quick else 1,
+                             3 if not args.quick else 1))],
     }
     print(json.dumps(out, indent=2))
 

@@ -162,3 +162,26 @@ def stop_after(monkeypatch, iteration: int):
 
     monkeypatch.setattr(Trainer, "step", step_then_interrupt)
     return lambda: monkeypatch.setattr(Trainer, "step", real_step)
+
+
+def straight_and_resumed(corpus: Path, root: Path, monkeypatch, settings) -> tuple[Path, Path]:
+    """Two runs with `settings` on `corpus`: root/straight trained in one go, root/resumed stopped
+    after iteration 13 and resumed; returns their folders, to compare what each tracked."""
+    from lmscope.config import resolve_config
+    from lmscope.errors import TrainingInterrupted
+    from lmscope.train.trainer import Trainer, train
+
+    def config():
+        return resolve_config(data=str(corpus), overrides=[*TINY_SETTINGS, *settings])
+
+    quiet = {"progress": False, "log": lambda *a: None}
+    train(config(), root / "straight", **quiet)
+    restore = stop_after(monkeypatch, 13)
+    try:
+        Trainer(config(), root / "resumed", **quiet).run()
+        raise AssertionError("the run was not stopped")
+    except TrainingInterrupted:
+        pass
+    restore()
+    train(config(), root / "resumed", resume=True, **quiet)
+    return root / "straight", root / "resumed"

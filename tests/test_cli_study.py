@@ -133,7 +133,12 @@ def test_the_quick_domain_study(quick_domain_study):
         expected += [f"transfer/from_{c}.png", f"attention/{c}/attention_L1.png",
                      f"lens/{c}/formation.png", f"lens/{c}/by_layer.png",
                      f"ablate/{c}/ablation.csv", f"ablate/{c}/heads.png"]
-    expected += ["lens/summary.md", "lens/summary.png", "ablate/summary.md"]
+        expected += [f"dynamics/{c}/dynamics.csv", f"dynamics/{c}/similarity.png",
+                     f"dynamics/{c}/weights.png", f"dynamics/{c}/during_training.png",
+                     f"similarity/{c}/cka.csv", f"similarity/{c}/same_layer.png"]
+    expected += ["lens/summary.md", "lens/summary.png", "ablate/summary.md",
+                 "dynamics/summary.md", "dynamics/summary.png", "similarity/summary.md",
+                 "similarity/summary.png", "similarity/shakespeare/cka_shakespeare_math.png"]
     missing = [name for name in expected if not (out / name).is_file()]
     assert not missing, missing
     matrix = json.loads((out / "matrix" / "matrix.json").read_text())
@@ -152,6 +157,16 @@ def test_the_quick_domain_study(quick_domain_study):
     ablation = list(csv.DictReader((out / "ablate" / "summary.csv").open(encoding="utf-8")))
     assert {r["model"] for r in ablation} == set(corpora)
     assert len(ablation) == 3 * (2 * 4 + 2 + 2)  # per model: 8 heads, 2 attention, 2 MLP
+    # dynamics: each model's layers against themselves at the final checkpoint
+    dynamics = list(csv.DictReader((out / "dynamics" / "math" / "similarity.csv").open()))
+    assert {r["layer"] for r in dynamics} == {"embed", "0", "1"}
+    assert all(float(r["cka"]) > 0.999 for r in dynamics if r["checkpoint"] == "final")
+    # similarity: the three models start from the same weights (one seed, one vocabulary), so
+    # every pair is identical at iteration 0, and parts during training
+    pairs = list(csv.DictReader((out / "similarity" / "summary.csv").open(encoding="utf-8")))
+    assert len({(r["corpus"], r["run_a"], r["run_b"]) for r in pairs}) == 3 * 3
+    assert all(float(r["mean_same_layer_cka"]) > 0.999 for r in pairs if r["iteration"] == "0")
+    assert all(float(r["mean_same_layer_cka"]) < 0.99 for r in pairs if r["iteration"] == "600")
 
 
 @pytest.mark.slow
@@ -167,7 +182,7 @@ def test_the_quick_domain_study_report_in_the_browser(quick_domain_study):
     seen = check_report(page, "quick-domain-study-report")
     assert seen["scroll_width"] <= 1400
     assert seen["views"] == {"attention": 3, "chart": 1, "matrix": 1, "attribution": 3,
-                             "lens": 9}  # the lens: each model on each corpus
+                             "lens": 9, "similarity": 3}  # the lens: each model on each corpus
     assert seen["legend"][1:] == [f"{c}: {curve}" for c in ("math", "shakespeare", "wikipedia")
                                   for curve in ("train", "validation")]
     assert len(seen["after"]["heads"]) == 4  # the quick model's last layer has four heads

@@ -83,6 +83,19 @@ def test_default_checkpoint_schedule_is_1_2_5():
     assert cfg.train.checkpoint_iters() == []
 
 
+def test_the_log_schedule_is_pythias():
+    # Pythia (Biderman et al. 2023): 0, 1, 2, 4, ..., 512, then every 1000
+    assert TrainConfig(max_iters=5000, checkpoint_schedule="log").checkpoint_iters() == [
+        0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 3000, 4000]
+    both = TrainConfig(max_iters=300, checkpoint_schedule="log", checkpoint_log_until=20,
+                       checkpoint_every=100, checkpoint_at=[150])
+    assert both.checkpoint_iters() == [0, 1, 2, 4, 8, 16, 100, 150, 200]
+    cfg = resolve_config(overrides=["train.checkpoint_schedule=log", "train.max_iters=10"])
+    assert cfg.train.checkpoint_iters() == [0, 1, 2, 4, 8]
+    with pytest.raises(ConfigError, match="checkpoint_schedule must be auto or log"):
+        resolve_config(overrides=["train.checkpoint_schedule=pythia"])
+
+
 @given(st.text(max_size=30))
 def test_override_parsing_never_crashes_unexpectedly(text):
     with contextlib.suppress(ConfigError):

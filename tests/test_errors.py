@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from lmscope.data.tokenizers import BPETokenizer
 from lmscope.run.lock import FolderLock
 from tests.conftest import HANG_TIMEOUT, PROMPTS, TINY_SETTINGS, TINY_TEXT
 from tests.test_cli import assert_clean_error
@@ -78,6 +79,12 @@ CASES = [
       ("train", "--data", "{w}/tiny.txt", "--set", "track.heads_every=5", "model.block_size=3",
        "model.n_layer=1", "model.n_embd=8", "model.n_head=2", "train.max_iters=2",
        "train.device=cpu", "--out", "{w}/out"), ("needs model.block_size of at least 4",)),
+    C("track-dynamics-negative", "train", "a negative track.dynamics_every",
+      ("train", "--data", "{w}/tiny.txt", "--set", "track.dynamics_every=-1", "--out",
+       "{w}/out"), ("track.dynamics_every must not be negative, got -1",)),
+    C("train-checkpoint-schedule", "train", "an unknown train.checkpoint_schedule",
+      ("train", "--data", "{w}/tiny.txt", "--set", "train.checkpoint_schedule=pythia", "--out",
+       "{w}/out"), ("train.checkpoint_schedule must be auto or log, got 'pythia'",)),
     C("set-unknown-key", "train", "a misspelt --set key",
       ("train", "--data", "{w}/tiny.txt", "--set", "train.max_iter=5"),
       ("did you mean train.max_iters",)),
@@ -247,6 +254,25 @@ CASES = [
     C("heads-n-sequences", "probe heads", "--n-sequences 0",
       ("probe", "heads", "{run}", "--n-sequences", "0", "--out", "{w}/h"),
       ("at least 1, got 0",)),
+    C("dynamics-checkpoints", "probe dynamics", "--checkpoints naming an iteration not kept",
+      ("probe", "dynamics", "{run}", "--data", "{w}/tiny.txt", "--checkpoints", "10,15",
+       "--out", "{w}/d"), ("has no checkpoint '15': it keeps iterations 10, 20 and final",)),
+    C("dynamics-oov-corpus", "probe dynamics", "a corpus the model's vocabulary cannot read",
+      ("probe", "dynamics", "{run}", "--data", "{w}/greek.txt", "--out", "{w}/d"),
+      ("outside the vocabulary", "a probe allows 5%")),
+    C("similarity-one-run", "probe similarity", "one run, nothing to compare it with",
+      ("probe", "similarity", "{run}", "--data", "{w}/tiny.txt", "--out", "{w}/s"),
+      ("give at least two runs to compare (got 1)",)),
+    C("similarity-no-common-iteration", "probe similarity",
+      "runs that kept no checkpoint at the same iteration",
+      ("probe", "similarity", "{run}", "{w}/lstm", "--data", "{w}/tiny.txt", "--out", "{w}/s"),
+      ("kept no checkpoint at a common iteration", "--checkpoints final")),
+    C("similarity-tokenizers", "probe similarity", "a char run and a BPE run (different tokens)",
+      ("probe", "similarity", "{run}", "{w}/bpe", "--data", "{w}/tiny.txt", "--checkpoints",
+       "final", "--out", "{w}/s"), ("do not read the same tokens", "same tokenizer")),
+    C("similarity-checkpoints", "probe similarity", "--checkpoints naming an iteration not kept",
+      ("probe", "similarity", "{run}", "{run}", "--data", "{w}/tiny.txt", "--checkpoints", "15",
+       "--out", "{w}/s"), ("has no checkpoint '15'",)),
     C("ablate-method", "probe ablate", "an unknown --method",
       ("probe", "ablate", "{run}", "--data", "{w}/tiny.txt", "--method", "meen", "--out",
        "{w}/a"), ("meen",)),
@@ -293,6 +319,9 @@ CASES = [
     C("study-second-writer", "study", "--out a study folder another process is writing",
       ("study", "{w}/stats_study.toml", "--out", "{w}/busy_study"),
       ("being written by another process", "pid"), held="{w}/busy_study"),
+    C("study-similarity-one-run", "study", "the similarity step in a study of one run",
+      ("study", "{w}/one_run_study.toml", "--out", "{w}/s"),
+      ("the similarity step compares runs with each other and this study trains one",)),
     C("study-unknown-table", "study", "a study file with an unknown table",
       ("study", "{w}/study.toml", "--out", "{w}/s"), ("unknown table [plots]",)),
     C("study-set-unknown-table", "study", "--set naming a table no study has",
@@ -362,6 +391,8 @@ def world(tmp_path_factory, tiny_run):
     (w / "typo_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
                                        'prompts = "typo_prompts.toml"\nsteps = ["train", "softmax"]\n')
     (w / "study.toml").write_text('[study]\ncorpora = ["shakespeare"]\n[plots]\nx = 1\n')
+    (w / "one_run_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
+                                          'steps = ["train", "similarity"]\n')
     (w / "taken").mkdir()
     (w / "taken" / "notes.txt").write_text("mine")
     final = tiny_run / "checkpoints" / "final"
@@ -385,6 +416,7 @@ def world(tmp_path_factory, tiny_run):
     tiny_checkpoint(w / "postnorm", norm_position="post")
     tiny_checkpoint(w / "rotary", pos_emb="rotary")
     tiny_checkpoint(w / "attn_only", attn_only=True)
+    tiny_checkpoint(w / "bpe", BPETokenizer.train([TINY_TEXT], 300))
     return w
 
 

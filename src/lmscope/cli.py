@@ -550,6 +550,69 @@ def probe_heads(run, data, windows, n_sequences, seq_len, seed, out, which, devi
     _echo_summary(out)
 
 
+_SELECT = click.option(
+    "--checkpoints", "which", default="all", show_default=True, metavar="all|final|LIST",
+    help="Every kept checkpoint, only the final one, or a list of iterations and names "
+         "(0,100,final).")
+
+
+@probe.command(name="dynamics")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", "corpus", required=True, metavar="CORPUS",
+              help="The text the gradients and activations are measured on.")
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
+@click.option("--windows", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="Evenly spaced windows of the split (the same at every checkpoint).")
+@click.option("--length", default=None, type=click.IntRange(2), show_default="the context",
+              help="Tokens per window.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@_SELECT
+@click.option("--device", default="auto", show_default=True)
+@_FORCE
+def probe_dynamics(run, corpus, split, windows, length, out, which, device, force):
+    """Learning dynamics: norms, effective rank, condition number and sparsity of every layer's
+    weights, gradients and activations at each checkpoint, and each layer's CKA, SVCCA and
+    PWCCA to the final checkpoint (when does each layer settle?).
+
+    \b
+    lmscope probe dynamics runs/shakespeare --data shakespeare --out results/dynamics
+    """
+    from lmscope.analysis import dynamics
+
+    with OutDir(out, "probe dynamics", force=force):
+        dynamics.compute(run, corpus, which=which, split=split, windows=windows, length=length,
+                         device=device).save(out)
+    _echo_summary(out, stop="## Activations")
+
+
+@probe.command(name="similarity")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--data", "corpus", required=True, metavar="CORPUS",
+              help="The text every run reads (the same tokens for all).")
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
+@click.option("--windows", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="Evenly spaced windows of the split.")
+@click.option("--length", default=None, type=click.IntRange(2),
+              show_default="the shortest context", help="Tokens per window.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@_SELECT
+@click.option("--device", default="auto", show_default=True)
+@_FORCE
+def probe_similarity(runs, corpus, split, windows, length, out, which, device, force):
+    """Representation similarity across runs: layer x layer CKA between every pair of runs on
+    the same tokens, at matching checkpoints (which layers agree, and when do runs part?).
+
+    \b
+    lmscope probe similarity runs/shakespeare runs/math --data shakespeare --out results/sim
+    """
+    from lmscope.analysis import similarity
+
+    with OutDir(out, "probe similarity", force=force):
+        similarity.compute(runs, corpus, which=which, split=split, windows=windows,
+                           length=length, device=device).save(out)
+    _echo_summary(out, stop="Most similar layer")
+
+
 @probe.command(name="ablate")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--data", "corpora", multiple=True, required=True, metavar="CORPUS",

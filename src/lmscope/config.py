@@ -93,6 +93,10 @@ class TrainConfig:
     checkpoint_at: list[int] | None = None  # iterations that keep a checkpoint ([] for none);
     checkpoint_every: int = 0  # also keep one every this many iterations (0: off)
     # with neither set, checkpoints are kept at 100, 200, 500, 1000, 2000, 5000, ...
+    # "log": Pythia's schedule, iterations 0, 1, 2, 4, ..., up to checkpoint_log_until, then every
+    # checkpoint_every (0: every 1000), besides checkpoint_at; "auto": as the line above says
+    checkpoint_schedule: str = "auto"
+    checkpoint_log_until: int = 512  # the last power of two the "log" schedule keeps is <= this
     sample_prompt: str = "\n"  # prompt of the sample written at each checkpoint
     sample_tokens: int = 200  # its length in tokens (0: no samples)
     final_eval: bool = True  # whole-split validation loss at the end (else the last estimate)
@@ -122,6 +126,12 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.min_lr > self.lr:
             raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
+        if self.checkpoint_schedule not in ("auto", "log"):
+            raise ConfigError(f"train.checkpoint_schedule must be auto or log, got "
+                              f"{self.checkpoint_schedule!r}")
+        if self.checkpoint_log_until < 0:
+            raise ConfigError(f"train.checkpoint_log_until must not be negative, got "
+                              f"{self.checkpoint_log_until}")
         if any(i < 0 for i in self.checkpoint_at or ()):
             raise ConfigError(f"train.checkpoint_at must list iterations >= 0, got {self.checkpoint_at}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
@@ -130,11 +140,24 @@ class TrainConfig:
             raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
     def checkpoint_iters(self) -> list[int]:
-        """The iterations that keep a checkpoint. With nothing configured: 100, 200, 500, 1000, 2000, ..."""
+        """The iterations that keep a checkpoint (the final one is kept besides). With nothing
+        configured: 100, 200, 500, 1000, 2000, ... With checkpoint_schedule "log" (Pythia's,
+        Biderman et al. 2023): 0, 1, 2, 4, ..., 2^k <= checkpoint_log_until, then every
+        checkpoint_every (1000 when 0) after it."""
         iters = set(self.checkpoint_at or ())
-        if self.checkpoint_every:
+        if self.checkpoint_schedule == "log":
+            iters.add(0)
+            power = 1
+            while power <= self.checkpoint_log_until:
+                iters.add(power)
+                power *= 2
+            every = self.checkpoint_every or 1000
+            first = (self.checkpoint_log_until // every + 1) * every
+            iters.update(range(first, self.max_iters, every))
+        elif self.checkpoint_every:
             iters.update(range(self.checkpoint_every, self.max_iters, self.checkpoint_every))
-        if self.checkpoint_at is None and not self.checkpoint_every:
+        if (self.checkpoint_at is None and not self.checkpoint_every
+                and self.checkpoint_schedule == "auto"):
             scale = 100
             while scale < self.max_iters:
                 iters.update(m * scale for m in (1, 2, 5) if m * scale < self.max_iters)
@@ -153,13 +176,20 @@ class TrackConfig:
     # RUN/heads.jsonl (0: off; none: with the attention metrics, every attention_every;
     # metrics/heads.py defines them, train/tracking.py says on what)
     heads_every: int | None = None
+    # weight and probe-gradient norms and effective ranks every N iterations, in RUN/dynamics.jsonl
+    # (0: off; none: every attention_every; metrics/dynamics.py defines them), any architecture
+    dynamics_every: int | None = None
 
     def heads_interval(self) -> int:
         """How often the heads are tracked: heads_every, or attention_every when it is unset."""
         return self.attention_every if self.heads_every is None else self.heads_every
 
+    def dynamics_interval(self) -> int:
+        """How often the learning dynamics are tracked: dynamics_every, or attention_every."""
+        return self.attention_every if self.dynamics_every is None else self.dynamics_every
+
     def validate(self) -> None:
-        for name in ("attention_every", "heads_every"):
+        for name in ("attention_every", "heads_every", "dynamics_every"):
             if (getattr(self, name) or 0) < 0:
                 raise ConfigError(f"track.{name} must not be negative, got "
                                   f"{getattr(self, name)}")

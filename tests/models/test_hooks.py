@@ -167,3 +167,17 @@ def test_an_lstm_cell_state_is_read_not_replaced(tmp_path):
     assert cache["lstm.0.hook_cell"].shape == cache["lstm.0.hook_hidden"].shape == (3, 32, 16)
     with pytest.raises(LmscopeError, match="lstm.0.hook_cell can be read, not replaced"):
         lmscope.run_with_hooks(net, _ids(), {"lstm.0.hook_cell": lambda x, n: x * 0})
+
+
+@pytest.mark.parametrize("model", ["gpt", "lstm", "kgram"])
+def test_layer_points_are_hook_points_from_the_input_to_what_the_head_reads(tmp_path, model):
+    ckpt = load(tiny_checkpoint(tmp_path / "ckpt", model=model), device="cpu")
+    points = ckpt.model.layer_points()
+    labels = [label for label, _ in points]
+    assert labels == ["embed"] + [str(i) for i in range(ckpt.model.config.n_layer)]
+    assert {name for _, name in points} <= set(ckpt.model.hook_names())
+    ids = _ids(2, 16)
+    logits, cache = lmscope.run_with_cache(ckpt, ids, [name for _, name in points])
+    # the last layer's representation is what the head reads: unembedding it gives the logits
+    last = cache[points[-1][1]]
+    assert torch.allclose(ckpt.model.unembed(last), logits, atol=1e-5)

@@ -173,10 +173,36 @@ def check_lens(page, shots: dict, name: str) -> str:
     return readout
 
 
+def check_similarity(page, shots: dict, name: str) -> str:
+    """The similarity view's slider redraws the CKA cells for another checkpoint and back;
+    hovering a cell reads out its pair, layers and value. Returns the readout."""
+    view = page.locator(".similarity").first
+    view.scroll_into_view_if_needed()
+
+    def cells():
+        return view.evaluate("v => Array.from(v.querySelectorAll('td.cell')).map("
+                             "c => c.textContent + c.style.background)")
+
+    final = cells()
+    assert final and all(final), "a similarity cell is empty"
+    slider = view.locator(".similarity-checkpoint")
+    if int(slider.get_attribute("max")) > 0:
+        slider.fill("0")
+        assert cells() != final
+        slider.fill(slider.get_attribute("max"))
+        assert cells() == final
+    view.locator("td.cell").first.hover()
+    readout = view.locator(".similarity-readout").text_content()
+    assert " layer embed / " in readout and ": CKA " in readout, readout
+    shots["similarity"] = artifacts_dir() / f"{name}-similarity.png"
+    view.screenshot(path=shots["similarity"])
+    return readout
+
+
 def check_report(page_path: Path, screenshot_name: str) -> dict:
     """Load the report in a WIDTH-pixel window; assert no console errors, every image decodes,
     nothing overflows the window's width, and every kind of interactive view on the page works
-    (attention, charts, the matrix, attribution, the lens). Screenshots the page top to bottom. Returns
+    (attention, charts, the matrix, attribution, the lens, similarity). Screenshots the page top to bottom. Returns
     what it saw and the screenshots' paths."""
     from playwright.sync_api import sync_playwright
 
@@ -206,7 +232,7 @@ def check_report(page_path: Path, screenshot_name: str) -> dict:
             seen["views"] = {kind: page.locator(selector).count() for kind, selector in
                              (("attention", ".attn"), ("chart", ".chart"),
                               ("matrix", ".matrix"), ("attribution", ".attribution"),
-                              ("lens", ".lens"))}
+                              ("lens", ".lens"), ("similarity", ".similarity"))}
             if seen["views"]["attention"]:
                 seen.update(check_attention(page, shots, screenshot_name))
             if seen["views"]["chart"]:
@@ -217,6 +243,8 @@ def check_report(page_path: Path, screenshot_name: str) -> dict:
                 check_attribution(page, shots, screenshot_name)
             if seen["views"]["lens"]:
                 seen["lens_readout"] = check_lens(page, shots, screenshot_name)
+            if seen["views"]["similarity"]:
+                seen["similarity_readout"] = check_similarity(page, shots, screenshot_name)
             page.mouse.move(0, 0)
             shots["screens"] = _screens(page, screenshot_name)
             shots["page"] = shots["screens"][0]

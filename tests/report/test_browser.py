@@ -3,7 +3,7 @@
 import json
 import shutil
 
-from lmscope.analysis import attribution, cross_domain, lens
+from lmscope.analysis import attribution, cross_domain, lens, similarity
 from lmscope.analysis.attention import attention_probe
 from lmscope.study.runner import write_report
 from tests.report.browser import WIDTH, check_report, chromium_or_skip
@@ -39,9 +39,12 @@ def test_every_view_of_a_two_domain_study_in_the_browser(domain_runs, tmp_path):
             study / "attribution" / run.name)
         attention_probe(run, "He has 3 + 2", study / "attention" / run.name, which="all")
         lens.compute(run, data=corpora, windows=2, device="cpu").save(study / "lens" / run.name)
+    similarity.compute(runs, corpora[0], windows=2, device="cpu").save(
+        study / "similarity" / "play")
     seen = check_report(write_report(study), "two-domain-study-report")
     assert seen["views"] == {"attention": 2, "chart": 1, "matrix": 1, "attribution": 2,
-                             "lens": 4}  # each model's lens on each corpus
+                             "lens": 4, "similarity": 1}  # each model's lens on each corpus
+    assert seen["similarity_readout"].startswith("play layer embed / sums layer embed: CKA ")
     assert "first choice" in seen["lens_readout"] and "KL to the output" in seen["lens_readout"]
     assert "nats/char" in seen["matrix_readout"] and "bits/char" in seen["matrix_readout"]
     assert seen["legend"] == ["iteration", "play: train", "play: validation", "sums: train",

@@ -178,3 +178,18 @@ def test_a_runs_checkpoints_folder_stands_for_the_run(tiny_run):
 
     assert resolve_checkpoint(tiny_run / "checkpoints") == resolve_checkpoint(tiny_run)
     assert select_checkpoints(tiny_run / "checkpoints") == select_checkpoints(tiny_run)
+
+
+def test_a_checkpoint_list_picks_iterations_and_names(tiny_run):
+    from lmscope.run.checkpoint import select_checkpoints
+
+    names = [p.name for p in select_checkpoints(tiny_run, "final,10")]
+    assert names == ["iter_0000010", "final"]  # oldest first, whatever the order asked
+    assert [p.name for p in select_checkpoints(tiny_run, "20, iter_0000010")] == [
+        "iter_0000010", "iter_0000020"]
+    assert [p.name for p in select_checkpoints(tiny_run, "30")] == ["final"]  # final's iteration
+    with pytest.raises(LmscopeError, match=r"no checkpoint '15': it keeps iterations 10, 20 and "
+                                           "final"):
+        select_checkpoints(tiny_run, "10,15")
+    with pytest.raises(LmscopeError, match="names no checkpoint"):
+        select_checkpoints(tiny_run, " , ")

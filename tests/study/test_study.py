@@ -147,6 +147,13 @@ def test_study_file_errors(tmp_path):
     study.write_text(text.replace('prompts = "prompts.toml"', 'steps = ["softmax"]'))
     with pytest.raises(LmscopeError, match="needs \\[study\\] prompts"):
         load_study(study)
+    sums = tmp_path / "sums.txt"
+    one_corpus = text.replace(f', "{sums}"', "")
+    study.write_text(one_corpus.replace('prompts = "prompts.toml"',
+                                        'steps = ["train", "similarity"]'))
+    with pytest.raises(LmscopeError, match="the similarity step compares runs with each other "
+                                           "and this study trains one"):
+        load_study(study)
     study.write_text(text.replace("[train]", "[train]\nmax_iterz = 3"))
     with pytest.raises(LmscopeError, match="did you mean train.max_iters"):
         load_study(study)
@@ -167,7 +174,7 @@ def test_an_architecture_study_trains_each_variant_and_compares_them(tmp_path):
     head = head.replace(f'"{tmp_path / "sums.txt"}"', "").replace('", ]', '"]').replace(
         '", ]', '"]')
     variants = '''
-steps = ["train", "compare", "generate", "attention"]
+steps = ["train", "compare", "generate", "attention", "dynamics", "similarity"]
 
 [[variant]]
 name = "pre"
@@ -207,9 +214,17 @@ heads = "0"
     assert [r.split(",")[0] for r in rows[1:]] == ["pre", "post", "nopos"]
     assert "| post | First" in (out / "generate" / "summary.md").read_text()
     assert "## Run comparison" in (out / "README.md").read_text()
+    # the variants layer by layer: the same layers, on the study's one corpus
+    sim = (out / "similarity" / "summary.csv").read_text().splitlines()
+    assert {tuple(r.split(",")[1:3]) for r in sim[1:]} == {("pre", "post"), ("pre", "nopos"),
+                                                           ("post", "nopos")}
+    assert (out / "similarity" / "play" / "cka_pre_post.png").is_file()
+    assert (out / "dynamics" / "nopos" / "similarity.csv").is_file()
+    assert "## Representation similarity between the models" in (out / "README.md").read_text()
 
     study.write_text(study.read_text().replace('steps = ["train", "compare", "generate", '
-                                               '"attention"]', 'steps = ["train", "matrix"]'))
+                                               '"attention", "dynamics", "similarity"]',
+                                               'steps = ["train", "matrix"]'))
     with pytest.raises(LmscopeError, match="the matrix step compares one model per corpus"):
         load_study(study)
 

@@ -12,8 +12,8 @@ from lmscope.config import resolve_config
 from lmscope.errors import ConfigError, LmscopeError
 from lmscope.metrics.heads import DETECTORS
 from lmscope.train.tensorboard import heads_scalars
-from lmscope.train.trainer import Trainer, TrainingInterrupted, train
-from tests.conftest import TINY_SETTINGS, stop_after
+from lmscope.train.trainer import train
+from tests.conftest import TINY_SETTINGS, straight_and_resumed
 from tests.train.test_tensorboard import _events
 
 FAST = [*TINY_SETTINGS, "train.sample_tokens=0"]
@@ -70,15 +70,10 @@ def test_heads_tracking_leaves_the_trajectory_unchanged(tiny_corpus, tmp_path):
 
 
 def test_a_resumed_run_tracks_each_iteration_once(tiny_corpus, tmp_path, monkeypatch):
-    settings = ("track.heads_every=4", "train.checkpoint_at=[]")
-    _train(tiny_corpus, tmp_path / "straight", *settings)
-    restore = stop_after(monkeypatch, 13)
-    config = resolve_config(data=str(tiny_corpus), overrides=[*FAST, *settings])
-    with pytest.raises(TrainingInterrupted):
-        Trainer(config, tmp_path / "resumed", progress=False, log=lambda *a: None).run()
-    restore()
-    _train(tiny_corpus, tmp_path / "resumed", *settings, resume=True)
-    straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
+    runs = straight_and_resumed(tiny_corpus, tmp_path, monkeypatch,
+                                ("train.sample_tokens=0", "track.heads_every=4",
+                                 "train.checkpoint_at=[]"))
+    straight, resumed = map(_rows, runs)
     assert [r["iter"] for r in resumed] == [r["iter"] for r in straight] == [*range(0, 30, 4), 30]
     for a, b in zip(straight, resumed, strict=True):
         assert sum(a["induction"], []) == pytest.approx(sum(b["induction"], []), abs=1e-9)

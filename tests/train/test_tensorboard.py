@@ -52,8 +52,8 @@ def _events(run_dir, server=False) -> dict[str, list[tuple[int, float]]]:
 
 
 def _expected(run_dir) -> dict[str, list[tuple[int, float]]]:
-    """The same, as metrics.jsonl, attention.jsonl and heads.jsonl hold it (heads: the losses,
-    and each detector's best head over the model and in each layer)."""
+    """The same, as metrics.jsonl, attention.jsonl, heads.jsonl and dynamics.jsonl hold it
+    (heads: the losses, and each detector's best head over the model and in each layer)."""
     out: dict[str, list] = {}
     for row in read_jsonl(run_dir / "metrics.jsonl"):
         for key, value in row.items():
@@ -77,6 +77,14 @@ def _expected(run_dir) -> dict[str, list[tuple[int, float]]]:
             out.setdefault(f"heads/{detector}_max", []).append((row["iter"], max(best)))
             for i, value in enumerate(best):
                 out.setdefault(f"heads/{detector}_max/layer{i}", []).append((row["iter"], value))
+    path = run_dir / "dynamics.jsonl"
+    for row in read_jsonl(path) if path.is_file() else []:
+        for key, value in row.items():
+            if isinstance(value, dict):  # per layer or per matrix
+                for name, v in value.items():
+                    out.setdefault(f"dynamics/{key}/{name}", []).append((row["iter"], v))
+            elif key not in ("iter", "seconds") and value is not None:
+                out.setdefault(f"dynamics/{key}", []).append((row["iter"], value))
     return out
 
 
@@ -104,7 +112,9 @@ def test_event_files_hold_every_number_of_the_jsonl_logs(tiny_corpus, tmp_path):
     assert {"train/loss", "train/lr", "eval/val_loss", "eval/val_loss:tiny",
             "eval/val_loss:numbers", "final/val_loss_full:numbers", "attention/entropy_bits",
             "attention/entropy_norm/layer0", "attention/span90/layer1",
-            "attention/head_diversity_js/layer1"} <= tags
+            "attention/head_diversity_js/layer1", "dynamics/probe_loss",
+            "dynamics/layer_grad_norm/embed", "dynamics/layer_grad_norm/1",
+            "dynamics/effective_rank/blocks.0.attn.qkv.weight"} <= tags
     assert [s for s, _ in _events(run)["attention/mean_distance/layer0"]] == [0, 7, 14, 21, 28, 30]
 
 

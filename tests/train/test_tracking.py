@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from lmscope.config import resolve_config
-from lmscope.train.trainer import Trainer, TrainingInterrupted, train
-from tests.conftest import TINY_SETTINGS, stop_after
+from lmscope.train.trainer import train
+from tests.conftest import TINY_SETTINGS, straight_and_resumed
 
 
 def _train(corpus, run_dir, *extra, **kw):
@@ -63,15 +63,9 @@ def test_raw_maps_are_saved_on_request(tiny_corpus, tmp_path):
 
 
 def test_a_resumed_run_tracks_each_iteration_once(tiny_corpus, tmp_path, monkeypatch):
-    settings = ("track.attention_every=4", "train.checkpoint_at=[]")
-    _train(tiny_corpus, tmp_path / "straight", *settings)
-    restore = stop_after(monkeypatch, 13)
-    config = resolve_config(data=str(tiny_corpus), overrides=[*TINY_SETTINGS, *settings])
-    with pytest.raises(TrainingInterrupted):
-        Trainer(config, tmp_path / "resumed", progress=False, log=lambda *a: None).run()
-    restore()
-    _train(tiny_corpus, tmp_path / "resumed", *settings, resume=True)
-    straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
+    runs = straight_and_resumed(tiny_corpus, tmp_path, monkeypatch,
+                                ("track.attention_every=4", "train.checkpoint_at=[]"))
+    straight, resumed = map(_rows, runs)
     assert [r["iter"] for r in resumed] == [r["iter"] for r in straight] == [*range(0, 30, 4), 30]
     for a, b in zip(straight, resumed, strict=True):
         assert a["entropy_bits"] == pytest.approx(b["entropy_bits"], abs=1e-9)

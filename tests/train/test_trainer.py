@@ -352,3 +352,15 @@ def test_a_fine_tuning_resumes_with_the_checkpoints_model(tiny_run, tmp_path, mo
     resumed = _quiet(config, tmp_path / "run", resume=True)
     assert resumed.val_loss == straight.val_loss
     assert _weights(tmp_path / "run").keys() == _weights(tmp_path / "straight").keys()
+
+
+def test_the_log_schedule_keeps_iteration_0_and_the_powers_of_two(tiny_corpus, tmp_path):
+    _quiet(_config(tiny_corpus, "train.max_iters=12", "train.checkpoint_at=[]",
+                   "train.checkpoint_schedule=log", "train.checkpoint_log_until=4",
+                   "train.checkpoint_every=10"), tmp_path / "r")
+    kept = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()
+                  if p.name.startswith("iter_"))
+    assert kept == [f"iter_{i:07d}" for i in (0, 1, 2, 4, 10)]
+    untrained = load_file(tmp_path / "r" / "checkpoints" / "iter_0000000" / "model.safetensors")
+    after_one = load_file(tmp_path / "r" / "checkpoints" / "iter_0000001" / "model.safetensors")
+    assert any(not torch.equal(untrained[k], after_one[k]) for k in untrained)

@@ -17,6 +17,12 @@ rows by position. The older entry points (`softmax_probe`, `attribution_probe`, 
     compare        curves, early-stopping point, fit verdict      lmscope compare
     seeds          means over seeds with standard errors          lmscope study --seeds
     correlation    attention vs loss and vs sample quality (used by generation and seeds)
+    lens           logit lens (and tuned_lens) at every layer           lmscope probe lens
+    heads          head detectors and the in-context-learning score     lmscope probe heads
+    ablation       each component ablated, the loss on each corpus      lmscope probe ablate
+    patching       activation patching between two prompts             lmscope probe patch
+    dynamics       weights, gradients, activations over checkpoints     lmscope probe dynamics
+    similarity     layer x layer CKA between runs                       lmscope probe similarity
 
 The numbers they compute with are lmscope.metrics (pure functions); studies run them in order
 (lmscope.study); examples/tour.py walks through them from Python.

@@ -5,4 +5,8 @@
     text_quality    distinct-n, repetition and coherence of generated text
     correlation     Pearson and Spearman correlations with p-values
     spread          a mean with its n and standard deviation, non-numbers counted as left out
+    heads           head detectors, induction losses, in-context-learning score
+    matrices        norms, effective rank, condition number, Gini and Hoyer sparsity of a matrix
+    similarity      linear and debiased CKA, SVCCA, PWCCA between two sets of activations
+    dynamics        a parameter's layer, probe gradients, the statistics tracked in training
 """

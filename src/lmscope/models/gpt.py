@@ -346,6 +346,13 @@ class GPT(nn.Module):
                 points.append((f"{layer}.mlp", f"blocks.{layer}.hook_resid_post"))
         return points
 
+    def layer_points(self) -> list[tuple[str, str]]:
+        """(label, hook name) of one representation per layer, where representation similarity
+        and activation statistics read: the embeddings (the residual stream entering block 0),
+        then the residual stream leaving each block."""
+        return [("embed", "blocks.0.hook_resid_pre")] + [
+            (str(layer), f"blocks.{layer}.hook_resid_post") for layer in range(self.config.n_layer)]
+
     def unembed(self, x):
         """Logits from a residual stream (batch, time, n_embd): the final norm and the head,
         what the logit lens applies at every layer."""

@@ -136,6 +136,12 @@ class KGram(nn.Module):
         wide, as the head's input)."""
         return [(f"mlp.{i}", f"mlp.{i}.hook_post") for i in range(self.config.n_layer)]
 
+    def layer_points(self) -> list[tuple[str, str]]:
+        """(label, hook name) of one representation per layer (see GPT.layer_points): the k
+        input embeddings concatenated, then each hidden layer's output."""
+        return [("embed", "hook_input")] + [
+            (str(i), f"mlp.{i}.hook_post") for i in range(self.config.n_layer)]
+
     def unembed(self, x):
         """Logits from a hidden layer's output (batch, time, n_hidden): the head."""
         return self.head(x)

@@ -104,6 +104,12 @@ class LSTM(nn.Module):
         input has the same width at every layer)."""
         return [(f"lstm.{i}", f"lstm.{i}.hook_hidden") for i in range(self.config.n_layer)]
 
+    def layer_points(self) -> list[tuple[str, str]]:
+        """(label, hook name) of one representation per layer (see GPT.layer_points): the token
+        embeddings, then each layer's hidden state."""
+        return [("embed", "hook_embed")] + [
+            (str(i), f"lstm.{i}.hook_hidden") for i in range(self.config.n_layer)]
+
     def unembed(self, x):
         """Logits from a hidden state (batch, time, n_hidden): the head."""
         return self.head(x)

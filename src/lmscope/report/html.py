@@ -15,6 +15,8 @@ folder, a study folder, or the folder of any probe or command (`lmscope probe at
                        out-of-vocabulary rate; hover a cell to read it out (js/matrix.js)
     attribution        each prompt's characters coloured by their importance, a slider walking
                        through the checkpoints (js/attribution.js)
+    similarity         similarity.json and cka.csv: the layer x layer CKA of every pair of runs,
+                       a slider walking through the shared checkpoints (js/similarity.js)
     attention          attention.json: hover a token of the prompt to see where each head of the
                        chosen layer attends from it; a slider walks through the checkpoints
                        (js/attention.js)
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -39,6 +42,7 @@ from lmscope.analysis.attention import AttentionResult
 from lmscope.analysis.attribution import AttributionResult
 from lmscope.analysis.cross_domain import Matrix
 from lmscope.analysis.lens import LensResult
+from lmscope.analysis.similarity import SimilarityResult
 from lmscope.data.chars import QUIET, quiet
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
@@ -74,6 +78,9 @@ figcaption { font-size: 12px; color: #555; }
 .lens td.cell { font: 12px ui-monospace, monospace; text-align: center; min-width: 1.4em;
                padding: 2px 3px; }
 .lens th.pos { font: 11px ui-monospace, monospace; writing-mode: vertical-rl; padding: 3px 1px; }
+.similarity .pairs { display: flex; flex-wrap: wrap; gap: 1em 2em; }
+.similarity td.cell { font: 12px ui-monospace, monospace; text-align: center; min-width: 3em;
+                      padding: 2px 4px; cursor: crosshair; }
 .attn { border: 1px solid #ccc; border-radius: 6px; padding: .6em 1em; margin: .8em 0; }
 .attn .tokens { font: 14px/1.9 ui-monospace, monospace; word-break: break-all; }
 .attn .tokens span { padding: 1px 0; border-bottom: 2px solid transparent; }
@@ -117,7 +124,8 @@ def write_page(folder: str | Path, sections: Sequence[Section] = ()) -> Path:
     head, scripts = charts.assets(body)
     for marker, name in (('class="attn"', "attention.js"), ('class="attribution"',
                                                               "attribution.js"),
-                         ('class="matrix"', "matrix.js"), ('class="lens"', "lens.js")):
+                         ('class="matrix"', "matrix.js"), ('class="lens"', "lens.js"),
+                         ('class="similarity"', "similarity.js")):
         if marker in body:
             scripts += f"<script>{charts.script(name)}</script>"
     page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -349,6 +357,38 @@ def lens_view(folder: Path) -> str:
                 "<div class=\"table-wrap\"><table><thead><tr><th>point \\ token→next</th>"
                 f"{head}</tr></thead><tbody>{body}</tbody></table></div>"
                 + _json_block(data) + "</div>")
+    return "".join(parts)
+
+
+def similarity_view(folder: Path) -> str:
+    """The layer x layer CKA of every pair of runs, one table per pair coloured by CKA, with a
+    slider through the shared checkpoints (js/similarity.js); hovering a cell reads it out."""
+    paths = [folder / "similarity.json"] + sorted(folder.glob("*/similarity.json"))
+    parts = []
+    for path in (p for p in paths if p.is_file()):
+        result = SimilarityResult.load(path.parent)
+        iterations = [str(it) for it in result.iterations]
+        pairs = [{"a": a, "b": b, "rows": result.layers[a], "cols": result.layers[b],
+                  "cka": [[[None if math.isnan(v) else round(float(v), 3) for v in row]
+                           for row in result.matrix(it, a, b)] for it in result.iterations]}
+                 for a, b in result.pairs]
+        tables = "".join(
+            f"<div class=\"pair\"><b>{html.escape(p['a'])} (rows) / {html.escape(p['b'])} "
+            "(columns)</b><table><tr><th></th>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in p["cols"]) + "</tr>"
+            + "".join(f"<tr><th>{html.escape(r)}</th>" + "<td class=\"cell\"></td>"
+                      * len(p["cols"]) + "</tr>" for r in p["rows"])
+            + "</table></div>" for p in pairs)
+        last = len(iterations) - 1
+        where = "" if path.parent == folder else f" on {html.escape(path.parent.name)}"
+        parts.append(
+            f"<h3>Layer x layer linear CKA between the runs{where}</h3><div class=\"similarity\">"
+            "<div class=\"controls\"><label>checkpoint <input class=\"similarity-checkpoint\" "
+            f"type=\"range\" min=\"0\" max=\"{last}\" value=\"{last}\"> <span "
+            "class=\"similarity-name\"></span></label><span class=\"similarity-readout\">each "
+            "cell: the CKA of a layer of one run with a layer of the other (1: the same up to a "
+            f"rotation and scale); hover one</span></div><div class=\"pairs\">{tables}</div>"
+            + _json_block({"iterations": iterations, "pairs": pairs}) + "</div>")
     return "".join(parts)
 
 

@@ -297,8 +297,9 @@ def select_checkpoints(run: str | Path, which: str = "all") -> list[Path]:
     """The checkpoints a probe walks through, oldest first.
 
     A checkpoint folder gives itself. A run folder gives its scheduled `iter_*` checkpoints and
-    `final` (which="all"), or only `final` (which="final"); `best` and `last` are copies of
-    states already in that list and are left out.
+    `final` (which="all"), only `final` (which="final"), or those a comma-separated list of
+    iterations and names picks (which="0,100,final"); `best` and `last` are copies of states
+    already in that list and are left out.
     """
     path = _run_if_checkpoints(Path(run))
     if (path / "meta.json").is_file():
@@ -311,7 +312,33 @@ def select_checkpoints(run: str | Path, which: str = "all") -> list[Path]:
             raise LmscopeError(f"{path} does not exist: give a run folder or a checkpoint folder")
         raise LmscopeError(f"{path} holds no checkpoints (no checkpoints/iter_* or final): "
                            "train it first, or give a checkpoint folder")
-    return found
+    if which == "all":
+        return found
+    return _pick(path, found, which)
+
+
+def _pick(run: Path, found: list[Path], which: str) -> list[Path]:
+    """The checkpoints a comma-separated list names ("0,100,final"), oldest first; a name or
+    iteration the run did not keep is an error listing what it kept."""
+    wanted = [w.strip() for w in which.split(",") if w.strip()]
+    by_name = {p.name: p for p in found}
+    by_iter = {}
+    for p in found:  # an iteration kept twice (iter_N and final): the scheduled one
+        by_iter.setdefault(checkpoint_iteration(p), p)
+    picked = []
+    for w in wanted:
+        p = by_name.get(w) or (by_iter.get(int(w)) if w.isdigit() else None)
+        if p is None:
+            kept = ", ".join(str(checkpoint_iteration(q)) for q in found if q.name != "final")
+            raise LmscopeError(
+                f"{run} has no checkpoint {w!r}: it keeps iterations {kept or 'none'} and final; "
+                "give some of them (--checkpoints 0,100,final), all or final")
+        if p not in picked:
+            picked.append(p)
+    if not picked:
+        raise LmscopeError(f"--checkpoints {which!r} names no checkpoint: give all, final or "
+                           "iterations such as 0,100,final")
+    return [p for p in found if p in picked]
 
 
 def load(path: str | Path, device: str = "auto") -> Checkpoint:

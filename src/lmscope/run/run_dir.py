@@ -89,6 +89,7 @@ class RunSummary(TrainResult):
     model: str = ""
     processes: int = 1
     attention_tracking_s: float | None = None
+    dynamics_tracking_s: float | None = None
     skipped_steps: int = 0
     # "corpus/split" -> the fraction of its characters outside the vocabulary (trained on as
     # <unk>; left out of other corpora's losses); empty when every character is in it
@@ -136,6 +137,10 @@ class RunDir:
         return self.path / "heads.jsonl"
 
     @property
+    def dynamics_file(self) -> Path:
+        return self.path / "dynamics.jsonl"
+
+    @property
     def summary_file(self) -> Path:
         return self.path / "summary.json"
 
@@ -176,7 +181,7 @@ class RunDir:
     def start_files(self) -> list[Path]:
         """What a run writes before it saves its first state to resume from."""
         return [self.config_file, self.tokenizer_file, self.metrics_file, self.attention_file,
-                self.heads_file, self.attention_maps_dir, self.path / "tensorboard",
+                self.heads_file, self.dynamics_file, self.attention_maps_dir, self.path / "tensorboard",
                 self.checkpoints_dir]
 
     def holds_only_a_start(self) -> bool:

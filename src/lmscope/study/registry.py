@@ -71,6 +71,7 @@ class Step:
     result: type | None = None  # the typed result (lmscope.analysis) it saves
     per_corpus: bool = False  # compares one model per corpus: not with seeds or [[variant]]
     needs_prompts: bool = False  # needs [study] prompts = "FILE.toml"
+    compares_runs: bool = False  # compares the study's runs with each other: needs two or more
     folder: str = ""  # its folder in the study folder, when it is not `name`
     command: str = ""  # the lmscope command that does the same for one model
     readme: Callable[[StepContext], str] | None = None  # its section of README.md ("": none)

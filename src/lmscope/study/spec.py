@@ -148,6 +148,11 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
         raise ConfigError(f"study file {path}: the {per_corpus[0]} step compares one model per "
                           "corpus; a study with [[variant]] tables runs "
                           f"{', '.join(registered.VARIANT_STEPS)}")
+    compares_runs = [s for s in study.steps if steps[s].compares_runs]
+    if compares_runs and len(study.runs()) < 2:
+        raise ConfigError(f"study file {path}: the {compares_runs[0]} step compares runs with "
+                          "each other and this study trains one; remove it from steps, or add "
+                          "corpora, [[variant]] tables or seeds")
     needs_prompts = {s for s in study.steps if steps[s].needs_prompts}
     if needs_prompts and not study.prompts:
         raise ConfigError(f"study file {path}: the {sorted(needs_prompts)[0]} step needs "

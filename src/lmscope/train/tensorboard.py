@@ -1,5 +1,5 @@
-"""TensorBoard logging (`--set log.tensorboard=true`): the rows of metrics.jsonl, attention.jsonl
-and heads.jsonl, also as TensorBoard scalars in RUN/tensorboard/ (view with `tensorboard --logdir
+"""TensorBoard logging (`--set log.tensorboard=true`): the rows of metrics.jsonl, attention.jsonl,
+heads.jsonl and dynamics.jsonl, also as TensorBoard scalars in RUN/tensorboard/ (view with `tensorboard --logdir
 runs/`).
 
 The trainer hands every row it writes to a JSON-lines file to this logger too, so the two logs hold
@@ -15,6 +15,11 @@ the same numbers. Each row's "iter" is the step; the tags are
                                             first_half_loss, second_half_loss, icl_score, ...
     heads/<detector>_max                    the best head's score (gpt), e.g. heads/induction_max
     heads/<detector>_max/layer<i>           the best head's score in layer i
+
+    dynamics/<key>                          probe_loss and grad_norm of dynamics.jsonl
+    dynamics/layer_grad_norm/<layer>        each layer's gradient norm (embed, 0, 1, ..., head)
+    dynamics/<statistic>/<matrix>           weight_norm, spectral_norm, effective_rank and
+                                            matrix_grad_norm of each weight matrix
 
 with <metric> one of entropy_bits, entropy_norm, mean_distance, span90, head_diversity_js, and
 <detector> one of previous_token, duplicate_token, induction, first_token.
@@ -94,6 +99,20 @@ def heads_scalars(row: dict) -> dict[str, float]:
     return out
 
 
+DYNAMICS_PER_MATRIX = ("weight_norm", "spectral_norm", "effective_rank", "matrix_grad_norm")
+
+
+def dynamics_scalars(row: dict) -> dict[str, float]:
+    """The tags and values of a dynamics.jsonl row: the probe loss and gradient norm, each
+    layer's gradient norm and each matrix's statistics."""
+    out = {f"dynamics/{key}": row[key] for key in ("probe_loss", "grad_norm")
+           if _is_number(row.get(key))}
+    for key in ("layer_grad_norm", *DYNAMICS_PER_MATRIX):
+        out.update({f"dynamics/{key}/{name}": value for name, value in row.get(key, {}).items()
+                    if _is_number(value)})
+    return out
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -119,6 +138,8 @@ class TensorBoardLogger:
                 self.attention(row)
             for row in read_jsonl(run.heads_file) if run.heads_file.is_file() else []:
                 self.heads(row)
+            for row in read_jsonl(run.dynamics_file) if run.dynamics_file.is_file() else []:
+                self.dynamics(row)
 
     def metrics(self, row: dict) -> None:
         self._write(metric_scalars(row), row["iter"])
@@ -128,6 +149,9 @@ class TensorBoardLogger:
 
     def heads(self, row: dict) -> None:
         self._write(heads_scalars(row), row["iter"])
+
+    def dynamics(self, row: dict) -> None:
+        self._write(dynamics_scalars(row), row["iter"])
 
     def _write(self, scalars: dict[str, float], step: int) -> None:
         for tag, value in scalars.items():

@@ -27,8 +27,21 @@ windows of the validation split; unknown targets left out). Each detector key (G
 for the LSTM and the k-gram MLP) holds the scores per layer and head, [[layer 0's heads], ...].
 A number that cannot be computed (an ICL band whose targets are all unknown) is null.
 
+Every `track.dynamics_every` iterations (and at iteration 0 and the end) `DynamicsTracker.capture`
+appends to RUN/dynamics.jsonl what lmscope.metrics.dynamics.training_dynamics measures on the same
+fixed probe batch (unknown targets left out): each weight matrix's Frobenius norm, spectral norm
+and effective rank, the norm of its gradient on the probe batch, each layer's gradient norm, the
+probe loss and the whole gradient's norm:
+
+    {"iter", "seconds", "probe_loss", "grad_norm", "weight_norm": {matrix: .},
+     "spectral_norm": {matrix: .}, "effective_rank": {matrix: .}, "matrix_grad_norm": {matrix: .},
+     "layer_grad_norm": {layer: .}}
+
+The gradients come from torch.autograd.grad, in eval mode: no parameter's .grad is written.
+
 The captures draw no random numbers and leave the model in training mode, so a run with tracking
-follows the same trajectory as one without.
+follows the same trajectory as one without. Each tracker has `kind` (its TensorBoard logger's
+method), `every` (its interval) and `path` (its JSON-lines file).
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from safetensors.torch import save_file
 
 from lmscope.io import atomic_write
 from lmscope.metrics.attention import attention_summary
+from lmscope.metrics.dynamics import training_dynamics
 from lmscope.metrics.heads import (
     allowed_ids,
     check_seq_len,
@@ -55,8 +69,11 @@ from lmscope.run.run_dir import RunDir
 
 
 class AttentionTracker:
-    def __init__(self, run_dir: Path, probe: torch.Tensor, *, save_maps: bool):
+    kind = "attention"
+
+    def __init__(self, run_dir: Path, probe: torch.Tensor, *, save_maps: bool, every: int = 0):
         run = RunDir(run_dir)
+        self.every = every
         self.path = run.attention_file
         self.maps_dir = run.attention_maps_dir if save_maps else None
         self.probe = probe
@@ -88,8 +105,12 @@ HEADS_SEED = 0  # their generator's seed
 class HeadsTracker:
     """Head detectors, induction losses and the ICL score of the model being trained."""
 
-    def __init__(self, run_dir: Path, model, windows: torch.Tensor, *, unk_id: int | None):
+    kind = "heads"
+
+    def __init__(self, run_dir: Path, model, windows: torch.Tensor, *, unk_id: int | None,
+                 every: int = 0):
         self.path = RunDir(run_dir).heads_file
+        self.every = every
         exclude = () if unk_id is None else (unk_id,)
         self.seq_len = check_seq_len(model, None)
         vocab = model.config.vocab_size
@@ -113,6 +134,26 @@ class HeadsTracker:
                "icl_score": _finite(late - early)}
         for detector, values in (scores or {}).items():
             row[detector] = values.tolist()
+        self.seconds += _append_row(self.path, row, start)
+        return row
+
+
+class DynamicsTracker:
+    """Weight and probe-gradient statistics of the model being trained (lmscope.metrics.dynamics)."""
+
+    kind = "dynamics"
+
+    def __init__(self, run_dir: Path, windows: torch.Tensor, *, unk_id: int | None,
+                 every: int = 0):
+        self.path = RunDir(run_dir).dynamics_file
+        self.every = every
+        self.windows = windows
+        self.mask = None if unk_id is None else windows[:, 1:] != unk_id
+        self.seconds = 0.0  # time spent capturing
+
+    def capture(self, model, it: int) -> dict:
+        start = time.perf_counter()
+        row = {"iter": it, **training_dynamics(model, self.windows, self.mask)}
         self.seconds += _append_row(self.path, row, start)
         return row
 

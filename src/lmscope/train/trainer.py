@@ -7,6 +7,7 @@ A run folder holds everything about one training run:
     RUN/metrics.jsonl     one JSON object per line: {"kind": "train"|"eval", "iter", losses, "lr", ...}
     RUN/attention.jsonl   attention metrics every track.attention_every iterations (gpt; tracking.py)
     RUN/heads.jsonl       head detectors, induction losses, ICL score every track.heads_every
+    RUN/dynamics.jsonl    weight and gradient norms, effective ranks every track.dynamics_every
     RUN/tensorboard/      the same numbers as TensorBoard scalars, with log.tensorboard=true
     RUN/samples.md        the sample written at each checkpoint, oldest first
     RUN/summary.json      final figures, written when the run ends
@@ -82,7 +83,7 @@ from lmscope.run.checkpoint import (
 from lmscope.run.run_dir import RunDir, RunSummary, TrainResult, read_metrics
 from lmscope.train.distributed import Distributed, init_distributed, shutdown
 from lmscope.train.tensorboard import TensorBoardLogger, check_installed
-from lmscope.train.tracking import AttentionTracker, HeadsTracker
+from lmscope.train.tracking import AttentionTracker, DynamicsTracker, HeadsTracker
 
 
 class _EvaluationStopped(Exception):
@@ -277,20 +278,26 @@ class Trainer:
                                    f"copies of 2 random tokens), got {self.block_size}; set "
                                    "track.heads_every=0")
             heads_every = 0  # the default, with the attention tracking: not for such a context
-        self.heads_every = heads_every
-        self.tracker = None  # attention metrics on the probe batch (gpt models, rank 0)
-        self.heads_tracker = None  # head detectors, induction losses, ICL score (rank 0)
+        # what is measured besides the loss (train/tracking.py), by rank 0: attention metrics
+        # (gpt), heads, learning dynamics
+        self.trackers: list = []
         attention = cfg.track.attention_every and hasattr(self.raw_model, "forward_with_attention")
-        if self.dist.is_main and (attention or heads_every):
-            # the fixed probe batch both trackers read: windows of the validation split
+        dynamics_every = cfg.track.dynamics_interval()
+        if self.dist.is_main and (attention or heads_every or dynamics_every):
+            # the fixed probe batch the trackers read: windows of the validation split
             _, probe = spaced_windows(self.val_tokens[0].tokens, self.block_size,
                                       cfg.track.attention_batch)
+            unk_id = self.tokenizer.unk_id
             if attention:
-                self.tracker = AttentionTracker(self.run_dir, probe,
-                                                save_maps=cfg.track.save_maps)
+                self.trackers.append(AttentionTracker(
+                    self.run_dir, probe, save_maps=cfg.track.save_maps,
+                    every=cfg.track.attention_every))
             if heads_every:
-                self.heads_tracker = HeadsTracker(self.run_dir, self.raw_model, probe,
-                                                  unk_id=self.tokenizer.unk_id)
+                self.trackers.append(HeadsTracker(self.run_dir, self.raw_model, probe,
+                                                  unk_id=unk_id, every=heads_every))
+            if dynamics_every:
+                self.trackers.append(DynamicsTracker(self.run_dir, probe, unk_id=unk_id,
+                                                     every=dynamics_every))
         self.iter = 0
         self.best_val = math.inf
         self.elapsed = 0.0  # wall-clock seconds of training so far, over all sessions of the run
@@ -472,14 +479,14 @@ class Trainer:
         tc = self.config.train
         return it % tc.eval_interval == 0 or it >= tc.max_iters or it in self.checkpoint_iters
 
-    def _tracks_at(self, it: int) -> bool:
-        every = self.config.track.attention_every
-        return self.tracker is not None and (it % every == 0 or it >= self.config.train.max_iters)
+    def _captures_at(self, tracker, it: int) -> bool:
+        """Whether `tracker` measures at iteration `it`: every its interval and at the end."""
+        return it % tracker.every == 0 or it >= self.config.train.max_iters
 
-    def _tracks_heads_at(self, it: int) -> bool:
-        every = self.heads_every
-        return self.heads_tracker is not None and (it % every == 0 or
-                                                   it >= self.config.train.max_iters)
+    def _tracking_seconds(self, kind: str) -> float | None:
+        """Seconds the tracker of `kind` spent capturing (None without one), for summary.json."""
+        found = [t.seconds for t in self.trackers if t.kind == kind]
+        return round(found[0], 3) if found else None
 
     def _open_metrics(self) -> None:
         self.metrics = self.tensorboard = None
@@ -496,14 +503,10 @@ class Trainer:
 
         rewrite_jsonl(path, keep)
         self.metrics = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in run())
-        if self.tracker is not None:  # the same for attention.jsonl
-            rewrite_jsonl(self.tracker.path, lambda row: self.resume and (
+        for tracker in self.trackers:  # the same for attention.jsonl, heads.jsonl, ...
+            rewrite_jsonl(tracker.path, lambda row, t=tracker: self.resume and (
                 row.get("iter", 0) < self.iter or
-                (row.get("iter", 0) == self.iter and not self._tracks_at(self.iter))))
-        if self.heads_tracker is not None:  # and for heads.jsonl
-            rewrite_jsonl(self.heads_tracker.path, lambda row: self.resume and (
-                row.get("iter", 0) < self.iter or
-                (row.get("iter", 0) == self.iter and not self._tracks_heads_at(self.iter))))
+                (row.get("iter", 0) == self.iter and not self._captures_at(t, self.iter))))
         if self.config.log.tensorboard:  # rank 0 only, like the files above
             self.tensorboard = TensorBoardLogger(self.run_dir, resume=self.resume)
 
@@ -761,16 +764,12 @@ class Trainer:
                 self.elapsed = elapsed_before + time.perf_counter() - session_start
                 # -- evaluate and keep checkpoints at this point (state after `it` steps)
                 at_end = it >= tc.max_iters
-                if self._tracks_at(it):
-                    row = self.tracker.capture(self.raw_model, it)
-                    if self.tensorboard is not None:
-                        self.tensorboard.attention(row)
-                    window_t += row["seconds"]  # tokens/s counts optimizer steps only
-                if self._tracks_heads_at(it):
-                    row = self.heads_tracker.capture(self.raw_model, it)
-                    if self.tensorboard is not None:
-                        self.tensorboard.heads(row)
-                    window_t += row["seconds"]
+                for tracker in self.trackers:
+                    if self._captures_at(tracker, it):
+                        row = tracker.capture(self.raw_model, it)
+                        if self.tensorboard is not None:
+                            getattr(self.tensorboard, tracker.kind)(row)
+                        window_t += row["seconds"]  # tokens/s counts optimizer steps only
                 if self._evaluates_at(it):
                     try:
                         losses = self.estimate_loss()
@@ -842,7 +841,8 @@ class Trainer:
                     **vars(summary), val_loss_is="whole split" if full else "estimate",
                     params=n_params, corpus=self.corpus_name, model=cfg.model_name,
                     processes=self.dist.world_size,
-                    attention_tracking_s=round(self.tracker.seconds, 3) if self.tracker else None,
+                    attention_tracking_s=self._tracking_seconds("attention"),
+                    dynamics_tracking_s=self._tracking_seconds("dynamics"),
                     skipped_steps=self.skipped_steps,
                     oov_rate=self.oov_rate).save(self.folder.summary_file)
                 self._plot_curves()
