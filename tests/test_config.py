@@ -90,6 +90,9 @@ def test_the_log_schedule_is_pythias():
     both = TrainConfig(max_iters=300, checkpoint_schedule="log", checkpoint_log_until=20,
                        checkpoint_every=100, checkpoint_at=[150])
     assert both.checkpoint_iters() == [0, 1, 2, 4, 8, 16, 100, 150, 200]
+    # the periodic part starts after the last power of two kept, not after the bound
+    assert TrainConfig(max_iters=2500, checkpoint_schedule="log", checkpoint_log_until=1000
+                       ).checkpoint_iters()[-4:] == [256, 512, 1000, 2000]
     cfg = resolve_config(overrides=["train.checkpoint_schedule=log", "train.max_iters=10"])
     assert cfg.train.checkpoint_iters() == [0, 1, 2, 4, 8]
     with pytest.raises(ConfigError, match="checkpoint_schedule must be auto or log"):

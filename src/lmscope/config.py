@@ -147,12 +147,12 @@ class TrainConfig:
         iters = set(self.checkpoint_at or ())
         if self.checkpoint_schedule == "log":
             iters.add(0)
-            power = 1
+            power, last = 1, 0
             while power <= self.checkpoint_log_until:
                 iters.add(power)
-                power *= 2
+                power, last = power * 2, power
             every = self.checkpoint_every or 1000
-            first = (self.checkpoint_log_until // every + 1) * every
+            first = (last // every + 1) * every  # the first multiple after the last power
             iters.update(range(first, self.max_iters, every))
         elif self.checkpoint_every:
             iters.update(range(self.checkpoint_every, self.max_iters, self.checkpoint_every))

@@ -6,13 +6,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import lmscope
 from lmscope.analysis import dynamics
 from lmscope.analysis.dynamics import DynamicsResult
 from lmscope.errors import LmscopeError
 from lmscope.evaluate import corpus_windows
-from lmscope.run.checkpoint import load
+from lmscope.run.checkpoint import load, save_checkpoint
 from tests.conftest import png
 from tests.test_export import TEXT, tiny_checkpoint
 
@@ -99,12 +100,15 @@ def test_the_tables_read_back(result, tmp_path):
 
 
 def test_settled_is_the_start_of_the_last_run_above_the_threshold():
-    rows = [dynamics.SimilarityRow("c", it, "final", "0", {"cka": v, "debiased_cka": v,
-                                                           "svcca": v, "pwcca": v})
-            for it, v in ((0, 0.95), (10, 0.5), (20, 0.92), (30, 1.0))]
+    rows = [dynamics.SimilarityRow(name, it, "final", "0", {"cka": v, "debiased_cka": v,
+                                                            "svcca": v, "pwcca": v})
+            for name, it, v in (("iter_0000000", 0, 0.95), ("iter_0000010", 10, 0.5),
+                                ("iter_0000020", 20, 0.92), ("final", 30, 1.0))]
     r = DynamicsResult("", "", 0, [], rows)
     assert r.settled_at("0") == 20
-    assert r.settled_at("0", threshold=0.99) == 30
+    # the reference's CKA to itself is 1 and does not count: a layer below the threshold at
+    # every other checkpoint never settled
+    assert r.settled_at("0", threshold=0.99) is None
 
 
 @pytest.mark.parametrize("model", ["lstm", "kgram"])
@@ -124,3 +128,23 @@ def test_every_architecture(tmp_path, model):
 def test_a_selector_that_matches_nothing_is_a_one_line_error(tiny_run):
     with pytest.raises(LmscopeError, match="has no checkpoint '15'"):
         dynamics.compute(tiny_run, str(tiny_run.parent / "tiny.txt"), which="15")
+
+
+def test_too_few_tokens_is_a_one_line_error(tiny_run):
+    with pytest.raises(LmscopeError, match="3 tokens are too few"):
+        dynamics.compute(tiny_run, str(tiny_run.parent / "tiny.txt"), which="final",
+                         windows=1, length=3)
+
+
+def test_a_diverged_checkpoint_gives_nan_rows_and_a_note(tiny_run, tmp_path):
+    ckpt = load(tiny_run / "checkpoints" / "final", device="cpu")
+    with torch.no_grad():
+        ckpt.model.blocks[1].mlp.fc.weight[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "nan", ckpt.model, model_name="gpt",
+                    model_config=ckpt.model.config, tokenizer=ckpt.tokenizer, meta={"iter": 30})
+    r = dynamics.compute(tmp_path / "nan", str(tiny_run.parent / "tiny.txt"), windows=2)
+    assert any("non-finite values" in n and "blocks.1.mlp.fc.weight" in n for n in r.notes)
+    row = next(x for x in r.rows if x.kind == "weights" and x.name == "blocks.1.mlp.fc.weight")
+    assert row.values == {}
+    assert math.isnan(r.similarity_series("1")[1][0])  # the NaN reaches layer 1's output
+    assert r.similarity_series("0")[1][0] == pytest.approx(1.0)  # layer 0 is untouched

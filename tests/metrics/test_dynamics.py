@@ -57,3 +57,15 @@ def test_probe_gradients_write_no_grad_and_keep_the_mode():
         assert torch.allclose(grads[name], p.grad, atol=1e-7), name
     mask = torch.zeros(3, 15, dtype=torch.bool)
     assert probe_gradients(net, ids, mask)[1] == {}  # no target: nothing to differentiate
+
+
+def test_probe_gradients_in_batches_are_the_whole_means_gradient():
+    config_cls, model_cls = MODELS["lstm"]
+    net = model_cls(config_cls(vocab_size=20, block_size=12, n_embd=8, n_hidden=8, n_layer=1))
+    ids = torch.randint(0, 20, (5, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.rand(5, 11, generator=torch.Generator().manual_seed(3)) > 0.3
+    whole_loss, whole = probe_gradients(net, ids, mask, batch_size=5)
+    loss, batched = probe_gradients(net, ids, mask, batch_size=2)  # 2 + 2 + 1 windows
+    assert loss == pytest.approx(whole_loss, rel=1e-6)
+    for name, g in whole.items():
+        assert torch.allclose(batched[name], g, atol=1e-7), name

@@ -295,3 +295,12 @@ def test_debiased_cka_needs_four_tokens_and_svcca_a_fraction():
     for keep in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="keep"):
             svcca(GOOD, GOOD, keep=keep)
+
+
+def test_float32_rounding_noise_is_not_counted_as_directions():
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(2000, 20, generator=gen) @ torch.randn(20, 64, generator=gen)).float()
+    y = x @ torch.randn(64, 64, generator=gen)  # rank 20 too, in float32
+    rho = canonical_correlations(x, y)
+    assert rho.numel() == 20  # not 64: the 44 other directions are rounding noise
+    assert rho.min() > 1 - 1e-4

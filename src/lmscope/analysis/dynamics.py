@@ -149,12 +149,14 @@ class DynamicsResult:
         return [i for i, _ in points], [v for _, v in points]
 
     def settled_at(self, layer: str, threshold: float = SETTLED) -> int | None:
-        """The first iteration from which the layer's CKA to the reference stays >= threshold."""
-        iters, values = self.similarity_series(layer)
+        """The first iteration from which the layer's CKA to the reference stays >= threshold,
+        the reference itself left out (its CKA to itself is 1): None when the last checkpoint
+        before the reference is below the threshold, or there is none."""
+        rows = [r for r in self.similarity if r.layer == layer and r.checkpoint != r.reference]
         settled = None  # the start of the last run of values at or above the threshold
-        for it, value in zip(iters, values, strict=True):
-            below = not value >= threshold  # NaN counts as below
-            settled = None if below else (it if settled is None else settled)
+        for r in rows:
+            below = not r.values["cka"] >= threshold  # NaN counts as below
+            settled = None if below else (r.iteration if settled is None else settled)
         return settled
 
     def save(self, out_dir) -> dict[str, str]:
@@ -216,25 +218,43 @@ def compute(run, corpus: str, *, which: str = "all", split: str = "val", windows
         notes.append(f"one checkpoint ({paths[0].name}): its similarity to itself is 1; give "
                      "--checkpoints all to follow the layers over training")
     ids, mask = w.ids, w.target_mask()
-    ref_acts = layer_activations(reference, ids)
     n_tokens = ids.numel()
+    if n_tokens < 4:
+        raise LmscopeError(f"{n_tokens} tokens are too few to compare representations (the "
+                           "debiased CKA needs at least 4): give more --windows or a longer "
+                           "--length")
+    ref_acts = layer_activations(reference, ids)
+    width = max(x.shape[1] for x in ref_acts.values())
+    if n_tokens < 10 * 2 * width:
+        notes.append(f"SVCCA and PWCCA on {n_tokens:,} tokens of layers up to {width} wide: "
+                     f"CCA fits noise below about {20 * width:,} tokens (10 per feature of the "
+                     "two sides), so their values are high even for unrelated representations; "
+                     "read the CKA columns, or give more --windows")
     rows: list[StatisticsRow] = []
     similarity: list[SimilarityRow] = []
+    diverged: list[str] = []
     for path in _progress(paths, "dynamics"):
         ckpt = reference if path == paths[-1] else load(path, device=device)
         name, it = path.name, checkpoint_iteration(path)
-        rows += _parameter_rows(ckpt.model, name, it)
+        rows += _parameter_rows(ckpt.model, name, it, diverged)
         _, grads = probe_gradients(ckpt.model, ids, mask)
         rows += [StatisticsRow(name, it, "gradients", p, parameter_layer(p), None,
-                               matrix_statistics(g)) for p, g in grads.items()]
+                               _statistics(g, f"{name} gradient of {p}", diverged))
+                 for p, g in grads.items()]
         acts = ref_acts if ckpt is reference else layer_activations(ckpt, ids)
         for layer, x in acts.items():
             rows.append(StatisticsRow(name, it, "activations", layer, layer, None,
-                                      matrix_statistics(x)))
+                                      _statistics(x, f"{name} layer {layer}", diverged)))
             y = ref_acts[layer]
+            finite = bool(torch.isfinite(x).all() and torch.isfinite(y).all())
             similarity.append(SimilarityRow(name, it, paths[-1].name, layer, {
                 "cka": linear_cka(x, y), "debiased_cka": debiased_cka(x, y),
-                "svcca": svcca(x, y), "pwcca": pwcca(x, y)}))
+                "svcca": svcca(x, y), "pwcca": pwcca(x, y)} if finite
+                else dict.fromkeys(SIMILARITY, math.nan)))
+    if diverged:
+        notes.append(f"non-finite values (a diverged run?) in {len(diverged)} tensors, their "
+                     f"statistics left as NaN: {', '.join(diverged[:3])}"
+                     + (", ..." if len(diverged) > 3 else ""))
     tracked = load_tracked(run) if _is_run(run) and RunDir(run).dynamics_file.is_file() else []
     return DynamicsResult(str(run), w.corpus, n_tokens, rows, similarity, tracked, notes)
 
@@ -246,16 +266,27 @@ def layer_activations(ckpt, ids: torch.Tensor, batch_size: int = 16) -> dict[str
     return {label: cache[hook].flatten(0, 1).float().cpu() for label, hook in points}
 
 
-def _parameter_rows(model, checkpoint: str, it: int) -> list[StatisticsRow]:
+def _parameter_rows(model, checkpoint: str, it: int, diverged: list[str]
+                    ) -> list[StatisticsRow]:
     rows = []
     with torch.no_grad():
         for name, p in model.named_parameters():
             rows.append(StatisticsRow(checkpoint, it, "weights", name, parameter_layer(name),
-                                      None, matrix_statistics(p)))
+                                      None, _statistics(p, f"{checkpoint} {name}", diverged)))
         for layer, matrix, head, w in head_matrices(model):
-            rows.append(StatisticsRow(checkpoint, it, "heads", f"blocks.{layer}.attn.{matrix}",
-                                      str(layer), head, matrix_statistics(w)))
+            name = f"blocks.{layer}.attn.{matrix}"
+            rows.append(StatisticsRow(checkpoint, it, "heads", name, str(layer), head,
+                                      _statistics(w, f"{checkpoint} {name}[{head}]", diverged)))
     return rows
+
+
+def _statistics(t: torch.Tensor, what: str, diverged: list[str]) -> dict[str, float]:
+    """matrix_statistics of `t`; none (NaN in the tables) for a tensor with NaN or inf entries,
+    which is named in `diverged`."""
+    if not bool(torch.isfinite(t).all()):
+        diverged.append(what)
+        return {}
+    return matrix_statistics(t)
 
 
 def head_matrices(model):

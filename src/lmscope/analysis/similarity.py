@@ -305,6 +305,12 @@ def compute(runs: Sequence[str | Path], corpus: str, *, which: str = "all", spli
             _, cache = run_with_cache(ckpt, texts[label].ids, [name for _, name in points],
                                       batch_size=batch_size)
             acts[label] = [_flat(cache[name]) for _, name in points]
+            for (point, _), x in zip(points, acts[label], strict=True):
+                if not bool(torch.isfinite(x).all()):
+                    raise LmscopeError(
+                        f"run {label}: layer {point} of {checkpoints[label].name} has NaN or "
+                        "inf activations (a diverged run?); compare earlier checkpoints "
+                        "(--checkpoints 0,100,...)")
             layers[label] = [point for point, _ in points]
             widths[label] = [x.shape[1] for x in acts[label]]
             models[label] = ckpt.model_name

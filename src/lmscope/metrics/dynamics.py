@@ -7,7 +7,9 @@ defined in lmscope.metrics.matrices; this module applies them to a model.
 Layers. A parameter's layer is read from its name: `tok_emb`, `pos_emb` -> "embed"; a block or
 layer number (`blocks.3.`, `mlp.3.`, nn.LSTM's `weight_ih_l3`) -> "3"; anything else (the final
 norm, the head) -> "head". The GPT's head shares the token embedding's matrix (weight tying), so
-that matrix appears once, as `tok_emb.weight`.
+that matrix appears once, as `tok_emb.weight`, and its gradient (from both of its uses, reading
+the input and scoring the output) counts in the "embed" layer; a GPT's "head" layer is then only
+the final norm.
 
 Probe gradients. The gradient of the mean next-token cross-entropy (nats) over a fixed batch of
 token windows, the targets that are not the unknown id (`mask`), with the model in eval mode (no
@@ -62,35 +64,49 @@ def matrices(model) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.dim() == 2}
 
 
-def probe_gradients(model, ids: torch.Tensor, mask: torch.Tensor | None = None
-                    ) -> tuple[float, dict[str, torch.Tensor]]:
+def probe_gradients(model, ids: torch.Tensor, mask: torch.Tensor | None = None, *,
+                    batch_size: int = 16) -> tuple[float, dict[str, torch.Tensor]]:
     """(loss, {parameter name: gradient}) of the mean next-token cross-entropy over the windows
     `ids` (batch, time), targets ids[:, 1:] where `mask` (batch, time - 1) is true; eval mode,
-    no `.grad` written (see the module docstring). A mask with no true entry: (nan, {})."""
+    no `.grad` written (see the module docstring), `batch_size` windows at a time (each batch's
+    summed loss over all the targets, so the result is the whole mean's gradient). cuDNN is off
+    inside: its RNN kernels have no backward pass in eval mode. A mask with no true entry:
+    (nan, {})."""
     device = next(model.parameters()).device
     ids = ids.to(device)
-    targets = ids[:, 1:]
-    keep = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.to(device)
-    if not bool(keep.any()):
+    keep = (torch.ones_like(ids[:, 1:], dtype=torch.bool) if mask is None
+            else mask.to(device))
+    total = int(keep.sum())
+    if not total:
         return math.nan, {}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    sums: list[torch.Tensor | None] = [None] * len(named)
+    loss_sum = 0.0
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            logits = model(ids[:, :-1]).float()
-            loss = F.cross_entropy(logits[keep], targets[keep])
-            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
+            for start in range(0, ids.size(0), batch_size):
+                x, k = ids[start:start + batch_size], keep[start:start + batch_size]
+                if not bool(k.any()):
+                    continue
+                logits = model(x[:, :-1]).float()
+                loss = F.cross_entropy(logits[k], x[:, 1:][k], reduction="sum")
+                grads = torch.autograd.grad(loss / total, [p for _, p in named],
+                                            allow_unused=True)
+                loss_sum += loss.item()
+                sums = [s if g is None else (g if s is None else s + g)
+                        for s, g in zip(sums, grads, strict=True)]
     finally:
         model.train(was_training)
-    return loss.item(), {n: g.detach() for (n, _), g in zip(named, grads, strict=True)
-                         if g is not None}
+    return loss_sum / total, {n: g.detach() for (n, _), g in zip(named, sums, strict=True)
+                              if g is not None}
 
 
 def gram_singular_values(w: torch.Tensor) -> torch.Tensor:
     """The singular values of a 2-D tensor, descending, float64, from the eigenvalues of its
     smaller Gram matrix (module docstring: fast, precise for the large ones)."""
-    w = w.detach().double()
+    w = _f64(w)
     gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
     return torch.linalg.eigvalsh(gram).clamp_min(0.0).sqrt().flip(0)
 
@@ -114,16 +130,22 @@ def training_dynamics(model, ids: torch.Tensor, mask: torch.Tensor | None = None
             for key in ("spectral_norm", "effective_rank"):
                 row[key][name] = spectral.get(key)
             if name in grads:
-                row["matrix_grad_norm"][name] = _finite(grads[name].double().norm().item())
+                row["matrix_grad_norm"][name] = _finite(_f64(grads[name]).norm().item())
         squares: dict[str, float] = {}
         for name, g in grads.items():
             layer = parameter_layer(name)
-            squares[layer] = squares.get(layer, 0.0) + g.double().square().sum().item()
+            squares[layer] = squares.get(layer, 0.0) + _f64(g).square().sum().item()
     row["layer_grad_norm"] = {layer: _finite(math.sqrt(squares[layer]))
                               for layer in sorted(squares, key=layer_order)}
     if squares:
         row["grad_norm"] = _finite(math.sqrt(sum(squares.values())))
     return row
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    """`t` in float64, on the CPU when it is on an MPS device (which has no float64)."""
+    t = t.detach()
+    return (t.cpu() if t.device.type == "mps" else t).double()
 
 
 def _finite(x: float) -> float | None:

@@ -108,7 +108,8 @@ def _as_float64(x: Tensor) -> Tensor:
         raise LmscopeError(f"matrix statistics need a real tensor, got dtype {x.dtype}")
     if x.numel() == 0:
         raise LmscopeError(f"matrix statistics need a non-empty tensor, got shape {tuple(x.shape)}")
-    x = x.detach().to(torch.float64)
+    x = x.detach()
+    x = (x.cpu() if x.device.type == "mps" else x).to(torch.float64)  # MPS has no float64
     bad = int((~torch.isfinite(x)).sum())
     if bad:
         raise LmscopeError(

@@ -123,7 +123,20 @@ def _as_matrix(a, name: str) -> torch.Tensor:
         raise ValueError(f"{name} has no feature columns (shape {tuple(t.shape)})")
     if t.is_complex():
         raise ValueError(f"{name} must be real, got dtype {t.dtype}")
-    return t.detach().to(torch.float64)
+    t = t.detach()
+    return (t.cpu() if t.device.type == "mps" else t).to(torch.float64)  # MPS has no float64
+
+
+def _rank_eps(x, y) -> float:
+    """The relative singular value below which a direction is rounding noise: 1e-10 for float64
+    inputs, max(n, p) times the machine epsilon of a lower precision (float32 activations keep
+    noise directions at about 1e-8 of the largest)."""
+    eps = 1e-10
+    for t in (x, y):
+        dtype = getattr(t, "dtype", torch.float64)
+        if isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype != torch.float64:
+            eps = max(eps, max(t.shape) * torch.finfo(dtype).eps)
+    return eps
 
 
 def _check(x, y, min_rows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,13 +280,14 @@ def _cca(x: torch.Tensor, y: torch.Tensor, eps: float):
     return rho, qx @ u, xc
 
 
-def canonical_correlations(x, y, eps: float = 1e-10) -> torch.Tensor:
+def canonical_correlations(x, y, eps: float | None = None) -> torch.Tensor:
     """Canonical correlations of X and Y, descending, as a float64 tensor of length
     min(rank Xc, rank Yc): the singular values of Qx^T Qy (orthonormal bases of the centered
-    column spaces, directions with singular value < eps * largest dropped), clamped to [0, 1].
+    column spaces, directions with singular value < eps * largest dropped; eps by default
+    1e-10 for float64 input, max(n, p) machine epsilons for float32), clamped to [0, 1].
     Empty if a side has no variance."""
     xt, yt = _check(x, y)
-    rho, _, _ = _cca(xt, yt, eps)
+    rho, _, _ = _cca(xt, yt, _rank_eps(x, y) if eps is None else eps)
     return rho
 
 
@@ -295,7 +309,7 @@ def svcca(x, y, keep: float = 0.99) -> float:
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be a fraction of variance in (0, 1], got {keep}")
     xt, yt = _check(x, y)
-    eps = 1e-10
+    eps = _rank_eps(x, y)
     rho, _ = _correlate(_truncated_basis(xt, keep, eps), _truncated_basis(yt, keep, eps))
     return float(rho.mean()) if rho.numel() else math.nan
 
@@ -305,7 +319,7 @@ def pwcca(x, y) -> float:
     sum_i alpha_i rho_i with alpha_i proportional to sum_j |<h_i, x_j>| (h_i X's i-th canonical
     variate, x_j X's j-th centered column). In [0, 1]; NaN if a side has no variance."""
     xt, yt = _check(x, y)
-    rho, h, xc = _cca(xt, yt, 1e-10)
+    rho, h, xc = _cca(xt, yt, _rank_eps(x, y))
     if rho.numel() == 0:
         return math.nan
     alpha = (h.T @ xc).abs().sum(dim=1)
