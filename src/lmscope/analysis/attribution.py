@@ -24,8 +24,14 @@ backward. The baseline b is the same vector at every position:
 Completeness: the exact integral satisfies sum_i score_i = f(x) - f(b); the distance between the
 two sides, |sum_i score_i - (f(x) - f(b))|, is the completeness gap, reported for each prompt.
 
-Gradients are taken one prompt at a time with `torch.autograd.grad` with respect to the
-embedding tensor only, the model in eval mode, so they are exact and no parameter gets a .grad.
+The engine is Captum (captum.ai, the PyTorch attribution library): `Saliency` (abs=False) gives
+g_i, `InputXGradient` gives g_i * x_i and `IntegratedGradients` (method "riemann_middle", all
+steps in one batch) gives the integrated gradients and their completeness gap, each per
+embedding coordinate; the scores above are their norms or sums over the embedding. Gradients
+are taken one prompt at a time with respect to the embedding tensor only (Captum uses
+`torch.autograd.grad`), the model in eval mode, so they are exact and no parameter gets a
+.grad. tests/analysis/test_attribution.py checks them against central finite differences, a
+step-by-step integrated-gradients loop and completeness.
 
 `compute(run, prompts)` runs the methods over every checkpoint of a run (oldest first) and returns
 an `AttributionResult`; its `save(dir)` writes attribution.csv, one heatmap per prompt and
@@ -125,25 +131,29 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
     target_id = int(target_id)
     target_prob = float(logp_x[target_id].exp())
 
-    with torch.enable_grad():  # also when the caller is inside torch.no_grad()
-        if method == "integrated_gradients":
-            with torch.no_grad():
-                b = _baseline(model, x, baseline, unk_id, vocab)
-                logp_b = _last_logp(model, b)[0, target_id]
-            alphas = (torch.arange(steps, device=device, dtype=x.dtype) + 0.5) / steps
-            path = (b + alphas[:, None, None] * (x - b)).requires_grad_(True)  # (steps, T, C)
-            # Samples of a batch do not interact (eval mode), so the gradient of the sum is
-            # each sample's own gradient.
-            (grads,) = torch.autograd.grad(_last_logp(model, path)[:, target_id].sum(), path)
-            scores = ((x - b)[0] * grads.mean(0)).sum(-1)
-            gap = abs(float(scores.sum()) - float(logp_x[target_id] - logp_b))
-            return Attribution(scores.detach().cpu().numpy(), target_id, target_prob, gap)
+    # Captum takes about a second to import: only attributing needs it, not the report or the
+    # study plan that read attribution results.
+    from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
-        x.requires_grad_(True)
-        (grad,) = torch.autograd.grad(_last_logp(model, x)[0, target_id], x)
-    grad, x = grad[0], x.detach()[0]  # (T, C)
-    scores = grad.norm(dim=-1) if method == "grad_norm" else (grad * x).sum(-1)
-    return Attribution(scores.cpu().numpy(), target_id, target_prob, None)
+    def target_logp(emb: torch.Tensor) -> torch.Tensor:  # (batch, T, C) -> (batch,)
+        return _last_logp(model, emb)[:, target_id]
+
+    if method == "integrated_gradients":
+        with torch.no_grad():
+            b = _baseline(model, x, baseline, unk_id, vocab)
+        # samples of a batch do not interact (eval mode): all steps go through as one batch
+        attributions, delta = IntegratedGradients(target_logp).attribute(
+            x, baselines=b, n_steps=steps, method="riemann_middle", internal_batch_size=steps,
+            return_convergence_delta=True)
+        scores = attributions[0].sum(-1)
+        return Attribution(scores.detach().cpu().numpy(), target_id, target_prob,
+                           abs(float(delta)))
+    x = x.clone().requires_grad_(True)  # the input Captum differentiates against
+    if method == "grad_norm":
+        scores = Saliency(target_logp).attribute(x, abs=False)[0].norm(dim=-1)
+    else:
+        scores = InputXGradient(target_logp).attribute(x)[0].sum(-1)
+    return Attribution(scores.detach().cpu().numpy(), target_id, target_prob, None)
 
 
 # --- the probe over a run's checkpoints ----------------------------------------------------------
