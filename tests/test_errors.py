@@ -273,6 +273,10 @@ CASES = [
     C("similarity-checkpoints", "probe similarity", "--checkpoints naming an iteration not kept",
       ("probe", "similarity", "{run}", "{run}", "--data", "{w}/tiny.txt", "--checkpoints", "15",
        "--out", "{w}/s"), ("has no checkpoint '15'",)),
+    C("attribution-shapley-exact-long", "probe attribution",
+      "exact Shapley values for prompts longer than 6 tokens",
+      ("probe", "attribution", "{run}", "--prompts", "{w}/long_prompt.toml", "--method",
+       "shapley_exact", "--out", "{w}/at"), ("13 tokens would walk", "use shapley_sampling")),
     C("ablate-method", "probe ablate", "an unknown --method",
       ("probe", "ablate", "{run}", "--data", "{w}/tiny.txt", "--method", "meen", "--out",
        "{w}/a"), ("meen",)),
@@ -387,6 +391,7 @@ def world(tmp_path_factory, tiny_run):
                                            'steps = ["train", "ablate"]\n'
                                            '[ablate]\nmethod = "meen"\n')
     (w / "one_token.toml").write_text('[[prompt]]\ntext = "F"\n')
+    (w / "long_prompt.toml").write_text('[[prompt]]\ntext = "First Citizen"\n')
     (w / "typo_prompts.toml").write_text('[[prompt]]\ntext = "First"\ndomain = "shakespear"\n')
     (w / "typo_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
                                        'prompts = "typo_prompts.toml"\nsteps = ["train", "softmax"]\n')

@@ -423,12 +423,15 @@ def probe_softmax(run, prompts, out, top_k, which, device, force):
 @_PROMPTS
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
 @click.option("--method", "methods", multiple=True,
-              type=click.Choice(["grad_norm", "grad_x_input", "integrated_gradients"]),
-              help="Attribution method (repeat for several; default all three).")
+              type=click.Choice(["grad_norm", "grad_x_input", "integrated_gradients",
+                                 "gradient_shap", "occlusion", "shapley_sampling",
+                                 "shapley_exact"]),
+              help="Attribution method (repeat for several; default the three gradient "
+                   "methods grad_norm, grad_x_input, integrated_gradients).")
 @click.option("--baseline", type=click.Choice(["zero", "mean", "unk"]), default="zero",
-              show_default=True, help="Integrated-gradients baseline embedding.")
+              show_default=True, help="The baseline embedding (all methods but grad_norm and grad_x_input).")
 @click.option("--steps", default=32, show_default=True, type=int,
-              help="Integrated-gradients interpolation steps.")
+              help="Integrated-gradients steps; samples of gradient_shap and shapley_sampling.")
 @click.option("--target", type=click.Choice(["predicted", "expected"]), default="predicted",
               show_default=True, help="Attribute the predicted next character or the expected one.")
 @_WHICH
@@ -439,7 +442,7 @@ def probe_attribution(run, prompts, out, methods, baseline, steps, target, which
     from lmscope.analysis import attribution
 
     with OutDir(out, "probe attribution", force=force):
-        attribution.compute(run, prompts, methods=methods or attribution.METHODS,
+        attribution.compute(run, prompts, methods=methods or attribution.GRADIENT_METHODS,
                             baseline=baseline, steps=steps, which=which, target=target).save(out)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")

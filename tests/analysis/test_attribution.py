@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from lmscope.analysis.attribution import (
     BASELINES,
+    GRADIENT_METHODS,
     METHODS,
     attribute,
     attribution_probe,
@@ -121,8 +122,9 @@ def test_unk_baseline_needs_an_unk_id(model):
 def test_no_parameter_updates_and_eval_mode_kept():
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for method in METHODS:
-        attribute(model, IDS, None, method, baseline="mean", steps=8)
+    for method in METHODS:  # exact Shapley on the 5-token prompt
+        attribute(model, SHORT if method == "shapley_exact" else IDS, None, method,
+                  baseline="mean", steps=8)
     with torch.no_grad():  # works inside no_grad too: it turns gradients on for itself
         attribute(model, IDS, 1, "grad_norm")
     after = model.state_dict()
@@ -135,6 +137,8 @@ def test_target_none_is_the_argmax(model):
     with torch.no_grad():
         probs = model(torch.tensor([IDS]))[0, -1].softmax(-1)
     for method in METHODS:
+        if method == "shapley_exact":
+            continue  # on 7 tokens it is refused (tested below)
         a = attribute(model, IDS, None, method, steps=4)
         assert a.target_id == int(probs.argmax())
         assert a.target_prob == pytest.approx(float(probs.max()), rel=1e-9)
@@ -183,7 +187,7 @@ def test_probe_end_to_end(tiny_run, tmp_path):
     out = tmp_path / "out"
     result = attribution_probe(tiny_run, prompts, out, steps=8, target="expected")
     written = ["attribution.csv", "by_class.csv", "by_class.png", "summary.md",
-               *(f"heatmap_{p}_{m}.png" for p in ("a", "b_c") for m in METHODS)]
+               *(f"heatmap_{p}_{m}.png" for p in ("a", "b_c") for m in GRADIENT_METHODS)]
     for name in written:
         assert (out / name).is_file(), name
     for name in written:
@@ -193,15 +197,15 @@ def test_probe_end_to_end(tiny_run, tmp_path):
 
     rows = read_csv(out / "attribution.csv")
     positions = len("First Citizen:\nBefore we") + len("All:\nSpeak, speak.")
-    assert len(rows) == 3 * len(METHODS) * positions
-    assert [r["checkpoint"] for r in rows[::len(METHODS) * positions]] == [
+    assert len(rows) == 3 * len(GRADIENT_METHODS) * positions
+    assert [r["checkpoint"] for r in rows[::len(GRADIENT_METHODS) * positions]] == [
         "iter_0000010", "iter_0000020", "final"]
     a = [r for r in rows if r["prompt"] == "a"]
     assert {r["target"] for r in a} == {"<space>"} and {r["domain"] for r in a} == {"in-domain"}
     assert {r["domain"] for r in rows if r["prompt"] == "b/c"} == {"unknown"}
     assert a[14]["character"] == "<newline>" and a[14]["char_class"] == "space/newline"
     for checkpoint in ("iter_0000010", "final"):
-        for method in METHODS:
+        for method in GRADIENT_METHODS:
             shares = [float(r["normalized"]) for r in a
                       if r["checkpoint"] == checkpoint and r["method"] == method]
             assert sum(abs(s) for s in shares) == pytest.approx(1, abs=1e-4)
@@ -209,13 +213,13 @@ def test_probe_end_to_end(tiny_run, tmp_path):
 
     by_class = read_csv(out / "by_class.csv")
     assert {r["char_class"] for r in by_class} <= set(CHAR_CLASSES)
-    assert {r["method"] for r in by_class} == set(METHODS)
+    assert {r["method"] for r in by_class} == set(GRADIENT_METHODS)
     final_norm = [r for r in by_class if r["checkpoint"] == "final" and r["method"] == "grad_norm"]
     assert sum(int(r["positions"]) for r in final_norm) == positions
 
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "completeness" in summary and "midpoint" in summary
-    assert set(result["top_class"]) == set(METHODS)
+    assert set(result["top_class"]) == set(GRADIENT_METHODS)
     assert set(result["top_class"].values()) <= set(CHAR_CLASSES)
     assert 0 <= result["mean_completeness_gap"] < 0.1
 
@@ -262,3 +266,109 @@ def test_probe_run_without_checkpoints(tmp_path):
     empty.mkdir()
     with pytest.raises(LmscopeError, match="no checkpoints"):
         attribution_probe(empty, prompt_file(tmp_path, PROMPT), tmp_path / "out")
+
+
+# --- perturbation and sampling methods (Captum) ---------------------------------------------------
+
+SHORT = [3, 1, 4, 1, 5]  # 5 tokens: exact Shapley walks 120 orderings
+
+
+def test_exact_shapley_values_are_efficient_and_sampling_approaches_them(model):
+    target = 4
+    x = embeddings(model, SHORT)
+    b = baseline_vector(model, "mean").expand_as(x)
+    difference = logp_of(model, x, target) - logp_of(model, b, target)
+    exact = attribute(model, SHORT, target, "shapley_exact", baseline="mean").scores
+    # Captum returns the perturbation methods' attributions in float32: to 1e-6
+    assert exact.sum() == pytest.approx(difference, abs=1e-6)  # efficiency
+    sampled = attribute(model, SHORT, target, "shapley_sampling", baseline="mean", steps=64)
+    assert sampled.scores.sum() == pytest.approx(difference, abs=1e-6)  # every ordering is
+    np.testing.assert_allclose(sampled.scores, exact, atol=0.2 * np.abs(exact).max())
+
+
+def test_exact_shapley_values_equal_the_formula_over_coalitions(model):
+    """phi_i = sum over coalitions S without i of |S|! (T-|S|-1)! / T! (v(S+i) - v(S)),
+    v(S) = f(x on S, baseline elsewhere): written here from the definition, 2^T subsets."""
+    import itertools
+    import math
+
+    target = 2
+    x = embeddings(model, SHORT)
+    b = baseline_vector(model, "zero").expand_as(x)
+    t = len(SHORT)
+
+    def v(subset):
+        mixed = b.clone()
+        mixed[list(subset)] = x[list(subset)]
+        return logp_of(model, mixed, target)
+
+    expected = np.zeros(t)
+    for i in range(t):
+        others = [j for j in range(t) if j != i]
+        for k in range(t):
+            for s in itertools.combinations(others, k):
+                weight = math.factorial(k) * math.factorial(t - k - 1) / math.factorial(t)
+                expected[i] += weight * (v((*s, i)) - v(s))
+    found = attribute(model, SHORT, target, "shapley_exact", baseline="zero").scores
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-6)
+
+
+def test_occlusion_is_the_loss_of_each_position(model):
+    target = 7
+    x = embeddings(model)
+    b = baseline_vector(model, "zero")
+    expected = []
+    for i in range(len(IDS)):
+        occluded = x.clone()
+        occluded[i] = b
+        expected.append(logp_of(model, x, target) - logp_of(model, occluded, target))
+    found = attribute(model, IDS, target, "occlusion").scores
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-6)
+
+
+def test_sampling_methods_repeat_and_leave_the_global_generators_alone(model):
+    torch.manual_seed(123)
+    np.random.seed(123)
+    torch_state, numpy_state = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    for method in ("gradient_shap", "shapley_sampling"):
+        first = attribute(model, IDS, 4, method, steps=16).scores
+        again = attribute(model, IDS, 4, method, steps=16).scores
+        np.testing.assert_array_equal(first, again)
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+
+
+def test_gradient_shap_approaches_integrated_gradients(model):
+    ig = attribute(model, IDS, 4, "integrated_gradients", steps=64).scores
+    shap = attribute(model, IDS, 4, "gradient_shap", steps=256).scores
+    # expected gradients on one baseline with no noise: IG with random points on the path
+    assert shap.sum() == pytest.approx(ig.sum(), abs=0.1 * abs(ig.sum()) + 1e-3)
+
+
+def test_shapley_exact_refuses_a_long_prompt(model):
+    with pytest.raises(LmscopeError, match="shapley_exact on a prompt of 7 tokens would walk "
+                                           "5,040 orderings"):
+        attribute(model, IDS, 4, "shapley_exact")
+
+
+@pytest.mark.parametrize("arch", ["lstm", "kgram"])
+def test_every_method_works_on_the_lstm_and_the_kgram_mlp(tmp_path, arch):
+    from lmscope.run.checkpoint import load
+    from tests.test_export import tiny_checkpoint
+
+    net = load(tiny_checkpoint(tmp_path / "ckpt", model=arch), device="cpu").model
+    for method in METHODS:
+        a = attribute(net, SHORT, 2, method, steps=8, baseline="mean")
+        assert a.scores.shape == (len(SHORT),) and np.all(np.isfinite(a.scores)), method
+
+
+def test_probe_with_the_perturbation_methods(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "p.toml").write_text('[[prompt]]\nname = "a"\ntext = "First"\n')
+    attribution_probe(tiny_run, tmp_path / "p.toml", out, which="final", steps=8,
+                      methods=("occlusion", "shapley_sampling", "shapley_exact"))
+    rows = list(csv.DictReader((out / "attribution.csv").open()))
+    assert {r["method"] for r in rows} == {"occlusion", "shapley_sampling", "shapley_exact"}
+    exact = [float(r["score"]) for r in rows if r["method"] == "shapley_exact"]
+    sampled = [float(r["score"]) for r in rows if r["method"] == "shapley_sampling"]
+    assert sum(exact) == pytest.approx(sum(sampled), abs=1e-4)  # both efficient

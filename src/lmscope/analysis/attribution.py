@@ -24,6 +24,25 @@ backward. The baseline b is the same vector at every position:
 Completeness: the exact integral satisfies sum_i score_i = f(x) - f(b); the distance between the
 two sides, |sum_i score_i - (f(x) - f(b))|, is the completeness gap, reported for each prompt.
 
+Perturbation and sampling methods (the same baseline vector b replaces a position's embedding;
+each score is a change of f, in nats, and signed):
+
+    occlusion          f(x) - f(x with position i replaced by b) (Zeiler & Fergus 2014)
+    shapley_exact      the Shapley value of position i in the game v(S) = f(x on S, b elsewhere):
+                       exact, over all T! orderings of the positions (Captum's ShapleyValues),
+                       so prompts of at most SHAPLEY_EXACT_MAX tokens; efficiency:
+                       sum_i score_i = f(x) - f(b) (Shapley 1953)
+    shapley_sampling   the same value estimated from `steps` random orderings of the positions
+                       (Castro et al. 2009); efficient in every ordering, so the sum is exact
+    gradient_shap      expected gradients: the mean over `steps` draws of a point on the path
+                       from b to x (with Gaussian noise of standard deviation 0, so the path only)
+                       of (x - b) * gradient there (Lundberg & Lee 2017), summed over the
+                       embedding; a stochastic integrated gradients
+
+The two sampling methods draw from torch's and numpy's generators seeded with SEED, whose states
+are saved before and put back after: the same scores every time, and the caller's random numbers
+untouched.
+
 The engine is Captum (captum.ai, the PyTorch attribution library): `Saliency` (abs=False) gives
 g_i, `InputXGradient` gives g_i * x_i and `IntegratedGradients` (method "riemann_middle", all
 steps in one batch) gives the integrated gradients and their completeness gap, each per
@@ -40,6 +59,8 @@ method, by_class.csv/.png and summary.md, and `load(dir)` reads the two tables b
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -58,7 +79,11 @@ from lmscope.render.progress import progress as _progress
 from lmscope.render.tables import markdown_table, read_csv, write_csv
 from lmscope.run.checkpoint import load, select_checkpoints
 
-METHODS = ("grad_norm", "grad_x_input", "integrated_gradients")
+PERTURBATION = ("occlusion", "shapley_sampling", "shapley_exact")
+GRADIENT_METHODS = ("grad_norm", "grad_x_input", "integrated_gradients")  # the default
+METHODS = (*GRADIENT_METHODS, "gradient_shap", "occlusion", "shapley_sampling", "shapley_exact")
+SHAPLEY_EXACT_MAX = 6  # tokens: Captum's exact Shapley values walk all T! orderings
+SEED = 0  # the sampling methods' own generator (the global one is left alone)
 BASELINES = ("zero", "mean", "unk")
 TARGETS = ("predicted", "expected")
 
@@ -69,6 +94,20 @@ class Attribution:
     target_id: int
     target_prob: float  # probability of the target at the last position
     completeness_gap: float | None  # IG only: |sum(scores) - (logp(x) - logp(baseline))|
+
+
+@contextlib.contextmanager
+def _seeded():
+    """torch's (CPU) and numpy's global generators seeded with SEED inside, their states put
+    back after (Captum's samplers draw from both)."""
+    state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        np.random.seed(SEED)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
 
 
 def _check_choice(what: str, value, allowed: tuple[str, ...]) -> None:
@@ -106,7 +145,8 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
     """Importance of each input position for the target next token (see the module docstring).
 
     target_id None: the model's most likely next token (argmax at the last position).
-    `baseline`, `steps` and `unk_id` matter for integrated_gradients only.
+    `baseline` and `unk_id` matter for the methods with a baseline (all but grad_norm and
+    grad_x_input), `steps` for integrated_gradients, gradient_shap and shapley_sampling.
     """
     _check_choice("method", method, METHODS)
     _check_choice("baseline", baseline, BASELINES)
@@ -133,14 +173,49 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
 
     # Captum takes about a second to import: only attributing needs it, not the report or the
     # study plan that read attribution results.
-    from captum.attr import InputXGradient, IntegratedGradients, Saliency
+    from captum.attr import (
+        GradientShap,
+        InputXGradient,
+        IntegratedGradients,
+        Occlusion,
+        Saliency,
+        ShapleyValues,
+        ShapleyValueSampling,
+    )
 
     def target_logp(emb: torch.Tensor) -> torch.Tensor:  # (batch, T, C) -> (batch,)
         return _last_logp(model, emb)[:, target_id]
 
-    if method == "integrated_gradients":
+    if method in ("integrated_gradients", "gradient_shap", *PERTURBATION):
         with torch.no_grad():
             b = _baseline(model, x, baseline, unk_id, vocab)
+    if method in PERTURBATION:
+        positions = torch.arange(len(ids), device=device)[None, :, None].expand_as(x).clone()
+        if method == "shapley_exact" and len(ids) > SHAPLEY_EXACT_MAX:
+            raise LmscopeError(f"shapley_exact on a prompt of {len(ids)} tokens would walk "
+                               f"{math.factorial(len(ids)):,} orderings: give prompts of at most "
+                               f"{SHAPLEY_EXACT_MAX} tokens, or use shapley_sampling")
+        with torch.no_grad(), _seeded():
+            if method == "occlusion":
+                found = Occlusion(target_logp).attribute(
+                    x, sliding_window_shapes=(1, x.shape[-1]), baselines=b)
+            elif method == "shapley_exact":
+                found = ShapleyValues(target_logp).attribute(
+                    x, baselines=b, feature_mask=positions, perturbations_per_eval=64)
+            else:
+                found = ShapleyValueSampling(target_logp).attribute(
+                    x, baselines=b, feature_mask=positions, n_samples=steps,
+                    perturbations_per_eval=64)
+        # each position's value is repeated over its embedding coordinates: read one
+        return Attribution(found[0, :, 0].detach().cpu().numpy(), target_id, target_prob, None)
+    if method == "gradient_shap":
+        with _seeded():
+            found = GradientShap(target_logp).attribute(x.clone().requires_grad_(True),
+                                                        baselines=b, n_samples=steps,
+                                                        stdevs=0.0)
+        return Attribution(found[0].sum(-1).detach().cpu().numpy(), target_id, target_prob,
+                           None)
+    if method == "integrated_gradients":
         # samples of a batch do not interact (eval mode): all steps go through as one batch
         attributions, delta = IntegratedGradients(target_logp).attribute(
             x, baselines=b, n_steps=steps, method="riemann_middle", internal_batch_size=steps,
@@ -281,8 +356,8 @@ def _normalized(scores: np.ndarray) -> np.ndarray:
     return scores / total if total > 0 else np.zeros_like(scores)
 
 
-def compute(run, prompts_path, *, methods=METHODS, baseline="zero", steps=32, which="all",
-            target="predicted", device="cpu", corpora: tuple[str, ...] = ()) -> AttributionResult:
+def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", steps=32,
+            which="all", target="predicted", device="cpu", corpora: tuple[str, ...] = ()) -> AttributionResult:
     """Attribution of every prompt's characters, by each method, at every checkpoint of `run`.
 
     target: "predicted" (argmax of each checkpoint) or "expected" (each prompt's expected char,
@@ -363,8 +438,8 @@ def compute(run, prompts_path, *, methods=METHODS, baseline="zero", steps=32, wh
                              steps=steps, completeness_gaps=gaps)
 
 
-def attribution_probe(run, prompts_path, out_dir, *, methods=METHODS, baseline="zero", steps=32,
-                      which="all", target="predicted", device="cpu") -> dict:
+def attribution_probe(run, prompts_path, out_dir, *, methods=GRADIENT_METHODS, baseline="zero",
+                      steps=32, which="all", target="predicted", device="cpu") -> dict:
     """`compute`, then `save` into out_dir (see AttributionResult.save):
 
       attribution.csv   long form, one row per checkpoint, prompt, method and input position
