@@ -434,16 +434,20 @@ def probe_softmax(run, prompts, out, top_k, which, device, force):
               help="Integrated-gradients steps; samples of gradient_shap and shapley_sampling.")
 @click.option("--target", type=click.Choice(["predicted", "expected"]), default="predicted",
               show_default=True, help="Attribute the predicted next character or the expected one.")
+@click.option("--contrast", "contrast", default=None, metavar="FOIL",
+              help="Attribute log p(target) - log p(FOIL): why the target and not this character.")
 @_WHICH
 @_FORCE
-def probe_attribution(run, prompts, out, methods, baseline, steps, target, which, force):
+def probe_attribution(run, prompts, out, methods, baseline, steps, target, contrast, which,
+                      force):
     """Gradient attribution over the prompt's characters, at each checkpoint (prompt file as for
     `probe softmax`)."""
     from lmscope.analysis import attribution
 
     with OutDir(out, "probe attribution", force=force):
         attribution.compute(run, prompts, methods=methods or attribution.GRADIENT_METHODS,
-                            baseline=baseline, steps=steps, which=which, target=target).save(out)
+                            baseline=baseline, steps=steps, which=which, target=target,
+                            contrast=contrast).save(out)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 

@@ -372,3 +372,37 @@ def test_probe_with_the_perturbation_methods(tiny_run, tmp_path):
     exact = [float(r["score"]) for r in rows if r["method"] == "shapley_exact"]
     sampled = [float(r["score"]) for r in rows if r["method"] == "shapley_sampling"]
     assert sum(exact) == pytest.approx(sum(sampled), abs=1e-4)  # both efficient
+
+
+# --- contrastive targets ----------------------------------------------------------------------------
+
+def test_a_contrast_attributes_the_difference_of_log_probabilities(model):
+    target, foil = 4, 9
+    x = embeddings(model)
+    b = baseline_vector(model, "zero").expand_as(x)
+    difference = ((logp_of(model, x, target) - logp_of(model, x, foil))
+                  - (logp_of(model, b, target) - logp_of(model, b, foil)))
+    ig = attribute(model, IDS, target, "integrated_gradients", steps=256, foil_id=foil)
+    assert ig.scores.sum() == pytest.approx(difference, abs=1e-4)  # completeness, contrasted
+    # methods linear in f split: attribution(target - foil) = attribution(target) - (foil)
+    for method in ("grad_x_input", "integrated_gradients", "occlusion"):
+        both = attribute(model, IDS, target, method, steps=16, foil_id=foil).scores
+        alone = attribute(model, IDS, target, method, steps=16).scores
+        other = attribute(model, IDS, foil, method, steps=16).scores
+        np.testing.assert_allclose(both, alone - other, rtol=0, atol=1e-6)
+    same = attribute(model, IDS, target, "grad_norm", foil_id=target).scores
+    assert np.all(same == 0)  # log p(y) - log p(y) does not depend on the input
+
+
+def test_probe_contrast_and_its_bad_foils(tiny_run, tmp_path):
+    (tmp_path / "p.toml").write_text('[[prompt]]\nname = "a"\ntext = "First"\n')
+    attribution_probe(tiny_run, tmp_path / "p.toml", tmp_path / "out", which="final",
+                      methods=("grad_x_input",), contrast="e")
+    rows = list(csv.DictReader((tmp_path / "out" / "attribution.csv").open()))
+    assert rows and all(r["target"].endswith(" vs e") for r in rows)
+    assert "contrasted with 'e'" in (tmp_path / "out" / "summary.md").read_text()
+    for foil, match in (("Fi", "is 2 tokens"), ("", "is 0 tokens"),
+                        ("Ω", "not in the vocabulary")):
+        with pytest.raises(LmscopeError, match=match):
+            attribution_probe(tiny_run, tmp_path / "p.toml", tmp_path / "bad", which="final",
+                              contrast=foil)

@@ -6,6 +6,10 @@ next token, or a given one), let
 
     f(x) = log softmax(logits(x))[T, y]        the target's log-probability at the last position
 
+or, with a foil token z (`--contrast`), f(x) = log p(y | x) - log p(z | x): why y and not z,
+inseq's `contrast_prob_diff` in log space (Yin & Neubig 2022, "Interpreting language models
+with contrastive explanations"). Every method below then attributes that difference.
+
 and g_i = df/dx_i, the gradient with respect to position i's embedding. The score of position i:
 
     grad_norm              ||g_i||_2                                   (>= 0; the seed study's)
@@ -141,7 +145,8 @@ def _baseline(model, x: torch.Tensor, baseline: str, unk_id: int | None, vocab: 
 
 
 def attribute(model, ids: list[int], target_id: int | None, method: str, *,
-              baseline: str = "zero", steps: int = 32, unk_id: int | None = None) -> Attribution:
+              baseline: str = "zero", steps: int = 32, unk_id: int | None = None,
+              foil_id: int | None = None) -> Attribution:
     """Importance of each input position for the target next token (see the module docstring).
 
     target_id None: the model's most likely next token (argmax at the last position).
@@ -170,6 +175,8 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
         raise LmscopeError(f"target id {target_id} is outside the vocabulary (size {vocab})")
     target_id = int(target_id)
     target_prob = float(logp_x[target_id].exp())
+    if foil_id is not None and not 0 <= int(foil_id) < vocab:
+        raise LmscopeError(f"foil id {foil_id} is outside the vocabulary (size {vocab})")
 
     # Captum takes about a second to import: only attributing needs it, not the report or the
     # study plan that read attribution results.
@@ -184,7 +191,10 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
     )
 
     def target_logp(emb: torch.Tensor) -> torch.Tensor:  # (batch, T, C) -> (batch,)
-        return _last_logp(model, emb)[:, target_id]
+        logp = _last_logp(model, emb)
+        if foil_id is None:
+            return logp[:, target_id]
+        return logp[:, target_id] - logp[:, int(foil_id)]
 
     if method in ("integrated_gradients", "gradient_shap", *PERTURBATION):
         with torch.no_grad():
@@ -357,12 +367,16 @@ def _normalized(scores: np.ndarray) -> np.ndarray:
 
 
 def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", steps=32,
-            which="all", target="predicted", device="cpu", corpora: tuple[str, ...] = ()) -> AttributionResult:
+            which="all", target="predicted", device="cpu", corpora: tuple[str, ...] = (),
+            contrast: str | None = None) -> AttributionResult:
     """Attribution of every prompt's characters, by each method, at every checkpoint of `run`.
 
     target: "predicted" (argmax of each checkpoint) or "expected" (each prompt's expected char,
     which must then be given). Prompt domains are checked as in softmax.compute (`corpora`: the
-    other models' corpora, in a study).
+    other models' corpora, in a study). contrast: a foil character; each method then attributes
+    log p(target) - log p(foil), and the rows' target reads "target vs foil". Where a
+    checkpoint's predicted target is the foil itself, the difference is 0 everywhere and the
+    scores are 0 (the summary counts them).
     """
     # Everything the user gives is checked before any gradient is taken.
     methods = tuple(methods)
@@ -393,6 +407,7 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
             and first.tokenizer.unk_id is None):
         raise LmscopeError("baseline 'unk' needs a tokenizer with an unknown-character token, "
                            f"and the one of {checkpoints[0]} has none: use baseline zero or mean")
+    foil_id = _foil_id(contrast, first.tokenizer) if contrast is not None else None
     del first
 
     rows, by_class, gaps = [], [], []
@@ -409,11 +424,13 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
             classes = [char_class(tok.decode([i])) for i in ids]  # a lone byte of é: "�", non-ASCII
             for method in methods:
                 a = attribute(ckpt.model, ids, target_id, method, baseline=baseline, steps=steps,
-                              unk_id=tok.unk_id)
+                              unk_id=tok.unk_id, foil_id=foil_id)
                 norm = _normalized(a.scores)
                 if a.completeness_gap is not None:
                     checkpoint_gaps.append(a.completeness_gap)
                 target_text = visible(tok.token_text(a.target_id))
+                if foil_id is not None:
+                    target_text += f" vs {visible(tok.token_text(foil_id))}"
                 for pos, (score, share) in enumerate(zip(a.scores, norm, strict=True)):
                     rows.append(AttributionRow(
                         prompt.name, prompt.domain_of(corpus), ckpt.name, ckpt.iteration, pos,
@@ -432,14 +449,32 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
                                      sum(n for _, n in entries)))
         gaps.append(float(np.mean(checkpoint_gaps)) if checkpoint_gaps else None)
         del ckpt
+    what = target if contrast is None else f"{target}, contrasted with {contrast!r}"
     return AttributionResult(str(run), methods, rows, by_class,
                              checkpoints=[str(p) for p in checkpoints],
-                             prompts=[p.name for p in prompts], target=target, baseline=baseline,
+                             prompts=[p.name for p in prompts], target=what, baseline=baseline,
                              steps=steps, completeness_gaps=gaps)
 
 
+def _foil_id(contrast: str, tokenizer) -> int:
+    """The one token of a foil character, or a one-line error."""
+    unknown = LmscopeError(f"--contrast {contrast!r} is not in the vocabulary: give a character "
+                           "the model has seen")
+    try:
+        ids = tokenizer.encode(contrast) if contrast else []
+    except LmscopeError:  # a character outside a char vocabulary without <unk>
+        raise unknown from None
+    if len(ids) != 1:
+        raise LmscopeError(f"--contrast {contrast!r} is {len(ids)} tokens: give one character "
+                           "the model can predict")
+    if tokenizer.unk_id is not None and ids[0] == tokenizer.unk_id:
+        raise unknown
+    return ids[0]
+
+
 def attribution_probe(run, prompts_path, out_dir, *, methods=GRADIENT_METHODS, baseline="zero",
-                      steps=32, which="all", target="predicted", device="cpu") -> dict:
+                      steps=32, which="all", target="predicted", device="cpu",
+                      contrast: str | None = None) -> dict:
     """`compute`, then `save` into out_dir (see AttributionResult.save):
 
       attribution.csv   long form, one row per checkpoint, prompt, method and input position
@@ -451,7 +486,7 @@ def attribution_probe(run, prompts_path, out_dir, *, methods=GRADIENT_METHODS, b
     Returns the paths written and small summary figures.
     """
     return compute(run, prompts_path, methods=methods, baseline=baseline, steps=steps,
-                   which=which, target=target, device=device).save(out_dir)
+                   which=which, target=target, device=device, contrast=contrast).save(out_dir)
 
 
 def _save(result: AttributionResult, out_dir: Path) -> dict:
