@@ -558,8 +558,9 @@ def _save(result: AttributionResult, out_dir: Path) -> dict:
     if "integrated_gradients" in methods:
         lines += [
             "## Integrated gradients completeness gap\n",
-            "The gap is |sum of scores - (logp(x) - logp(baseline))|, mean over prompts; "
-            "it is 0 for the exact integral and shrinks as 1/steps^2.\n",
+            "The gap is |sum of scores - (f(x) - f(baseline))|, f the target's "
+            "log-probability (minus the foil's, with a contrast), mean over prompts; it is 0 "
+            "for the exact integral and shrinks as 1/steps^2.\n",
             markdown_table(["checkpoint", "mean gap"],
                            [[label, f"{gap:.2e}"] for label, gap in zip(labels, ig_gap,
                                                                          strict=True)]),
