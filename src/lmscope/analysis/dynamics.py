@@ -255,7 +255,8 @@ def compute(run, corpus: str, *, which: str = "all", split: str = "val", windows
         notes.append(f"non-finite values (a diverged run?) in {len(diverged)} tensors, their "
                      f"statistics left as NaN: {', '.join(diverged[:3])}"
                      + (", ..." if len(diverged) > 3 else ""))
-    tracked = load_tracked(run) if _is_run(run) and RunDir(run).dynamics_file.is_file() else []
+    # a checkpoint folder has no dynamics.jsonl: only a run folder that tracked brings it along
+    tracked = load_tracked(run) if RunDir(run).dynamics_file.is_file() else []
     return DynamicsResult(str(run), w.corpus, n_tokens, rows, similarity, tracked, notes)
 
 
@@ -305,10 +306,6 @@ def head_matrices(model):
             for i, matrix in enumerate(("W_Q", "W_K", "W_V")):
                 yield layer, matrix, h, qkv[i * d_model:(i + 1) * d_model][rows]
             yield layer, "W_O", h, proj[:, rows]
-
-
-def _is_run(run) -> bool:
-    return not (Path(run) / "meta.json").is_file()
 
 
 def load_tracked(run) -> list[TrackedRow]:

@@ -209,7 +209,7 @@ class SimilarityResult:
                 name += "_"
             files[f"{name}_png"] = plots.heatmap(
                 self.matrix(last, a, b), self.layers[a], self.layers[b], out / f"{name}.png",
-                title=f"Linear CKA at {_at(last)}: {a} vs {b}", xlabel=f"layer of {b}",
+                title=f"Linear CKA at {iteration_label(last)}: {a} vs {b}", xlabel=f"layer of {b}",
                 ylabel=f"layer of {a}", colorbar="linear CKA")
         matching = [(a, b) for a, b in self.pairs if self.same_labels(a, b)]
         if len(self.iterations) > 1 and matching:
@@ -437,7 +437,8 @@ def _file_part(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "run"
 
 
-def _at(iteration) -> str:
+def iteration_label(iteration) -> str:
+    """The label of a compared checkpoint: iteration N, or the final checkpoints."""
     return "the final checkpoints" if iteration == FINAL else f"iteration {iteration}"
 
 
@@ -468,7 +469,8 @@ def _same_layer_figure(result: SimilarityResult, pairs, path: Path) -> Path:
     return plots.save(fig, path)
 
 
-def _num(value: float) -> str:
+def cka_text(value: float) -> str:
+    """A CKA to 3 decimals, "nan" where it cannot be computed."""
     return "nan" if not math.isfinite(value) else f"{value:.3f}"
 
 
@@ -481,12 +483,12 @@ def _summary(result: SimilarityResult, path: Path) -> Path:
             f"{result.corpus} ({result.split} split), the same text for every run. Linear CKA "
             "(Kornblith et al. 2019) between every layer of one run and every layer of the "
             "other, and its debiased form (about 0 for unrelated representations).\n\n"
-            f"## At {_at(last)}\n\n")
+            f"## At {iteration_label(last)}\n\n")
     table = []
     for a, b in result.pairs:
         if result.same_labels(a, b):
-            table.append([a, b, _num(result.mean_same_layer(last, a, b)),
-                          _num(result.mean_same_layer(last, a, b, debiased=True))])
+            table.append([a, b, cka_text(result.mean_same_layer(last, a, b)),
+                          cka_text(result.mean_same_layer(last, a, b, debiased=True))])
         else:
             table.append([a, b, "(different layers)", "(different layers)"])
     text += ("Mean same-layer CKA: the mean over layers of the CKA of each layer with the same "
@@ -499,8 +501,8 @@ def _summary(result: SimilarityResult, path: Path) -> Path:
         d = result.matrix(last, a, b, debiased=True)
         for i, (layer, (other, value)) in enumerate(plain.items()):
             j = result.layers[b].index(other) if other else None
-            best.append([a, b, layer, other or "-", _num(value),
-                         _num(float(d[i, j])) if j is not None else "nan"])
+            best.append([a, b, layer, other or "-", cka_text(value),
+                         cka_text(float(d[i, j])) if j is not None else "nan"])
     text += ("\nMost similar layer of run b for each layer of run a (largest linear CKA), with "
              "the debiased CKA of that cell.\n\n"
              + markdown_table(["run a", "run b", "layer of a", "most similar layer of b", "CKA",
@@ -518,7 +520,7 @@ def _summary(result: SimilarityResult, path: Path) -> Path:
                 verdict = f"below {DIVERGED} from the first iteration compared ({first})"
             else:
                 verdict = str(at)
-            rows.append([a, b, _num(start), _num(result.mean_same_layer(last, a, b)), verdict])
+            rows.append([a, b, cka_text(start), cka_text(result.mean_same_layer(last, a, b)), verdict])
         text += (f"\n## Over training\n\nFor each pair of the same architecture (model, layers "
                  f"and widths): the mean same-layer CKA at the first ({first}) and the last "
                  f"({last}) iteration compared, and \"diverged at\": the first iteration at which "

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 from lmscope.analysis import similarity as probe
-from lmscope.analysis.similarity import DIVERGED, SimilarityResult
+from lmscope.analysis.similarity import DIVERGED, SimilarityResult, cka_text, iteration_label
 from lmscope.data.corpora import folder_name
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
@@ -67,7 +67,7 @@ def _across_corpora(ctx: StepContext) -> None:
         f"which it is below {DIVERGED} (runs from the same seed start identical). The layer x "
         "layer matrices are in similarity/<corpus>/.\n\n" + markdown_table(
             ["corpus", "run a", "run b", "mean same-layer CKA", "debiased", "parted at"],
-            [[c, a, b, _num(v), _num(d), p] for c, a, b, v, d, p in table])
+            [[c, a, b, cka_text(v), cka_text(d), p] for c, a, b, v, d, p in table])
         + "\n\n**Reading** (written from the numbers above and in similarity/<corpus>/).\n\n"
         + "\n".join(f"- {r}" for r in reading if r) + "\n"))
     if curves:
@@ -97,7 +97,7 @@ def _reading(corpus: str, result: SimilarityResult) -> str:
     parts = []
     if alike:
         hi, lo = max(alike), min(alike)
-        parts.append(f"On {corpus}, at {_at(last)}, the most alike models are {hi[1]} and "
+        parts.append(f"On {corpus}, at {iteration_label(last)}, the most alike models are {hi[1]} and "
                      f"{hi[2]} (mean same-layer CKA {hi[0]:.3f})" + (
                          f", the least alike {lo[1]} and {lo[2]} ({lo[0]:.3f})"
                          if len(alike) > 1 else ""))
@@ -126,14 +126,6 @@ def _reading(corpus: str, result: SimilarityResult) -> str:
                             in result.best_match(last, a, b).items() if other)
         parts.append(f"each layer of {a} and the layer of {b} most like it: {matches}")
     return "; ".join(parts) + "." if parts else ""
-
-
-def _at(iteration) -> str:
-    return f"iteration {iteration}" if isinstance(iteration, int) else "the final checkpoints"
-
-
-def _num(value: float) -> str:
-    return "nan" if math.isnan(value) else f"{value:.3f}"
 
 
 def readme(ctx: StepContext) -> str:
