@@ -56,6 +56,20 @@ def test_transfer_and_probes(domain_runs, tmp_path):
                     "--out", tmp_path / kind, *(["--steps", "4"] if kind == "attribution" else []))
         assert r.returncode == 0, r.stderr
         assert (tmp_path / kind / "summary.md").is_file()
+    # a whole continuation attributed, token by token, as a user would ask for it
+    r = lmscope("probe", "attribution", domain_runs["sums"], "--prompts", domain_runs["prompts"],
+                "--generate", "3", "--method", "integrated_gradients", "--steps", "4",
+                "--checkpoints", "final", "--out", tmp_path / "continuation")
+    assert r.returncode == 0, r.stderr
+    assert "written to" in r.stdout
+    steps = (tmp_path / "continuation" / "steps.csv").read_text().splitlines()
+    assert steps[0].startswith("prompt,checkpoint") and len(steps) > 3
+    r = lmscope("probe", "faithfulness", domain_runs["sums"], "--prompts", domain_runs["prompts"],
+                "--method", "grad_norm", "--method", "occlusion", "--random-orders", "4",
+                "--checkpoints", "0,final", "--out", tmp_path / "faithfulness")
+    assert r.returncode == 0, r.stderr
+    assert "## Ranking at the final checkpoint" in r.stdout and "| random |" in r.stdout
+    assert (tmp_path / "faithfulness" / "curves.png").is_file()
 
 
 def test_bad_input_to_the_study_commands(domain_runs, tmp_path):
@@ -135,10 +149,12 @@ def test_the_quick_domain_study(quick_domain_study):
                      f"ablate/{c}/ablation.csv", f"ablate/{c}/heads.png"]
         expected += [f"dynamics/{c}/dynamics.csv", f"dynamics/{c}/similarity.png",
                      f"dynamics/{c}/weights.png", f"dynamics/{c}/during_training.png",
-                     f"similarity/{c}/cka.csv", f"similarity/{c}/same_layer.png"]
+                     f"similarity/{c}/cka.csv", f"similarity/{c}/same_layer.png",
+                     f"faithfulness/{c}/ranking.csv", f"faithfulness/{c}/curves.png"]
     expected += ["lens/summary.md", "lens/summary.png", "ablate/summary.md",
                  "dynamics/summary.md", "dynamics/summary.png", "similarity/summary.md",
-                 "similarity/summary.png", "similarity/shakespeare/cka_shakespeare_math.png"]
+                 "similarity/summary.png", "similarity/shakespeare/cka_shakespeare_math.png",
+                 "faithfulness/summary.md", "faithfulness/summary.png"]
     missing = [name for name in expected if not (out / name).is_file()]
     assert not missing, missing
     matrix = json.loads((out / "matrix" / "matrix.json").read_text())
@@ -167,6 +183,13 @@ def test_the_quick_domain_study(quick_domain_study):
     assert len({(r["corpus"], r["run_a"], r["run_b"]) for r in pairs}) == 3 * 3
     assert all(float(r["mean_same_layer_cka"]) > 0.999 for r in pairs if r["iteration"] == "0")
     assert all(float(r["mean_same_layer_cka"]) < 0.99 for r in pairs if r["iteration"] == "600")
+    # faithfulness: every model's most faithful method beats random orders clearly
+    ranking = list(csv.DictReader((out / "faithfulness" / "summary.csv").open(encoding="utf-8")))
+    for c in corpora:
+        final = {r["method"]: float(r["faithfulness_score"]) for r in ranking
+                 if r["model"] == c and r["checkpoint"] == "final"}
+        assert set(final) == {"grad_norm", "integrated_gradients", "occlusion", "random"}
+        assert max(final.values()) > final["random"] + 0.05, final
 
 
 @pytest.mark.slow

@@ -280,6 +280,27 @@ CASES = [
     C("attribution-contrast-oov", "probe attribution", "a --contrast foil outside the vocabulary",
       ("probe", "attribution", "{run}", "--prompts", "{w}/long_prompt.toml", "--contrast", "Ω",
        "--out", "{w}/at"), ("--contrast 'Ω' is not in the vocabulary",)),
+    C("attribution-method", "probe attribution", "an unknown --method",
+      ("probe", "attribution", "{run}", "--prompts", "{w}/long_prompt.toml", "--method",
+       "saliency", "--out", "{w}/at"), ("unknown method 'saliency'", "integrated_gradients")),
+    C("attribution-deeplift", "probe attribution", "--method deeplift (not offered, and why)",
+      ("probe", "attribution", "{run}", "--prompts", "{w}/long_prompt.toml", "--method",
+       "deeplift", "--out", "{w}/at"), ("'deeplift' is not offered", "use integrated_gradients")),
+    C("attribution-generate-zero", "probe attribution", "--generate 0",
+      ("probe", "attribution", "{run}", "--prompts", "{w}/long_prompt.toml", "--generate", "0",
+       "--out", "{w}/at"), ("--generate must be at least 1, got 0",)),
+    C("attribution-generate-contrast", "probe attribution", "--generate with --contrast",
+      ("probe", "attribution", "{run}", "--prompts", "{w}/long_prompt.toml", "--generate", "2",
+       "--contrast", "a", "--out", "{w}/at"), ("--contrast does not apply with --generate",)),
+    C("faithfulness-random-orders", "probe faithfulness", "--random-orders 0",
+      ("probe", "faithfulness", "{run}", "--prompts", "{w}/long_prompt.toml", "--random-orders",
+       "0", "--out", "{w}/f"), ("random orders must be a whole number of at least 1",)),
+    C("faithfulness-method", "probe faithfulness", "an unknown --method",
+      ("probe", "faithfulness", "{run}", "--prompts", "{w}/long_prompt.toml", "--method",
+       "lime", "--out", "{w}/f"), ("unknown method 'lime'",)),
+    C("faithfulness-checkpoints", "probe faithfulness", "--checkpoints naming an iteration not kept",
+      ("probe", "faithfulness", "{run}", "--prompts", "{w}/long_prompt.toml", "--checkpoints",
+       "15", "--out", "{w}/f"), ("has no checkpoint '15'",)),
     C("ablate-method", "probe ablate", "an unknown --method",
       ("probe", "ablate", "{run}", "--data", "{w}/tiny.txt", "--method", "meen", "--out",
        "{w}/a"), ("meen",)),
@@ -329,6 +350,9 @@ CASES = [
     C("study-similarity-one-run", "study", "the similarity step in a study of one run",
       ("study", "{w}/one_run_study.toml", "--out", "{w}/s"),
       ("the similarity step compares runs with each other and this study trains one",)),
+    C("study-faithfulness-methods", "study", "[faithfulness] methods with one not offered",
+      ("study", "{w}/faithfulness_study.toml", "--out", "{w}/s"),
+      ("[faithfulness] method 'deeplift' is not offered",)),
     C("study-unknown-table", "study", "a study file with an unknown table",
       ("study", "{w}/study.toml", "--out", "{w}/s"), ("unknown table [plots]",)),
     C("study-set-unknown-table", "study", "--set naming a table no study has",
@@ -399,6 +423,8 @@ def world(tmp_path_factory, tiny_run):
     (w / "typo_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
                                        'prompts = "typo_prompts.toml"\nsteps = ["train", "softmax"]\n')
     (w / "study.toml").write_text('[study]\ncorpora = ["shakespeare"]\n[plots]\nx = 1\n')
+    (w / "faithfulness_study.toml").write_text(
+        '[study]\ncorpora = ["shakespeare"]\n[faithfulness]\nmethods = ["deeplift"]\n')
     (w / "one_run_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
                                           'steps = ["train", "similarity"]\n')
     (w / "taken").mkdir()

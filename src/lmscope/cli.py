@@ -387,6 +387,12 @@ def probe():
 
 _PROMPTS = click.option("--prompts", "prompts", required=True, type=click.Path(path_type=Path),
                         metavar="FILE.toml", help="Prompt file ([[prompt]] text, domain, expected).")
+_SELECT = click.option(
+    "--checkpoints", "which", default="all", show_default=True, metavar="all|final|LIST",
+    help="Every kept checkpoint, only the final one, or a list of iterations and names "
+         "(0,100,final).")
+
+
 _WHICH = click.option("--checkpoints", "which", type=click.Choice(["all", "final"]), default="all",
                       show_default=True, help="Every kept checkpoint, or only the final one.")
 
@@ -418,38 +424,91 @@ def probe_softmax(run, prompts, out, top_k, which, device, force):
     click.echo(f"written to {out}/")
 
 
+_ATTRIBUTION_STEPS = click.option(
+    "--steps", default=32, show_default=True, type=int,
+    help="Integrated-gradients steps; samples of gradient_shap and shapley_sampling.")
+
+
 @probe.command(name="attribution")
 @click.argument("run", type=click.Path(path_type=Path))
 @_PROMPTS
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
-@click.option("--method", "methods", multiple=True,
-              type=click.Choice(["grad_norm", "grad_x_input", "integrated_gradients",
-                                 "gradient_shap", "occlusion", "shapley_sampling",
-                                 "shapley_exact"]),
-              help="Attribution method (repeat for several; default the three gradient "
-                   "methods grad_norm, grad_x_input, integrated_gradients).")
+@click.option("--method", "methods", multiple=True, metavar="METHOD",
+              help="Attribution method, repeat for several: grad_norm, grad_x_input, "
+                   "integrated_gradients, gradient_shap, occlusion, shapley_sampling, "
+                   "shapley_exact (default the first three).")
 @click.option("--baseline", type=click.Choice(["zero", "mean", "unk"]), default="zero",
               show_default=True, help="The baseline embedding (all methods but grad_norm and grad_x_input).")
-@click.option("--steps", default=32, show_default=True, type=int,
-              help="Integrated-gradients steps; samples of gradient_shap and shapley_sampling.")
+@_ATTRIBUTION_STEPS
 @click.option("--target", type=click.Choice(["predicted", "expected"]), default="predicted",
               show_default=True, help="Attribute the predicted next character or the expected one.")
 @click.option("--contrast", "contrast", default=None, metavar="FOIL",
               help="Attribute log p(target) - log p(FOIL): why the target and not this character.")
-@_WHICH
+@click.option("--generate", "generate", default=None, type=int, metavar="N",
+              help="Write N tokens greedily after each prompt and attribute each one to the "
+                   "prompt and the tokens written before it (steps.csv, scores.csv, "
+                   "matrix_<prompt>_<method>.png).")
+@_SELECT
 @_FORCE
-def probe_attribution(run, prompts, out, methods, baseline, steps, target, contrast, which,
-                      force):
+def probe_attribution(run, prompts, out, methods, baseline, steps, target, contrast, generate,
+                      which, force):
     """Gradient attribution over the prompt's characters, at each checkpoint (prompt file as for
-    `probe softmax`)."""
-    from lmscope.analysis import attribution
+    `probe softmax`); with --generate N, of each token of a continuation the model writes."""
+    from lmscope.analysis import attribution, continuation
 
+    methods = methods or attribution.GRADIENT_METHODS
+    if generate is not None:
+        continuation.check_generate(generate)
+        for option, given in (("--target expected", target == "expected"),
+                              ("--contrast", contrast is not None)):
+            if given:
+                raise LmscopeError(f"{option} does not apply with --generate: each step "
+                                   "attributes the token the model chose; drop one of them")
     with OutDir(out, "probe attribution", force=force):
-        attribution.compute(run, prompts, methods=methods or attribution.GRADIENT_METHODS,
-                            baseline=baseline, steps=steps, which=which, target=target,
-                            contrast=contrast).save(out)
+        if generate is not None:
+            continuation.compute(run, prompts, generate=generate, methods=methods,
+                                 baseline=baseline, steps=steps, which=which).save(out)
+        else:
+            attribution.compute(run, prompts, methods=methods, baseline=baseline, steps=steps,
+                                which=which, target=target, contrast=contrast).save(out)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
+
+
+@probe.command(name="faithfulness")
+@click.argument("run", type=click.Path(path_type=Path))
+@_PROMPTS
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--method", "methods", multiple=True, metavar="METHOD",
+              help="An attribution method to score, repeat for several (default grad_norm, "
+                   "grad_x_input, integrated_gradients, gradient_shap, occlusion).")
+@click.option("--baseline", type=click.Choice(["zero", "mean", "unk"]), default="zero",
+              show_default=True, help="The embedding a removed token is replaced by (and the "
+                                      "methods' baseline).")
+@_ATTRIBUTION_STEPS
+@click.option("--target", type=click.Choice(["predicted", "expected"]), default="predicted",
+              show_default=True, help="Score the attribution of the predicted next character or "
+                                      "of the expected one.")
+@click.option("--random-orders", "random_orders", default=16, show_default=True, type=int,
+              help="Random orders of the positions averaged into the 'random' row.")
+@click.option("--no-randomization", "no_randomization", is_flag=True,
+              help="Skip the randomization check (attribution on a re-initialised model).")
+@_SELECT
+@click.option("--device", default="auto", show_default=True)
+@_FORCE
+def probe_faithfulness(run, prompts, out, methods, baseline, steps, target, random_orders,
+                       no_randomization, which, device, force):
+    """Which attribution method to believe: deletion and insertion curves, ERASER
+    comprehensiveness and sufficiency and a randomization check for each method at each
+    checkpoint, ranked, with a random order beside them (prompt file as for `probe softmax`)."""
+    from lmscope.analysis import faithfulness
+
+    with OutDir(out, "probe faithfulness", force=force):
+        faithfulness.compute(run, prompts, methods=methods or faithfulness.DEFAULT_METHODS,
+                             baseline=baseline, steps=steps, which=which, target=target,
+                             device=device, random_orders=random_orders,
+                             randomization=not no_randomization).save(out)
+    _echo_summary(out)
 
 
 @probe.command(name="attention")
@@ -555,12 +614,6 @@ def probe_heads(run, data, windows, n_sequences, seq_len, seed, out, which, devi
         heads.compute(run, which=which, data=data, windows=windows, n_sequences=n_sequences,
                       seed=seed, seq_len=seq_len, device=device).save(out)
     _echo_summary(out)
-
-
-_SELECT = click.option(
-    "--checkpoints", "which", default="all", show_default=True, metavar="all|final|LIST",
-    help="Every kept checkpoint, only the final one, or a list of iterations and names "
-         "(0,100,final).")
 
 
 @probe.command(name="dynamics")

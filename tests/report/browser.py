@@ -147,6 +147,40 @@ def check_attribution(page, shots: dict, name: str) -> None:
     view.screenshot(path=shots["attribution"])
 
 
+def check_continuation(page, shots: dict, name: str) -> str:
+    """The continuation view draws a generated-tokens x inputs table with cells only where the
+    step could see; another method or checkpoint recolours it; hovering a cell reads it out.
+    Returns the readout."""
+    view = page.locator(".continuation").first
+    view.scroll_into_view_if_needed()
+
+    def cells():
+        return view.evaluate("v => Array.from(v.querySelectorAll('td')).map("
+                             "c => c.style.background)")
+
+    final = cells()
+    rows = view.locator("table tr").count() - 1  # the header row
+    coloured = sum(1 for c in final if c)
+    assert rows >= 1 and 0 < coloured < len(final), (rows, coloured, len(final))
+    methods = view.locator(".continuation-method option").all_text_contents()
+    if len(methods) > 1:
+        view.locator(".continuation-method").select_option(methods[1])
+        assert cells() != final
+        view.locator(".continuation-method").select_option(methods[0])
+        assert cells() == final
+    slider = view.locator(".continuation-checkpoint")
+    if int(slider.get_attribute("max")) > 0:
+        slider.fill("0")
+        assert cells() != final
+        slider.fill(slider.get_attribute("max"))
+    view.locator("td[data-text]").first.hover()
+    readout = view.locator(".continuation-readout").text_content()
+    assert readout.startswith("step 0 writes ") and "input 0 " in readout, readout
+    shots["continuation"] = artifacts_dir() / f"{name}-continuation.png"
+    view.screenshot(path=shots["continuation"])
+    return readout
+
+
 def check_lens(page, shots: dict, name: str) -> str:
     """The lens view's slider redraws the cells for another checkpoint; hovering a cell reads it
     out. Returns the readout."""
@@ -202,7 +236,8 @@ def check_similarity(page, shots: dict, name: str) -> str:
 def check_report(page_path: Path, screenshot_name: str) -> dict:
     """Load the report in a WIDTH-pixel window; assert no console errors, every image decodes,
     nothing overflows the window's width, and every kind of interactive view on the page works
-    (attention, charts, the matrix, attribution, the lens, similarity). Screenshots the page top to bottom. Returns
+    (attention, charts, the matrix, attribution and continuations, the lens,
+    similarity). Screenshots the page top to bottom. Returns
     what it saw and the screenshots' paths."""
     from playwright.sync_api import sync_playwright
 
@@ -232,7 +267,8 @@ def check_report(page_path: Path, screenshot_name: str) -> dict:
             seen["views"] = {kind: page.locator(selector).count() for kind, selector in
                              (("attention", ".attn"), ("chart", ".chart"),
                               ("matrix", ".matrix"), ("attribution", ".attribution"),
-                              ("lens", ".lens"), ("similarity", ".similarity"))}
+                              ("lens", ".lens"), ("similarity", ".similarity"),
+                              ("continuation", ".continuation"))}
             if seen["views"]["attention"]:
                 seen.update(check_attention(page, shots, screenshot_name))
             if seen["views"]["chart"]:
@@ -241,6 +277,8 @@ def check_report(page_path: Path, screenshot_name: str) -> dict:
                 seen["matrix_readout"] = check_matrix(page, shots, screenshot_name)
             if seen["views"]["attribution"]:
                 check_attribution(page, shots, screenshot_name)
+            if seen["views"]["continuation"]:
+                seen["continuation_readout"] = check_continuation(page, shots, screenshot_name)
             if seen["views"]["lens"]:
                 seen["lens_readout"] = check_lens(page, shots, screenshot_name)
             if seen["views"]["similarity"]:

@@ -3,7 +3,7 @@
 import json
 import shutil
 
-from lmscope.analysis import attribution, cross_domain, lens, similarity
+from lmscope.analysis import attribution, continuation, cross_domain, lens, similarity
 from lmscope.analysis.attention import attention_probe
 from lmscope.study.runner import write_report
 from tests.report.browser import WIDTH, check_report, chromium_or_skip
@@ -25,7 +25,8 @@ def test_a_tiny_study_report_in_the_browser(tiny_run, tmp_path):
 
 
 def test_every_view_of_a_two_domain_study_in_the_browser(domain_runs, tmp_path):
-    """The matrix, attribution, attention and loss-curve views, each used as a reader would."""
+    """The matrix, attribution (with continuations), attention and loss-curve views, each used
+    as a reader would."""
     chromium_or_skip()
     study = tmp_path / "study"
     for name in ("play", "sums"):
@@ -37,13 +38,18 @@ def test_every_view_of_a_two_domain_study_in_the_browser(domain_runs, tmp_path):
     for run in runs:
         attribution.compute(run, domain_runs["prompts"], steps=4, device="cpu").save(
             study / "attribution" / run.name)
+        continuation.compute(run, domain_runs["prompts"], generate=3, steps=4, which="0,final",
+                             methods=("grad_norm", "integrated_gradients")).save(
+            study / "attribution" / run.name / "continuation")
         attention_probe(run, "He has 3 + 2", study / "attention" / run.name, which="all")
         lens.compute(run, data=corpora, windows=2, device="cpu").save(study / "lens" / run.name)
     similarity.compute(runs, corpora[0], windows=2, device="cpu").save(
         study / "similarity" / "play")
     seen = check_report(write_report(study), "two-domain-study-report")
     assert seen["views"] == {"attention": 2, "chart": 1, "matrix": 1, "attribution": 2,
-                             "lens": 4, "similarity": 1}  # each model's lens on each corpus
+                             "lens": 4, "similarity": 1,  # each model's lens on each corpus
+                             "continuation": 2}
+    assert " (prompt): grad_norm +" in seen["continuation_readout"]
     assert seen["similarity_readout"].startswith("play layer embed / sums layer embed: CKA ")
     assert "first choice" in seen["lens_readout"] and "KL to the output" in seen["lens_readout"]
     assert "nats/char" in seen["matrix_readout"] and "bits/char" in seen["matrix_readout"]

@@ -17,7 +17,7 @@ ARTIFACTS = [
     "transfer/from_play.png", "transfer/from_sums.png",
     "transfer/sums-to-play/samples.md", "softmax/play/softmax.csv", "softmax/sums/entropy.png",
     "softmax/sums/expected_prob.png", "attribution/play/attribution.csv",
-    "attribution/sums/by_class.png", "attribution/sums/heatmap_sum_grad_norm.png",
+    "attribution/sums/by_class.png", "attribution/sums/heatmap_sum.png",
     "softmax/summary.csv", "softmax/summary.md", "softmax/summary.png",
     "attribution/by_class_models.csv", "attribution/by_class_models.md",
     "attribution/by_class_models.png",
@@ -126,6 +126,9 @@ def test_a_stopped_training_run_is_resumed(tmp_path, monkeypatch):
     ("[plots]\nx = 1\n", "unknown table [plots]"),
     ("[softmax]\ntop_kk = 3\n", "did you mean softmax.top_k"),
     ("[quick.train]\nmax_iters = 3\n", None),
+    ("[faithfulness]\nrandom_orders = 0\n", "[faithfulness] random_orders must be"),
+    ("[faithfulness]\nmethods = [\"deeplift\"]\n", "[faithfulness] method 'deeplift' is not"),
+    ("generate = -1\n", "[attribution] --generate must be at least 1"),
 ])
 def test_bad_study_files(tmp_path, extra, fragment):
     study = write_study(tmp_path, extra)
@@ -282,3 +285,24 @@ def test_a_mixture_corpus_has_one_run_folder_for_every_step(tmp_path):
     looked_up = [runner.corpus_dir(c) for c in study.corpora]  # where matrix, softmax... read
     assert trained == looked_up
     assert trained[0].name == "tinystories0.7-3seqs0.3"
+
+
+def test_attribution_with_continuations_and_the_faithfulness_step(tmp_path):
+    """[attribution] generate = N adds each model's continuation; the faithfulness step ranks
+    the methods of every model beside random orders, and reads the winner's character classes
+    from the attribution step."""
+    study = write_study(tmp_path, 'generate = 2\ngenerate_checkpoints = "final"\n'
+                                  'methods = ["grad_norm", "occlusion"]\n[faithfulness]\nmethods = ["grad_norm", "occlusion"]\n'
+                                  'checkpoints = "10,final"\nsteps = 4\nrandom_orders = 4\n')
+    study.write_text(study.read_text().replace(
+        "[study]", '[study]\nsteps = ["train", "attribution", "faithfulness"]'))
+    out = tmp_path / "out"
+    run_study(study, out, device="cpu", log=lambda m: None)
+    for name in ("play", "sums"):
+        assert (out / "attribution" / name / "continuation" / "steps.csv").is_file()
+        ranking = (out / "faithfulness" / name / "ranking.csv").read_text().splitlines()
+        assert len(ranking) == 1 + 2 * 3  # two checkpoints, two methods and random
+    summary = (out / "faithfulness" / "summary.md").read_text()
+    assert "| random |" in summary and "**Reading**" in summary
+    assert summary.count("character classes rank") == 2  # under each model's winner
+    assert "Which attribution to believe" in (out / "README.md").read_text()

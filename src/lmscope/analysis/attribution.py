@@ -56,9 +56,18 @@ are taken one prompt at a time with respect to the embedding tensor only (Captum
 .grad. tests/analysis/test_attribution.py checks them against central finite differences, a
 step-by-step integrated-gradients loop and completeness.
 
+DeepLift is not offered, and `deeplift` is refused with the reason. Captum's DeepLift replaces
+the gradient by its rescale rule only at ReLU, sigmoid, tanh, softmax and a few other nn.Module
+nonlinearities; everything else gets its plain gradient. lmscope's models use GELU (GPT and
+k-gram MLP), products of activations (attention, LSTM gates) and functional sigmoid/tanh, so
+Captum's DeepLift returns gradient x input on the GPT and the LSTM, and on the k-gram MLP scores
+whose sum misses f(x) - f(b), the property DeepLift is defined by (summation to delta).
+tests/analysis/test_attribution.py measures both; integrated gradients is exact where DeepLift
+only approximates it.
+
 `compute(run, prompts)` runs the methods over every checkpoint of a run (oldest first) and returns
-an `AttributionResult`; its `save(dir)` writes attribution.csv, one heatmap per prompt and
-method, by_class.csv/.png and summary.md, and `load(dir)` reads the two tables back.
+an `AttributionResult`; its `save(dir)` writes attribution.csv, one heatmap per prompt (a panel per
+method), by_class.csv/.png and summary.md, and `load(dir)` reads the two tables back.
 """
 
 from __future__ import annotations
@@ -89,6 +98,7 @@ METHODS = (*GRADIENT_METHODS, "gradient_shap", "occlusion", "shapley_sampling", 
 SHAPLEY_EXACT_MAX = 6  # tokens: Captum's exact Shapley values walk all T! orderings
 SEED = 0  # the sampling methods' own generator (the global one is left alone)
 BASELINES = ("zero", "mean", "unk")
+NO_BASELINE = ("grad_norm", "grad_x_input")  # the methods that ignore `baseline`
 TARGETS = ("predicted", "expected")
 
 
@@ -114,22 +124,61 @@ def _seeded():
             np.random.set_state(state)
 
 
-def _check_choice(what: str, value, allowed: tuple[str, ...]) -> None:
+def check_choice(what: str, value, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise LmscopeError(f"unknown {what} {value!r}: choose from {', '.join(allowed)}")
 
 
-def _check_steps(steps) -> None:
+def check_method(method) -> None:
+    """A method of METHODS, or a one-line error (DeepLift's says why it is not offered)."""
+    if method == "deeplift":
+        raise LmscopeError(
+            "method 'deeplift' is not offered: Captum's DeepLift rules cover ReLU, sigmoid, tanh "
+            "and softmax modules only, so on these models (GELU, attention products, LSTM gates) "
+            "it gives gradient x input without its sum property; use integrated_gradients")
+    check_choice("method", method, METHODS)
+
+
+def check_methods(methods) -> tuple[str, ...]:
+    """One or more methods of METHODS, none twice, as a tuple; else a one-line error."""
+    methods = tuple(methods)
+    if not methods:
+        raise LmscopeError(f"no methods given: choose from {', '.join(METHODS)}")
+    for method in methods:
+        check_method(method)
+    if len(set(methods)) != len(methods):
+        raise LmscopeError(f"a method is given twice: {', '.join(methods)}")
+    return methods
+
+
+def check_expected(prompt, tokenizer) -> int:
+    """The id of a prompt's expected character, which target 'expected' needs, or a one-line
+    error."""
+    if prompt.expected is None:
+        raise LmscopeError(f"prompt {prompt.name!r} has no expected character, which target "
+                           "'expected' needs: add expected = \"...\" or use target 'predicted'")
+    return expected_id(prompt, tokenizer)
+
+
+def check_unk_baseline(methods, baseline: str, tokenizer, checkpoint) -> None:
+    """Baseline 'unk' needs an unknown-character token where a method uses the baseline."""
+    if (baseline == "unk" and tokenizer.unk_id is None
+            and any(m not in NO_BASELINE for m in methods)):
+        raise LmscopeError("baseline 'unk' needs a tokenizer with an unknown-character token, "
+                           f"and the one of {checkpoint} has none: use baseline zero or mean")
+
+
+def check_steps(steps) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise LmscopeError(f"steps must be a whole number of at least 1, got {steps!r}")
 
 
-def _last_logp(model, emb: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities (batch, vocab) of the next token after the last position."""
-    return F.log_softmax(model.forward_embeddings(emb)[:, -1], dim=-1)
+def last_logp(model, emb: torch.Tensor, position: int = -1) -> torch.Tensor:
+    """Log-probabilities (batch, vocab) of the next token after `position` (the last)."""
+    return F.log_softmax(model.forward_embeddings(emb)[:, position], dim=-1)
 
 
-def _baseline(model, x: torch.Tensor, baseline: str, unk_id: int | None, vocab: int):
+def baseline_embeddings(model, x: torch.Tensor, baseline: str, unk_id: int | None, vocab: int):
     """The baseline input, shaped like x (1, T, C): one vector repeated at every position."""
     if baseline == "zero":
         return torch.zeros_like(x)
@@ -146,16 +195,19 @@ def _baseline(model, x: torch.Tensor, baseline: str, unk_id: int | None, vocab: 
 
 def attribute(model, ids: list[int], target_id: int | None, method: str, *,
               baseline: str = "zero", steps: int = 32, unk_id: int | None = None,
-              foil_id: int | None = None) -> Attribution:
+              foil_id: int | None = None, position: int = -1) -> Attribution:
     """Importance of each input position for the target next token (see the module docstring).
+
+    position: the position whose next token is attributed, the last by default; positions after
+    it are inputs the model cannot see there (a causal model's scores for them are 0).
 
     target_id None: the model's most likely next token (argmax at the last position).
     `baseline` and `unk_id` matter for the methods with a baseline (all but grad_norm and
     grad_x_input), `steps` for integrated_gradients, gradient_shap and shapley_sampling.
     """
-    _check_choice("method", method, METHODS)
-    _check_choice("baseline", baseline, BASELINES)
-    _check_steps(steps)
+    check_method(method)
+    check_choice("baseline", baseline, BASELINES)
+    check_steps(steps)
     if model.training:
         raise ValueError("attribution needs the model in eval mode (call model.eval())")
     ids = [int(i) for i in ids]
@@ -167,7 +219,9 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
     with torch.no_grad():
         # A detached copy of the input embeddings: the only tensor we differentiate against.
         x = model.embed(torch.tensor([ids], device=device)).detach()  # (1, T, C)
-        logp_x = _last_logp(model, x)[0]  # (vocab,)
+        if not -len(ids) <= int(position) < len(ids):
+            raise LmscopeError(f"position {position} is outside the prompt of {len(ids)} tokens")
+        logp_x = last_logp(model, x, position)[0]  # (vocab,)
     vocab = logp_x.numel()
     if target_id is None:
         target_id = int(logp_x.argmax())
@@ -191,14 +245,14 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
     )
 
     def target_logp(emb: torch.Tensor) -> torch.Tensor:  # (batch, T, C) -> (batch,)
-        logp = _last_logp(model, emb)
+        logp = last_logp(model, emb, position)
         if foil_id is None:
             return logp[:, target_id]
         return logp[:, target_id] - logp[:, int(foil_id)]
 
     if method in ("integrated_gradients", "gradient_shap", *PERTURBATION):
         with torch.no_grad():
-            b = _baseline(model, x, baseline, unk_id, vocab)
+            b = baseline_embeddings(model, x, baseline, unk_id, vocab)
     if method in PERTURBATION:
         positions = torch.arange(len(ids), device=device)[None, :, None].expand_as(x).clone()
         if method == "shapley_exact" and len(ids) > SHAPLEY_EXACT_MAX:
@@ -208,7 +262,8 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
         with torch.no_grad(), _seeded():
             if method == "occlusion":
                 found = Occlusion(target_logp).attribute(
-                    x, sliding_window_shapes=(1, x.shape[-1]), baselines=b)
+                    x, sliding_window_shapes=(1, x.shape[-1]), baselines=b,
+                    perturbations_per_eval=64)
             elif method == "shapley_exact":
                 found = ShapleyValues(target_logp).attribute(
                     x, baselines=b, feature_mask=positions, perturbations_per_eval=64)
@@ -320,7 +375,7 @@ class AttributionResult:
         return [r for r in self.rows if (r.checkpoint, r.iteration) == last]
 
     def save(self, out_dir) -> dict:
-        """attribution.csv, by_class.csv, heatmap_<prompt>_<method>.png, by_class.png and
+        """attribution.csv, by_class.csv, heatmap_<prompt>.png, by_class.png and
         summary.md; returns the paths written and the summary figures."""
         return _save(self, Path(out_dir))
 
@@ -343,7 +398,7 @@ class AttributionResult:
                    prompts=list(dict.fromkeys(r.prompt for r in rows)))
 
 
-def _file_stem(name: str, taken: set[str]) -> str:
+def file_stem(name: str, taken: set[str]) -> str:
     """A prompt name made safe for a file name, distinct from the ones already taken."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "prompt"
     unique, n = stem, 1
@@ -354,14 +409,15 @@ def _file_stem(name: str, taken: set[str]) -> str:
     return unique
 
 
-def _checkpoint_label(name: str, iteration: int) -> str:
+def checkpoint_label(name: str, iteration: int) -> str:
     """'20' for iter_0000020, '30 (final)' for the others."""
     if name.startswith("iter_"):
         return str(iteration)
     return f"{iteration} ({name})"
 
 
-def _normalized(scores: np.ndarray) -> np.ndarray:
+def normalized_scores(scores: np.ndarray) -> np.ndarray:
+    """scores / sum |scores| (all 0 where the scores are)."""
     total = float(np.abs(scores).sum())
     return scores / total if total > 0 else np.zeros_like(scores)
 
@@ -379,17 +435,10 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
     scores are 0 (the summary counts them).
     """
     # Everything the user gives is checked before any gradient is taken.
-    methods = tuple(methods)
-    if not methods:
-        raise LmscopeError(f"no methods given: choose from {', '.join(METHODS)}")
-    for method in methods:
-        _check_choice("method", method, METHODS)
-    if len(set(methods)) != len(methods):
-        raise LmscopeError(f"a method is given twice: {', '.join(methods)}")
-    _check_choice("baseline", baseline, BASELINES)
-    _check_steps(steps)
-    _check_choice("target", target, TARGETS)
-    _check_choice("checkpoint selection", which, ("all", "final"))
+    methods = check_methods(methods)
+    check_choice("baseline", baseline, BASELINES)
+    check_steps(steps)
+    check_choice("target", target, TARGETS)
     checkpoints = select_checkpoints(run, which)
     prompts = load_prompts(prompts_path)
 
@@ -398,15 +447,8 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
     for prompt in prompts:
         check_prompt_fits(prompt, first.tokenizer, first.model.context_length)
         if target == "expected":
-            if prompt.expected is None:
-                raise LmscopeError(f"prompt {prompt.name!r} has no expected character, which "
-                                   "target 'expected' needs: add expected = \"...\" or use "
-                                   "target 'predicted'")
-            expected_id(prompt, first.tokenizer)
-    if ("integrated_gradients" in methods and baseline == "unk"
-            and first.tokenizer.unk_id is None):
-        raise LmscopeError("baseline 'unk' needs a tokenizer with an unknown-character token, "
-                           f"and the one of {checkpoints[0]} has none: use baseline zero or mean")
+            check_expected(prompt, first.tokenizer)
+    check_unk_baseline(methods, baseline, first.tokenizer, checkpoints[0])
     foil_id = _foil_id(contrast, first.tokenizer) if contrast is not None else None
     del first
 
@@ -425,7 +467,7 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
             for method in methods:
                 a = attribute(ckpt.model, ids, target_id, method, baseline=baseline, steps=steps,
                               unk_id=tok.unk_id, foil_id=foil_id)
-                norm = _normalized(a.scores)
+                norm = normalized_scores(a.scores)
                 if a.completeness_gap is not None:
                     checkpoint_gaps.append(a.completeness_gap)
                 target_text = visible(tok.token_text(a.target_id))
@@ -478,7 +520,8 @@ def attribution_probe(run, prompts_path, out_dir, *, methods=GRADIENT_METHODS, b
     """`compute`, then `save` into out_dir (see AttributionResult.save):
 
       attribution.csv   long form, one row per checkpoint, prompt, method and input position
-      heatmap_<prompt>_<method>.png   characters across, checkpoints down, |normalized score|
+      heatmap_<prompt>.png   a panel per method: characters across, checkpoints down,
+                        |normalized score|
       by_class.csv      per checkpoint, method and character class: mean |normalized score|
       by_class.png      the same at the final (last) checkpoint, one bar per method
       summary.md        first class per method at the final checkpoint, IG completeness gap
@@ -496,25 +539,25 @@ def _save(result: AttributionResult, out_dir: Path) -> dict:
     files["by_class_csv"] = write_csv(out_dir / "by_class.csv", CLASS_HEADER,
                                       [r.cells() for r in result.by_class])
     iterations = result.iterations
-    labels = [_checkpoint_label(name, it) for name, it in iterations]
+    labels = [checkpoint_label(name, it) for name, it in iterations]
     final = result.final_by_class()
 
-    # heatmaps: one per prompt and method, |normalized| with checkpoints down, characters across
+    # heatmaps: one per prompt, a panel per method, |normalized| with checkpoints down and
+    # characters across (one shared scale: each value is a share of the prompt's total)
     heatmaps, taken = [], set()
     for prompt in dict.fromkeys(r.prompt for r in result.rows):
-        stem = _file_stem(prompt, taken)
+        stem = file_stem(prompt, taken)
         chars = [quiet(r.character) for r in result.final_rows()  # whitespace as a quiet mark
                  if r.prompt == prompt and r.method == methods[0]]
-        for method in methods:
-            values = np.stack([np.abs([r.normalized for r in result.rows
-                                       if r.prompt == prompt and r.method == method
-                                       and (r.checkpoint, r.iteration) == point])
-                               for point in iterations])
-            heatmaps.append(plots.heatmap(
-                values, labels, chars, out_dir / f"heatmap_{stem}_{method}.png",
-                title=f"{prompt}: {method} (target: {result.target})", xlabel="input character",
-                ylabel="checkpoint (iteration)", fmt="{:.2f}", cmap="magma",
-                colorbar="|normalized score|", annotate=len(chars) < 12))
+        panels = {method: np.stack([np.abs([r.normalized for r in result.rows
+                                            if r.prompt == prompt and r.method == method
+                                            and (r.checkpoint, r.iteration) == point])
+                                    for point in iterations])
+                  for method in methods}
+        heatmaps.append(plots.heatmap_panels(
+            panels, labels, chars, out_dir / f"heatmap_{stem}.png",
+            title=f"{prompt} (target: {result.target})", xlabel="input character",
+            ylabel="checkpoint", cmap="magma", colorbar="|normalized score|"))
     files["heatmaps"] = heatmaps
 
     # by_class.png: the final checkpoint, a group of bars per class, one bar per method

@@ -14,7 +14,9 @@ folder, a study folder, or the folder of any probe or command (`lmscope probe at
     zero-shot matrix   matrix.json as a table coloured by loss, in nats, bits or the
                        out-of-vocabulary rate; hover a cell to read it out (js/matrix.js)
     attribution        each prompt's characters coloured by their importance, a slider walking
-                       through the checkpoints (js/attribution.js)
+                       through the checkpoints (js/attribution.js); with a continuation
+                       (attribution/<corpus>/continuation/, or a `--generate` folder) its
+                       generated tokens x inputs matrix, hovered (js/continuation.js)
     similarity         similarity.json and cka.csv: the layer x layer CKA of every pair of runs,
                        a slider walking through the shared checkpoints (js/similarity.js)
     attention          attention.json: hover a token of the prompt to see where each head of the
@@ -40,6 +42,7 @@ from pathlib import Path, PurePath
 
 from lmscope.analysis.attention import AttentionResult
 from lmscope.analysis.attribution import AttributionResult
+from lmscope.analysis.continuation import ContinuationResult
 from lmscope.analysis.cross_domain import Matrix
 from lmscope.analysis.lens import LensResult
 from lmscope.analysis.similarity import SimilarityResult
@@ -81,6 +84,12 @@ figcaption { font-size: 12px; color: #555; }
 .similarity .pairs { display: flex; flex-wrap: wrap; gap: 1em 2em; }
 .similarity td.cell { font: 12px ui-monospace, monospace; text-align: center; min-width: 3em;
                       padding: 2px 4px; cursor: crosshair; }
+.continuation td { font: 12px ui-monospace, monospace; text-align: center; padding: 1px 2px;
+                   min-width: 1.1em; cursor: crosshair; }
+.continuation th.pos { font: 11px ui-monospace, monospace; writing-mode: vertical-rl;
+                       padding: 3px 1px; }
+.continuation .first-written { border-left: 2px solid #4878a8; }
+.continuation-readout { font-size: 13px; min-height: 1.5em; color: #333; }
 .attn { border: 1px solid #ccc; border-radius: 6px; padding: .6em 1em; margin: .8em 0; }
 .attn .tokens { font: 14px/1.9 ui-monospace, monospace; word-break: break-all; }
 .attn .tokens span { padding: 1px 0; border-bottom: 2px solid transparent; }
@@ -125,7 +134,8 @@ def write_page(folder: str | Path, sections: Sequence[Section] = ()) -> Path:
     for marker, name in (('class="attn"', "attention.js"), ('class="attribution"',
                                                               "attribution.js"),
                          ('class="matrix"', "matrix.js"), ('class="lens"', "lens.js"),
-                         ('class="similarity"', "similarity.js")):
+                         ('class="similarity"', "similarity.js"),
+                         ('class="continuation"', "continuation.js")):
         if marker in body:
             scripts += f"<script>{charts.script(name)}</script>"
     page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -311,7 +321,44 @@ def attribution_view(folder: Path) -> str:
             "score)</th><th>predicted (p)</th></tr></thead><tbody>" + "".join(body)
             + "</tbody></table></div>"
             + _json_block({"checkpoints": points, "rows": data_rows}) + "</div>")
+        parts.append(continuation_view(path.parent / "continuation", "" if path.parent == folder
+                                       else f"{path.parent.name} model"))
+    if (folder / "steps.csv").is_file() and (folder / "scores.csv").is_file():
+        parts.append(continuation_view(folder))  # a `probe attribution --generate` folder
     return "".join(parts)
+
+
+def continuation_view(folder: Path, model: str = "") -> str:
+    """Each token of a generated continuation attributed to the prompt and the tokens written
+    before it: generated tokens down, inputs across, each cell coloured by |normalized score|
+    relative to its row's largest; a prompt, a method and a checkpoint to choose, and hovering a
+    cell reads it out (js/continuation.js). "" where `folder` has no continuation."""
+    if not (folder / "steps.csv").is_file():
+        return ""
+    data = ContinuationResult.load(folder).view_data()
+    if not data["prompts"]:
+        return ""
+    for prompt in data["prompts"]:  # whitespace as a quiet mark, as in the attribution rows
+        for point in prompt["checkpoints"]:
+            point["tokens"] = [quiet(t) for t in point["tokens"]]
+    first = data["prompts"][0]
+    last = len(first["checkpoints"]) - 1
+    prompts = "".join(f"<option value=\"{i}\">{html.escape(p['name'])}</option>"
+                      for i, p in enumerate(data["prompts"]))
+    methods = "".join(f"<option>{html.escape(m)}</option>" for m in data["methods"])
+    title = f"{model}: " if model else ""
+    return (
+        f"<h3>{html.escape(title)}each token of a {data['generate']}-token continuation "
+        "attributed</h3><div class=\"continuation\"><div class=\"controls\"><label>prompt "
+        f"<select class=\"continuation-prompt\">{prompts}</select></label><label>method "
+        f"<select class=\"continuation-method\">{methods}</select></label><label>checkpoint "
+        f"<input class=\"continuation-checkpoint\" type=\"range\" min=\"0\" max=\"{last}\" "
+        f"value=\"{last}\"> <span class=\"continuation-name\"></span></label></div>"
+        "<p class=\"continuation-readout\">rows: the tokens the model wrote (greedy), each "
+        "with its probability and the entropy of its step; columns: the prompt, then the "
+        "written tokens; a cell's colour: its share of the row's attribution, relative to the "
+        "row's largest. Hover a cell.</p><div class=\"table-wrap continuation-table\"></div>"
+        + _json_block(data) + "</div>")
 
 
 LENS_POSITIONS = 32  # positions of each text the lens view shows

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lmscope.analysis import attribution as probe
+from lmscope.analysis import continuation
 from lmscope.analysis.attribution import AttributionResult
 from lmscope.data.chars import CHAR_CLASSES
+from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
@@ -23,15 +25,31 @@ class AttributionSettings:
         default_factory=lambda: ["grad_norm", "grad_x_input", "integrated_gradients"])
     baseline: str = "zero"
     steps: int = 32
+    generate: int = 0  # > 0: also attribute each token of an N-token continuation of each prompt
+    generate_checkpoints: str = "final"  # ... at these checkpoints (all, final, or a list)
+
+    def __post_init__(self):  # checked when the study file is read, before any training
+        try:
+            probe.check_methods(self.methods)
+            if self.generate:
+                continuation.check_generate(self.generate)
+        except LmscopeError as e:
+            raise LmscopeError(f"[attribution] {e}") from None
 
 
 def run(ctx: StepContext) -> None:
     a = ctx.settings
+    device = "cpu" if ctx.device == "auto" else ctx.device
     for corpus in ctx.study.corpora:
+        out = ctx.out / "attribution" / ctx.corpus_dir(corpus).name
         probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
                       methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
-                      device="cpu" if ctx.device == "auto" else ctx.device,
-                      ).save(ctx.out / "attribution" / ctx.corpus_dir(corpus).name)
+                      device=device).save(out)
+        if a.generate:
+            continuation.compute(ctx.corpus_dir(corpus), ctx.study.prompts, generate=a.generate,
+                                 methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
+                                 which=a.generate_checkpoints, device=device,
+                                 corpora=tuple(ctx.study.corpora)).save(out / "continuation")
     _across_models(ctx)
 
 
@@ -81,8 +99,9 @@ def readme(ctx: StepContext) -> str:
 
 STEP = Step(
     "attribution", "gradient attribution of every prompt's characters, every model and "
-    "checkpoint: attribution/<corpus>/attribution.csv (long form), heatmap_<prompt>_<method>.png, "
-    "by_class.csv/.png, attribution/by_class_models.md", run, settings=AttributionSettings,
+    "checkpoint: attribution/<corpus>/attribution.csv (long form), heatmap_<prompt>.png, "
+    "by_class.csv/.png, attribution/by_class_models.md; with generate = N, each token of an "
+    "N-token continuation attributed: attribution/<corpus>/continuation/", run, settings=AttributionSettings,
     result=AttributionResult, per_corpus=True, needs_prompts=True,
     command="lmscope probe attribution", readme=readme, report_title="Gradient attribution",
     report_view=attribution_view, report_hide=("heatmap_*.png",))

@@ -1,0 +1,166 @@
+"""Faithfulness of an attribution: does removing what it calls important change the prediction?
+
+An attribution gives one score per input position (T positions). Its order is the positions by
+descending signed score, ties broken by position (`order_by_scores`). The measures below
+perturb the input by masks: a mask is a bool array over the T positions, True where a position
+keeps its token's embedding and False where the baseline embedding replaces it. p(mask) is the
+probability the model gives the target token after the prompt so masked (p(all True) = p_full,
+the unperturbed prediction).
+
+    deletion curve     d_k = p(first k positions of the order removed), k = 0..T: row k of
+                       `deletion_masks` (d_0 = p_full, d_T = p(all baseline))
+    insertion curve    i_k = p(only the first k positions of the order kept), k = 0..T: row k
+                       of `insertion_masks` (i_0 = p(all baseline), i_T = p_full)
+    deletion AUC       the area under d at x = k/T (trapezoid rule, `curve_auc`): a faithful
+                       order removes what the prediction needs first, so LOWER is better
+                       (Petsiuk, Das & Saenko 2018, "RISE: Randomized Input Sampling for
+                       Explanation of Black-box Models", section 4.1)
+    insertion AUC      the area under i: HIGHER is better (the same paper)
+    faithfulness score insertion AUC - deletion AUC: HIGHER is better; the one number the
+                       methods are ranked by (both curves run between p_full and
+                       p(all baseline), so the score lies in [-1, 1])
+    comprehensiveness  mean over the bins b of ERASER_BINS of p_full - p(top-k_b removed),
+                       k_b = `top_k_sizes`: HIGHER is better (what the rationale takes away)
+    sufficiency        mean over the bins of p_full - p(only the top-k_b kept): LOWER is
+                       better (the rationale alone keeps the prediction)
+
+Comprehensiveness and sufficiency are ERASER's AOPC forms (DeYoung et al. 2020, "ERASER: A
+Benchmark to Evaluate Rationalized NLP Models", section 4.2; the benchmark's
+rationale_benchmark/metrics.py averages p_full - p_k plainly over the bins 1, 5, 10, 20 and 50%).
+ERASER deletes tokens; here a removed position keeps its place and gets the baseline embedding,
+as in the deletion and insertion curves, so that every measure perturbs the input one way. Both
+are differences of probabilities (not log-probabilities), in [-1, 1].
+
+The oracle `best_deletion_order` is the order of least deletion AUC, found by trying all T!
+orders (so T <= 7 by default); an attribution's deletion AUC can be no lower. `spearman` is
+Spearman's rank correlation (scipy.stats.spearmanr), NaN when a side is constant: the
+randomization check (Adebayo et al. 2018, "Sanity Checks for Saliency Maps") compares the
+|scores| of a trained model with those of a re-initialised one by it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import stats
+
+from lmscope.errors import LmscopeError
+
+ERASER_BINS = (0.01, 0.05, 0.10, 0.20, 0.50)  # fractions of the prompt's positions
+BEST_ORDER_MAX_TOKENS = 7  # 5,040 orders; 8 tokens would be 40,320
+
+
+def _order(order, t: int | None = None) -> np.ndarray:
+    order = np.asarray(order, dtype=np.int64).reshape(-1)
+    if t is None:
+        t = len(order)
+    if len(order) != t or sorted(order.tolist()) != list(range(t)):
+        raise ValueError(f"an order must be a permutation of 0..{t - 1}, got {order.tolist()}")
+    return order
+
+
+def deletion_masks(order) -> np.ndarray:
+    """(T+1, T) bool: row k has the first k positions of `order` removed (False); row 0 keeps
+    everything, row T nothing."""
+    order = _order(order)
+    t = len(order)
+    masks = np.ones((t + 1, t), dtype=bool)
+    for k in range(1, t + 1):
+        masks[k:, order[k - 1]] = False
+    return masks
+
+
+def insertion_masks(order) -> np.ndarray:
+    """(T+1, T) bool: row k keeps only the first k positions of `order`; row 0 keeps nothing,
+    row T everything."""
+    return ~deletion_masks(order)
+
+
+def curve_auc(values) -> float:
+    """The area under a curve of T+1 values at x = 0, 1/T, ..., 1, by the trapezoid rule."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(values) < 2:
+        raise ValueError(f"a curve needs at least 2 values (T >= 1), got {len(values)}")
+    t = len(values) - 1
+    return float((values.sum() - 0.5 * (values[0] + values[-1])) / t)
+
+
+def order_by_scores(scores) -> np.ndarray:
+    """Positions by descending signed score (most important first), ties by position."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    return np.argsort(-scores, kind="stable")
+
+
+def top_k_sizes(t: int, bins: Sequence[float] = ERASER_BINS) -> np.ndarray:
+    """k_b = max(1, ceil(b * T)) positions for each bin fraction b.
+
+    At least one: the bins are fractions of a document of hundreds of words in ERASER, and a
+    prompt of 40 characters has no 1% (0.4 of a position); its top 1% is its top position. So
+    short prompts repeat a k over several bins (T = 1 gives k = 1 in every bin).
+    """
+    if t < 1:
+        raise ValueError(f"a prompt of {t} positions has no top k")
+    return np.array([max(1, math.ceil(round(b * t, 9))) for b in bins], dtype=np.int64)
+
+
+def comprehensiveness(p_full: float, p_without_top) -> float:
+    """mean_b (p_full - p(x without its top-k_b positions)): higher is more faithful."""
+    return float(np.mean(p_full - np.asarray(p_without_top, dtype=np.float64)))
+
+
+def sufficiency(p_full: float, p_only_top) -> float:
+    """mean_b (p_full - p(only the top-k_b positions kept)): lower is more faithful."""
+    return float(np.mean(p_full - np.asarray(p_only_top, dtype=np.float64)))
+
+
+def faithfulness_score(insertion_auc: float, deletion_auc: float) -> float:
+    """insertion AUC - deletion AUC: the ranking criterion, higher is more faithful."""
+    return float(insertion_auc - deletion_auc)
+
+
+def subset_masks(t: int) -> np.ndarray:
+    """(2^T, T) bool: row s keeps position i where bit i of s is set (every mask once)."""
+    s = np.arange(2 ** t)[:, None]
+    return ((s >> np.arange(t)[None, :]) & 1).astype(bool)
+
+
+def best_deletion_order(prob_of_masks: Callable[[np.ndarray], np.ndarray], t: int, *,
+                        max_tokens: int = BEST_ORDER_MAX_TOKENS) -> tuple[np.ndarray, float]:
+    """The order of least deletion AUC over all T! orders, and that AUC (the oracle).
+
+    `prob_of_masks` maps (n, T) bool masks to n probabilities. Each of the 2^T masks is
+    evaluated once (`subset_masks`); every order's deletion curve is then read from that table.
+    Of orders with the same AUC, the first in lexicographic order is returned.
+    """
+    if t < 1:
+        raise LmscopeError(f"the oracle order needs at least one position, got {t}")
+    if t > max_tokens:
+        raise LmscopeError(f"the oracle deletion order of a prompt of {t} tokens would try "
+                           f"{math.factorial(t):,} orders: give prompts of at most {max_tokens} "
+                           "tokens")
+    table = np.asarray(prob_of_masks(subset_masks(t)), dtype=np.float64).reshape(-1)
+    if len(table) != 2 ** t:
+        raise ValueError(f"prob_of_masks gave {len(table)} values for {2 ** t} masks")
+    orders = np.array(list(itertools.permutations(range(t))), dtype=np.int64)  # (T!, T)
+    full = 2 ** t - 1
+    removed = np.concatenate([np.zeros((len(orders), 1), dtype=np.int64),
+                              np.cumsum(1 << orders, axis=1)], axis=1)  # (T!, T+1) bit sets
+    curves = table[full ^ removed]  # kept = all but the removed bits
+    aucs = (curves.sum(1) - 0.5 * (curves[:, 0] + curves[:, -1])) / t
+    best = int(np.argmin(aucs))
+    return orders[best], float(aucs[best])
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two equally long series; NaN when either is constant
+    (or shorter than 2), where a rank correlation has no meaning."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if len(a) != len(b):
+        raise ValueError(f"spearman needs two series of one length, got {len(a)} and {len(b)}")
+    if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return math.nan
+    return float(stats.spearmanr(a, b).statistic)
