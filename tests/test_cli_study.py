@@ -205,7 +205,8 @@ def test_the_quick_domain_study_report_in_the_browser(quick_domain_study):
     seen = check_report(page, "quick-domain-study-report")
     assert seen["scroll_width"] <= 1400
     assert seen["views"] == {"attention": 3, "chart": 1, "matrix": 1, "attribution": 3,
-                             "lens": 9, "similarity": 3}  # the lens: each model on each corpus
+                             "lens": 9, "similarity": 3,  # the lens: each model on each corpus
+                             "continuation": 0}  # the quick study writes none
     assert seen["legend"][1:] == [f"{c}: {curve}" for c in ("math", "shakespeare", "wikipedia")
                                   for curve in ("train", "validation")]
     assert len(seen["after"]["heads"]) == 4  # the quick model's last layer has four heads

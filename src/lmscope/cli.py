@@ -437,8 +437,12 @@ _ATTRIBUTION_STEPS = click.option(
               help="Attribution method, repeat for several: grad_norm, grad_x_input, "
                    "integrated_gradients, gradient_shap, occlusion, shapley_sampling, "
                    "shapley_exact (default the first three).")
-@click.option("--baseline", type=click.Choice(["zero", "mean", "unk"]), default="zero",
-              show_default=True, help="The baseline embedding (all methods but grad_norm and grad_x_input).")
+@click.option("--baseline", default="zero", show_default=True, metavar="zero|mean|unk|token:C",
+              help="The baseline embedding (all methods but grad_norm and grad_x_input): zero, "
+                   "the mean token embedding, the unknown token's, or the token C's.")
+@click.option("--window", default=1, show_default=True, type=int, metavar="W",
+              help="Occlusion: replace W consecutive positions at a time (a position's score: "
+                   "the mean over the windows that hold it).")
 @_ATTRIBUTION_STEPS
 @click.option("--target", type=click.Choice(["predicted", "expected"]), default="predicted",
               show_default=True, help="Attribute the predicted next character or the expected one.")
@@ -450,8 +454,8 @@ _ATTRIBUTION_STEPS = click.option(
                    "matrix_<prompt>_<method>.png).")
 @_SELECT
 @_FORCE
-def probe_attribution(run, prompts, out, methods, baseline, steps, target, contrast, generate,
-                      which, force):
+def probe_attribution(run, prompts, out, methods, baseline, window, steps, target, contrast,
+                      generate, which, force):
     """Gradient attribution over the prompt's characters, at each checkpoint (prompt file as for
     `probe softmax`); with --generate N, of each token of a continuation the model writes."""
     from lmscope.analysis import attribution, continuation
@@ -467,10 +471,12 @@ def probe_attribution(run, prompts, out, methods, baseline, steps, target, contr
     with OutDir(out, "probe attribution", force=force):
         if generate is not None:
             continuation.compute(run, prompts, generate=generate, methods=methods,
-                                 baseline=baseline, steps=steps, which=which).save(out)
+                                 baseline=baseline, steps=steps, which=which,
+                                 window=window).save(out)
         else:
             attribution.compute(run, prompts, methods=methods, baseline=baseline, steps=steps,
-                                which=which, target=target, contrast=contrast).save(out)
+                                which=which, target=target, contrast=contrast,
+                                window=window).save(out)
     click.echo((out / "summary.md").read_text(encoding="utf-8"), nl=False)
     click.echo(f"written to {out}/")
 
@@ -482,9 +488,8 @@ def probe_attribution(run, prompts, out, methods, baseline, steps, target, contr
 @click.option("--method", "methods", multiple=True, metavar="METHOD",
               help="An attribution method to score, repeat for several (default grad_norm, "
                    "grad_x_input, integrated_gradients, gradient_shap, occlusion).")
-@click.option("--baseline", type=click.Choice(["zero", "mean", "unk"]), default="zero",
-              show_default=True, help="The embedding a removed token is replaced by (and the "
-                                      "methods' baseline).")
+@click.option("--baseline", default="zero", show_default=True, metavar="zero|mean|unk|token:C",
+              help="The embedding a removed token is replaced by, and the methods' baseline.")
 @_ATTRIBUTION_STEPS
 @click.option("--target", type=click.Choice(["predicted", "expected"]), default="predicted",
               show_default=True, help="Score the attribution of the predicted next character or "
@@ -493,11 +498,14 @@ def probe_attribution(run, prompts, out, methods, baseline, steps, target, contr
               help="Random orders of the positions averaged into the 'random' row.")
 @click.option("--no-randomization", "no_randomization", is_flag=True,
               help="Skip the randomization check (attribution on a re-initialised model).")
+@click.option("--order", type=click.Choice(["signed", "abs"]), default="signed", show_default=True,
+              help="Order the positions by signed score (evidence for the target first) or by "
+                   "|score| (strong evidence either way first).")
 @_SELECT
 @click.option("--device", default="auto", show_default=True)
 @_FORCE
 def probe_faithfulness(run, prompts, out, methods, baseline, steps, target, random_orders,
-                       no_randomization, which, device, force):
+                       no_randomization, order, which, device, force):
     """Which attribution method to believe: deletion and insertion curves, ERASER
     comprehensiveness and sufficiency and a randomization check for each method at each
     checkpoint, ranked, with a random order beside them (prompt file as for `probe softmax`)."""
@@ -507,7 +515,7 @@ def probe_faithfulness(run, prompts, out, methods, baseline, steps, target, rand
         faithfulness.compute(run, prompts, methods=methods or faithfulness.DEFAULT_METHODS,
                              baseline=baseline, steps=steps, which=which, target=target,
                              device=device, random_orders=random_orders,
-                             randomization=not no_randomization).save(out)
+                             randomization=not no_randomization, order=order).save(out)
     _echo_summary(out)
 
 

@@ -90,7 +90,7 @@ def test_integrated_gradients_completeness(model, baseline):
     gaps = {}
     for steps in (4, 256):
         ig = attribute(model, IDS, target, "integrated_gradients", baseline=baseline, steps=steps,
-                       unk_id=0)
+                       baseline_token=0)
         gap = abs(ig.scores.sum() - difference)
         assert ig.completeness_gap == pytest.approx(gap, abs=1e-12)
         gaps[steps] = gap
@@ -114,7 +114,7 @@ def test_integrated_gradients_equals_a_slow_loop(model):
 
 def test_unk_baseline_needs_an_unk_id(model):
     with pytest.raises(LmscopeError, match="unk"):
-        attribute(model, IDS, None, "integrated_gradients", baseline="unk", unk_id=None)
+        attribute(model, IDS, None, "integrated_gradients", baseline="unk", baseline_token=None)
 
 
 # --- side effects and targets ---------------------------------------------------------------------
@@ -460,3 +460,51 @@ def test_captum_deeplift_is_not_deeplift_on_these_models(tmp_path):
 def test_deeplift_is_refused_with_the_reason(model):
     with pytest.raises(LmscopeError, match="'deeplift' is not offered.*use integrated_gradients"):
         attribute(model, IDS, 4, "deeplift")
+
+
+def _logp_of_ids(model, ids, target):
+    with torch.no_grad():
+        return float(F.log_softmax(model(torch.tensor([ids]))[0, -1], -1)[target])
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_occlusion_with_a_baseline_token_replaces_tokens(model, window):
+    """With baseline token:C, occluding replaces the window's tokens by C: checked through the
+    model's own token-id path (model(ids)), not through the embeddings. A position's score is
+    the mean over the windows of `window` consecutive positions that hold it."""
+    target, c = 7, 10
+    base = _logp_of_ids(model, IDS, target)
+    drops = {}
+    for start in range(len(IDS) - window + 1):
+        changed = [c if start <= i < start + window else t for i, t in enumerate(IDS)]
+        drops[start] = base - _logp_of_ids(model, changed, target)
+    expected = [np.mean([d for s, d in drops.items() if s <= i < s + window])
+                for i in range(len(IDS))]
+    found = attribute(model, IDS, target, "occlusion", baseline="token:x", baseline_token=c,
+                      window=window).scores
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-6)  # Captum's float32
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"baseline": "tokn:a"}, "unknown baseline 'tokn:a'"),
+    ({"baseline": "token:"}, "unknown baseline 'token:'"),
+    ({"window": 0}, "occlusion window must be a whole number of at least 1"),
+    ({"window": 8}, "occlusion window of 8 positions is longer than the prompt"),
+    ({"baseline": "token:a"}, "needs the id of its token"),
+])
+def test_baseline_and_window_bad_input(model, kwargs, match):
+    with pytest.raises(LmscopeError, match=match):
+        attribute(model, IDS, 4, "occlusion", **kwargs)
+
+
+def test_probe_with_a_baseline_token_and_a_window(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    attribution_probe(tiny_run, prompt_file(tmp_path, PROMPT), out, methods=["occlusion"],
+                      baseline="token: ", window=3, which="final")
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "Occlusion: baseline token: , a window of 3 position(s)." in summary
+    for baseline, match in (("token:Ω", "baseline 'token:Ω' is not in the vocabulary"),
+                            ("token:ee", "baseline 'token:ee' is 2 tokens")):
+        with pytest.raises(LmscopeError, match=match):
+            attribution_probe(tiny_run, prompt_file(tmp_path, PROMPT), out, baseline=baseline,
+                              methods=["occlusion"], which="final")

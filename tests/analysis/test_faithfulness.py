@@ -120,7 +120,7 @@ def test_randomization_separates_a_trained_model_from_a_reinitialised_one(tiny_r
         with_itself, with_fresh = [], []
         for text in RANDOMIZATION_PROMPTS:
             ids, _, _, target = setup(ckpt, text)
-            kw = {"baseline": "zero", "steps": 8, "unk_id": ckpt.tokenizer.unk_id}
+            kw = {"baseline": "zero", "steps": 8, "baseline_token": ckpt.tokenizer.unk_id}
             with_itself.append(randomization_spearman(ckpt.model, ckpt.model, ids, target,
                                                       method, **kw))
             with_fresh.append(randomization_spearman(ckpt.model, fresh, ids, target, method,
@@ -207,13 +207,11 @@ def test_probe_over_every_checkpoint(probe, tiny_run):
             assert curve["deletion"][-1] == pytest.approx(curve["insertion"][0], rel=1e-9)
 
 
-def test_the_measures_of_one_row_by_hand(probe, tiny_run):
-    """occlusion on prompt b at the final checkpoint, recomputed from the masks' definition."""
-    result = probe[0]
-    ckpt = load(tiny_run, device="cpu")
-    ids, x, b, target = setup(ckpt, "All:\nSpeak, speak.")
-    scores = attribute(ckpt.model, ids, target, "occlusion").scores
-    order = np.argsort(-scores, kind="stable")
+def _curves_by_hand(ckpt, text, method, *, absolute=False):
+    """The deletion and insertion curves of one prompt, from the masks' definition."""
+    ids, x, b, target = setup(ckpt, text)
+    scores = attribute(ckpt.model, ids, target, method, steps=4).scores
+    order = np.argsort(-(np.abs(scores) if absolute else scores), kind="stable")
     t = len(ids)
 
     def p_keeping(kept):
@@ -225,6 +223,15 @@ def test_the_measures_of_one_row_by_hand(probe, tiny_run):
 
     deletion = [p_keeping(set(range(t)) - set(order[:k].tolist())) for k in range(t + 1)]
     insertion = [p_keeping(set(order[:k].tolist())) for k in range(t + 1)]
+    return deletion, insertion
+
+
+def test_the_measures_of_one_row_by_hand(probe, tiny_run):
+    """occlusion on prompt b at the final checkpoint, recomputed from the masks' definition."""
+    result = probe[0]
+    ckpt = load(tiny_run, device="cpu")
+    deletion, insertion = _curves_by_hand(ckpt, "All:\nSpeak, speak.", "occlusion")
+    t = len(deletion) - 1
     ks = [max(1, math.ceil(f * t)) for f in (0.01, 0.05, 0.1, 0.2, 0.5)]
     row = next(r for r in result.rows if r.checkpoint == "final" and r.prompt == "b"
                and r.method == "occlusion")
@@ -234,6 +241,29 @@ def test_the_measures_of_one_row_by_hand(probe, tiny_run):
         np.mean([deletion[0] - deletion[k] for k in ks]), abs=1e-6)
     assert row.sufficiency == pytest.approx(
         np.mean([deletion[0] - insertion[k] for k in ks]), abs=1e-6)
+
+
+def test_order_by_absolute_scores(tiny_run, tmp_path):
+    """order="abs" ranks positions by |score|: a signed method's curves follow that order, and
+    grad_norm (never negative) measures the same either way."""
+    prompts = prompt_file(tmp_path, OTHER)
+    kw = {"methods": ("grad_x_input", "grad_norm"), "which": "final", "steps": 4,
+          "randomization": False}
+    signed, absolute = compute(tiny_run, prompts, **kw), compute(tiny_run, prompts, order="abs",
+                                                                  **kw)
+    ckpt = load(tiny_run, device="cpu")
+    deletion, insertion = _curves_by_hand(ckpt, "All:\nSpeak, speak.", "grad_x_input",
+                                          absolute=True)
+    t = len(deletion) - 1
+    row = next(r for r in absolute.rows if r.method == "grad_x_input")
+    assert row.deletion_auc == pytest.approx(np.trapezoid(deletion, dx=1 / t), abs=1e-6)
+    assert row.insertion_auc == pytest.approx(np.trapezoid(insertion, dx=1 / t), abs=1e-6)
+    norm = [next(r for r in res.rows if r.method == "grad_norm") for res in (signed, absolute)]
+    assert norm[0].deletion_auc == norm[1].deletion_auc
+    assert norm[0].insertion_auc == norm[1].insertion_auc
+    assert absolute.order == "abs"
+    with pytest.raises(LmscopeError, match="unknown order 'size'"):
+        compute(tiny_run, prompts, order="size", **kw)
 
 
 def test_save_and_load(probe, tmp_path):

@@ -21,9 +21,12 @@ whose error shrinks as 1/steps^2 (the right-hand rule a_k = k/steps shrinks only
 All `steps` interpolated inputs go through the model as one batch, in one forward and one
 backward. The baseline b is the same vector at every position:
 
-    zero   the zero vector
-    mean   the mean of the token embedding matrix (every token of the vocabulary)
-    unk    the embedding of the tokenizer's unknown-character token
+    zero      the zero vector
+    mean      the mean of the token embedding matrix (every token of the vocabulary)
+    unk       the embedding of the tokenizer's unknown-character token
+    token:C   the embedding of the token C (one token, such as "token: " for the space): the
+              perturbation methods then replace a position's token by C (feature ablation with
+              a chosen baseline token)
 
 Completeness: the exact integral satisfies sum_i score_i = f(x) - f(b); the distance between the
 two sides, |sum_i score_i - (f(x) - f(b))|, is the completeness gap, reported for each prompt.
@@ -31,7 +34,9 @@ two sides, |sum_i score_i - (f(x) - f(b))|, is the completeness gap, reported fo
 Perturbation and sampling methods (the same baseline vector b replaces a position's embedding;
 each score is a change of f, in nats, and signed):
 
-    occlusion          f(x) - f(x with position i replaced by b) (Zeiler & Fergus 2014)
+    occlusion          f(x) - f(x with position i replaced by b) (Zeiler & Fergus 2014); with a
+                       window of W > 1 positions, the mean of f(x) - f(x with the window
+                       replaced by b) over the windows of W consecutive positions that hold i
     shapley_exact      the Shapley value of position i in the game v(S) = f(x on S, b elsewhere):
                        exact, over all T! orderings of the positions (Captum's ShapleyValues),
                        so prompts of at most SHAPLEY_EXACT_MAX tokens; efficiency:
@@ -160,12 +165,39 @@ def check_expected(prompt, tokenizer) -> int:
     return expected_id(prompt, tokenizer)
 
 
-def check_unk_baseline(methods, baseline: str, tokenizer, checkpoint) -> None:
-    """Baseline 'unk' needs an unknown-character token where a method uses the baseline."""
-    if (baseline == "unk" and tokenizer.unk_id is None
-            and any(m not in NO_BASELINE for m in methods)):
-        raise LmscopeError("baseline 'unk' needs a tokenizer with an unknown-character token, "
-                           f"and the one of {checkpoint} has none: use baseline zero or mean")
+def check_baseline(baseline) -> None:
+    """zero, mean, unk or token:C (module docstring), or a one-line error."""
+    if baseline in BASELINES or (isinstance(baseline, str) and baseline.startswith("token:")
+                                 and len(baseline) > len("token:")):
+        return
+    raise LmscopeError(f"unknown baseline {baseline!r}: choose from {', '.join(BASELINES)}, or "
+                       "token:C for the embedding of the token C (token: for the space)")
+
+
+def baseline_id(baseline: str, tokenizer, checkpoint="") -> int | None:
+    """The token whose embedding the baseline is ('unk', 'token:C'); None for zero and mean.
+    A one-line error where that token is not one token of the tokenizer's vocabulary."""
+    if baseline == "unk":
+        if tokenizer.unk_id is None:
+            raise LmscopeError("baseline 'unk' needs a tokenizer with an unknown-character "
+                               f"token, and the one of {checkpoint or 'the model'} has none: use "
+                               "baseline zero, mean or token:C")
+        return tokenizer.unk_id
+    if baseline.startswith("token:"):
+        return one_token(baseline[len("token:"):], tokenizer, f"baseline {baseline!r}")
+    return None
+
+
+def check_baseline_token(methods, baseline: str, tokenizer, checkpoint) -> None:
+    """A baseline token the tokenizer has, where a method uses the baseline."""
+    if any(m not in NO_BASELINE for m in methods):
+        baseline_id(baseline, tokenizer, checkpoint)
+
+
+def check_window(window) -> None:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise LmscopeError(f"the occlusion window must be a whole number of at least 1 "
+                           f"position, got {window!r}")
 
 
 def check_steps(steps) -> None:
@@ -178,36 +210,41 @@ def last_logp(model, emb: torch.Tensor, position: int = -1) -> torch.Tensor:
     return F.log_softmax(model.forward_embeddings(emb)[:, position], dim=-1)
 
 
-def baseline_embeddings(model, x: torch.Tensor, baseline: str, unk_id: int | None, vocab: int):
-    """The baseline input, shaped like x (1, T, C): one vector repeated at every position."""
+def baseline_embeddings(model, x: torch.Tensor, baseline: str, token_id: int | None,
+                        vocab: int):
+    """The baseline input, shaped like x (1, T, C): one vector repeated at every position;
+    token_id: the token of baselines 'unk' and 'token:C' (see `baseline_id`)."""
     if baseline == "zero":
         return torch.zeros_like(x)
     if baseline == "mean":
         table = model.embed(torch.arange(vocab, device=x.device)[None])[0]  # (vocab, C)
         return table.mean(0).expand_as(x)
-    if unk_id is None:
-        raise LmscopeError("baseline 'unk' needs a tokenizer with an unknown-character token, "
-                           "and this one has none: use baseline zero or mean")
-    if not 0 <= unk_id < vocab:
-        raise LmscopeError(f"unk_id {unk_id} is outside the vocabulary (size {vocab})")
-    return model.embed(torch.tensor([[unk_id]], device=x.device)).expand_as(x)
+    if token_id is None:
+        raise LmscopeError(f"baseline {baseline!r} needs the id of its token (baseline_id): for "
+                           "unk, a tokenizer with an unknown-character token")
+    if not 0 <= token_id < vocab:
+        raise LmscopeError(f"baseline token id {token_id} is outside the vocabulary (size "
+                           f"{vocab})")
+    return model.embed(torch.tensor([[token_id]], device=x.device)).expand_as(x)
 
 
 def attribute(model, ids: list[int], target_id: int | None, method: str, *,
-              baseline: str = "zero", steps: int = 32, unk_id: int | None = None,
-              foil_id: int | None = None, position: int = -1) -> Attribution:
+              baseline: str = "zero", steps: int = 32, baseline_token: int | None = None,
+              foil_id: int | None = None, position: int = -1, window: int = 1) -> Attribution:
     """Importance of each input position for the target next token (see the module docstring).
 
     position: the position whose next token is attributed, the last by default; positions after
     it are inputs the model cannot see there (a causal model's scores for them are 0).
 
     target_id None: the model's most likely next token (argmax at the last position).
-    `baseline` and `unk_id` matter for the methods with a baseline (all but grad_norm and
+    `baseline` and `baseline_token` (the id of its token, `baseline_id`) matter for the methods
+    with a baseline (all but grad_norm and
     grad_x_input), `steps` for integrated_gradients, gradient_shap and shapley_sampling.
     """
     check_method(method)
-    check_choice("baseline", baseline, BASELINES)
+    check_baseline(baseline)
     check_steps(steps)
+    check_window(window)
     if model.training:
         raise ValueError("attribution needs the model in eval mode (call model.eval())")
     ids = [int(i) for i in ids]
@@ -252,7 +289,7 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
 
     if method in ("integrated_gradients", "gradient_shap", *PERTURBATION):
         with torch.no_grad():
-            b = baseline_embeddings(model, x, baseline, unk_id, vocab)
+            b = baseline_embeddings(model, x, baseline, baseline_token, vocab)
     if method in PERTURBATION:
         positions = torch.arange(len(ids), device=device)[None, :, None].expand_as(x).clone()
         if method == "shapley_exact" and len(ids) > SHAPLEY_EXACT_MAX:
@@ -261,9 +298,12 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
                                f"{SHAPLEY_EXACT_MAX} tokens, or use shapley_sampling")
         with torch.no_grad(), _seeded():
             if method == "occlusion":
+                if window > len(ids):
+                    raise LmscopeError(f"an occlusion window of {window} positions is longer "
+                                       f"than the prompt ({len(ids)} tokens): give a smaller one")
                 found = Occlusion(target_logp).attribute(
-                    x, sliding_window_shapes=(1, x.shape[-1]), baselines=b,
-                    perturbations_per_eval=64)
+                    x, sliding_window_shapes=(window, x.shape[-1]), strides=(1, x.shape[-1]),
+                    baselines=b, perturbations_per_eval=64)
             elif method == "shapley_exact":
                 found = ShapleyValues(target_logp).attribute(
                     x, baselines=b, feature_mask=positions, perturbations_per_eval=64)
@@ -357,6 +397,7 @@ class AttributionResult:
     baseline: str = "zero"
     steps: int = 32
     completeness_gaps: list[float | None] = field(default_factory=list)  # IG, per checkpoint
+    window: int = 1  # occlusion's window, in positions
 
     @property
     def iterations(self) -> list[tuple[str, int]]:
@@ -424,7 +465,7 @@ def normalized_scores(scores: np.ndarray) -> np.ndarray:
 
 def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", steps=32,
             which="all", target="predicted", device="cpu", corpora: tuple[str, ...] = (),
-            contrast: str | None = None) -> AttributionResult:
+            contrast: str | None = None, window: int = 1) -> AttributionResult:
     """Attribution of every prompt's characters, by each method, at every checkpoint of `run`.
 
     target: "predicted" (argmax of each checkpoint) or "expected" (each prompt's expected char,
@@ -436,8 +477,9 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
     """
     # Everything the user gives is checked before any gradient is taken.
     methods = check_methods(methods)
-    check_choice("baseline", baseline, BASELINES)
+    check_baseline(baseline)
     check_steps(steps)
+    check_window(window)
     check_choice("target", target, TARGETS)
     checkpoints = select_checkpoints(run, which)
     prompts = load_prompts(prompts_path)
@@ -448,14 +490,16 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
         check_prompt_fits(prompt, first.tokenizer, first.model.context_length)
         if target == "expected":
             check_expected(prompt, first.tokenizer)
-    check_unk_baseline(methods, baseline, first.tokenizer, checkpoints[0])
-    foil_id = _foil_id(contrast, first.tokenizer) if contrast is not None else None
+    check_baseline_token(methods, baseline, first.tokenizer, checkpoints[0])
+    foil_id = (one_token(contrast, first.tokenizer, f"--contrast {contrast!r}")
+               if contrast is not None else None)
     del first
 
     rows, by_class, gaps = [], [], []
     for path in _progress(checkpoints, "attribution"):
         ckpt = load(path, device=device)  # one checkpoint in memory at a time
         tok, corpus = ckpt.tokenizer, ckpt.trained_on
+        token = baseline_id(baseline, tok) if set(methods) - set(NO_BASELINE) else None
         # (method, class) -> per-prompt means of |normalized| and position counts
         per_class: dict[tuple, list[tuple[float, int]]] = defaultdict(list)
         checkpoint_gaps = []
@@ -466,7 +510,7 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
             classes = [char_class(tok.decode([i])) for i in ids]  # a lone byte of é: "�", non-ASCII
             for method in methods:
                 a = attribute(ckpt.model, ids, target_id, method, baseline=baseline, steps=steps,
-                              unk_id=tok.unk_id, foil_id=foil_id)
+                              baseline_token=token, foil_id=foil_id, window=window)
                 norm = normalized_scores(a.scores)
                 if a.completeness_gap is not None:
                     checkpoint_gaps.append(a.completeness_gap)
@@ -495,20 +539,20 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
     return AttributionResult(str(run), methods, rows, by_class,
                              checkpoints=[str(p) for p in checkpoints],
                              prompts=[p.name for p in prompts], target=what, baseline=baseline,
-                             steps=steps, completeness_gaps=gaps)
+                             steps=steps, completeness_gaps=gaps, window=window)
 
 
-def _foil_id(contrast: str, tokenizer) -> int:
-    """The one token of a foil character, or a one-line error."""
-    unknown = LmscopeError(f"--contrast {contrast!r} is not in the vocabulary: give a character "
-                           "the model has seen")
+def one_token(text: str, tokenizer, what: str) -> int:
+    """The one token of `text` (a foil, a baseline token), or a one-line error naming `what`."""
+    unknown = LmscopeError(f"{what} is not in the vocabulary: give a character the model has "
+                           "seen")
     try:
-        ids = tokenizer.encode(contrast) if contrast else []
+        ids = tokenizer.encode(text) if text else []
     except LmscopeError:  # a character outside a char vocabulary without <unk>
         raise unknown from None
     if len(ids) != 1:
-        raise LmscopeError(f"--contrast {contrast!r} is {len(ids)} tokens: give one character "
-                           "the model can predict")
+        raise LmscopeError(f"{what} is {len(ids)} tokens: give one character the model can "
+                           "predict")
     if tokenizer.unk_id is not None and ids[0] == tokenizer.unk_id:
         raise unknown
     return ids[0]
@@ -516,7 +560,7 @@ def _foil_id(contrast: str, tokenizer) -> int:
 
 def attribution_probe(run, prompts_path, out_dir, *, methods=GRADIENT_METHODS, baseline="zero",
                       steps=32, which="all", target="predicted", device="cpu",
-                      contrast: str | None = None) -> dict:
+                      contrast: str | None = None, window: int = 1) -> dict:
     """`compute`, then `save` into out_dir (see AttributionResult.save):
 
       attribution.csv   long form, one row per checkpoint, prompt, method and input position
@@ -529,7 +573,8 @@ def attribution_probe(run, prompts_path, out_dir, *, methods=GRADIENT_METHODS, b
     Returns the paths written and small summary figures.
     """
     return compute(run, prompts_path, methods=methods, baseline=baseline, steps=steps,
-                   which=which, target=target, device=device, contrast=contrast).save(out_dir)
+                   which=which, target=target, device=device, contrast=contrast,
+                   window=window).save(out_dir)
 
 
 def _save(result: AttributionResult, out_dir: Path) -> dict:
@@ -588,7 +633,9 @@ def _save(result: AttributionResult, out_dir: Path) -> dict:
         f"(iterations {', '.join(str(i) for _, i in iterations)}); target: {result.target}.",
         f"Methods: {', '.join(methods)}."
         + (f" Integrated gradients: baseline {result.baseline}, {result.steps} steps, midpoint "
-           "rule." if "integrated_gradients" in methods else "") + "\n",
+           "rule." if "integrated_gradients" in methods else "")
+        + (f" Occlusion: baseline {result.baseline}, a window of {result.window} position(s)."
+           if "occlusion" in methods else "") + "\n",
         f"## Character classes at the final checkpoint ({name}, iteration {iteration})\n",
         "Mean |normalized score| of a prompt's positions of each class, averaged over prompts.\n",
         markdown_table(["method", "first class", "mean abs normalized"],

@@ -15,7 +15,7 @@ argmax and probability are taken in float64. Per step:
 and for each attribution method (lmscope.analysis.attribution: grad_norm, grad_x_input,
 integrated_gradients, gradient_shap, occlusion, shapley_sampling, shapley_exact) the score of
 every input position i = 0..T+j-1 for f = log p(c_j | input), from
-`attribution.attribute(model, input, c_j, method, baseline=, steps=, unk_id=)`: each step is
+`attribution.attribute(model, input, c_j, method, baseline=, steps=, baseline_token=)`: each step is
 attributed exactly as a prompt of T + j tokens would be, with c_j as its target. This is the
 view of inseq (Sarti et al. 2023, "Inseq: An Interpretability Toolkit for Sequence Generation
 Models"): one attribution per generated token, over the prompt and the tokens generated before
@@ -56,15 +56,17 @@ import torch
 import torch.nn.functional as F
 
 from lmscope.analysis.attribution import (
-    BASELINES,
     GRADIENT_METHODS,
     NO_BASELINE,
     SHAPLEY_EXACT_MAX,
     attribute,
+    baseline_id,
+    check_baseline,
+    check_baseline_token,
     check_choice,
     check_methods,
     check_steps,
-    check_unk_baseline,
+    check_window,
     checkpoint_label,
     file_stem,
     normalized_scores,
@@ -287,8 +289,8 @@ def next_token(model, ids: list[int]) -> tuple[int, float, float]:
 
 
 def compute(run, prompts_path, *, generate: int, methods=GRADIENT_METHODS, baseline="zero",
-            steps=32, which="all", device="cpu", corpora: tuple[str, ...] = ()
-            ) -> ContinuationResult:
+            steps=32, which="all", device="cpu", corpora: tuple[str, ...] = (),
+            window: int = 1) -> ContinuationResult:
     """Generate `generate` tokens greedily after every prompt at each checkpoint of `run`
     (deterministic: the argmax at every step) and attribute each chosen token's log-probability
     to every position of its input (the prompt and the tokens generated before it), by each
@@ -297,7 +299,8 @@ def compute(run, prompts_path, *, generate: int, methods=GRADIENT_METHODS, basel
     # everything the user gives is checked before any gradient is taken
     check_generate(generate)
     methods = check_methods(methods)
-    check_choice("baseline", baseline, BASELINES)
+    check_baseline(baseline)
+    check_window(window)
     check_steps(steps)
     checkpoints = select_checkpoints(run, which)
     prompts = load_prompts(prompts_path)
@@ -313,13 +316,14 @@ def compute(run, prompts_path, *, generate: int, methods=GRADIENT_METHODS, basel
                 f"shapley_exact on prompt {prompt.name!r} ({t} tokens) with --generate "
                 f"{generate} would attribute inputs of up to {longest} tokens: give "
                 f"inputs of at most {SHAPLEY_EXACT_MAX} tokens, or use shapley_sampling")
-    check_unk_baseline(methods, baseline, first.tokenizer, checkpoints[0])
+    check_baseline_token(methods, baseline, first.tokenizer, checkpoints[0])
     del first
 
     step_rows, score_rows, gaps = [], [], []
     for path in _progress(checkpoints, "continuation"):
         ckpt = load(path, device=device)  # one checkpoint in memory at a time
         model, tok = ckpt.model.eval(), ckpt.tokenizer
+        token = baseline_id(baseline, tok) if set(methods) - set(NO_BASELINE) else None
         checkpoint_gaps = []
         for prompt in prompts:
             ids = check_prompt_fits(prompt, tok, model.context_length)
@@ -328,9 +332,9 @@ def compute(run, prompts_path, *, generate: int, methods=GRADIENT_METHODS, basel
             # (past the context, the input is its last `context` tokens, as the sampler's)
             inputs, chosen = [], []
             for _ in range(generate):
-                window = ids[-model.context_length:]
-                c, prob, entropy = next_token(model, window)
-                inputs.append(window)
+                seen = ids[-model.context_length:]
+                c, prob, entropy = next_token(model, seen)
+                inputs.append(seen)
                 chosen.append((c, prob, entropy))
                 ids = [*ids, c]
             sources = [visible(tok.token_text(i)) for i in ids]
@@ -340,7 +344,7 @@ def compute(run, prompts_path, *, generate: int, methods=GRADIENT_METHODS, basel
                     step_rows.append(StepRow(prompt.name, ckpt.name, ckpt.iteration, method, j,
                                              sources[t + j], prob, entropy))
                     a = attribute(model, step_ids, c, method, baseline=baseline, steps=steps,
-                                  unk_id=tok.unk_id)
+                                  baseline_token=token, window=window)
                     if a.completeness_gap is not None:
                         checkpoint_gaps.append(a.completeness_gap)
                     norm = normalized_scores(a.scores)

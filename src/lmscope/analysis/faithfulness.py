@@ -3,8 +3,9 @@
 For each checkpoint of a run, each prompt (token ids t_1..t_T, input embeddings x, the target y:
 the checkpoint's most likely next token, or the prompt's expected character) and each
 attribution method of lmscope.analysis.attribution (its scores for y, its `baseline` and
-`steps`), the method's order (positions by descending signed score, ties by position) is put to
-the test by masking: a removed position gets the baseline embedding b (attribution's: the zero
+`steps`), the method's order (positions by descending signed score, ties by position; with
+order="abs", by descending |score|: a signed method's strong negative evidence then counts as
+important too) is put to the test by masking: a removed position gets the baseline embedding b (attribution's: the zero
 vector, the mean token embedding or the unknown token's), and
 
     p(mask)            softmax(logits(x masked))[T, y], the target's probability at the last
@@ -62,16 +63,16 @@ import torch
 import torch.nn.functional as F
 
 from lmscope.analysis.attribution import (
-    BASELINES,
     SHAPLEY_EXACT_MAX,
     TARGETS,
     attribute,
     baseline_embeddings,
+    baseline_id,
+    check_baseline,
     check_choice,
     check_expected,
     check_methods,
     check_steps,
-    check_unk_baseline,
 )
 from lmscope.data.chars import visible
 from lmscope.data.prompts import check_domains, check_prompt_fits, expected_id, load_prompts
@@ -196,6 +197,7 @@ class FaithfulnessResult:
     baseline: str = "zero"
     steps: int = 32
     random_orders: int = 16
+    order: str = "signed"  # the methods' orders: by signed score, or by |score| ("abs")
     randomization: bool = True
 
     @property
@@ -293,11 +295,12 @@ def reinitialised(checkpoint) -> torch.nn.Module:
 
 
 def randomization_spearman(model, random_model, ids: list[int], target_id: int, method: str, *,
-                           baseline: str = "zero", steps: int = 32, unk_id: int | None = None,
+                           baseline: str = "zero", steps: int = 32,
+                           baseline_token: int | None = None,
                            scores: np.ndarray | None = None) -> float:
     """Spearman's rho between |scores| of `model` (given, or computed) and |scores| of
     `random_model` for the same target, prompt and method (NaN when a side is constant)."""
-    kw = {"baseline": baseline, "steps": steps, "unk_id": unk_id}
+    kw = {"baseline": baseline, "steps": steps, "baseline_token": baseline_token}
     if scores is None:
         scores = attribute(model, ids, target_id, method, **kw).scores
     other = attribute(random_model, ids, target_id, method, **kw).scores
@@ -306,11 +309,15 @@ def randomization_spearman(model, random_model, ids: list[int], target_id: int, 
 
 # --- the probe ----------------------------------------------------------------------------------
 
-def _check_inputs(methods, baseline, steps, target, which, random_orders, randomization):
+ORDERS = ("signed", "abs")
+
+
+def _check_inputs(methods, baseline, steps, target, which, random_orders, randomization, order):
     methods = check_methods(methods)
-    check_choice("baseline", baseline, BASELINES)
+    check_baseline(baseline)
     check_steps(steps)
     check_choice("target", target, TARGETS)
+    check_choice("order", order, ORDERS)
     if not isinstance(which, str):
         raise LmscopeError(f"checkpoint selection {which!r}: give all, final or iterations such "
                            "as 0,100,final")
@@ -324,7 +331,8 @@ def _check_inputs(methods, baseline, steps, target, which, random_orders, random
 
 def compute(run, prompts_path, *, methods=DEFAULT_METHODS, baseline="zero", steps=32,
             which="all", target="predicted", device="cpu", corpora: tuple[str, ...] = (),
-            random_orders: int = 16, randomization: bool = True) -> FaithfulnessResult:
+            random_orders: int = 16, randomization: bool = True,
+            order: str = "signed") -> FaithfulnessResult:
     """Every method's faithfulness on every prompt at every checkpoint of `run`, ranked.
 
     target: "predicted" (argmax of each checkpoint) or "expected" (the prompt's expected
@@ -335,7 +343,7 @@ def compute(run, prompts_path, *, methods=DEFAULT_METHODS, baseline="zero", step
     """
     # Everything the user gives is checked before any model runs.
     methods = _check_inputs(methods, baseline, steps, target, which, random_orders,
-                            randomization)
+                            randomization, order)
     checkpoints = select_checkpoints(run, which)
     prompts = load_prompts(prompts_path)
     first = load(checkpoints[0], device=device)
@@ -349,13 +357,14 @@ def compute(run, prompts_path, *, methods=DEFAULT_METHODS, baseline="zero", step
                                f"would walk {math.factorial(len(ids)):,} orderings: give "
                                f"prompts of at most {SHAPLEY_EXACT_MAX} tokens, or leave "
                                "shapley_exact out")
-    check_unk_baseline(methods, baseline, first.tokenizer, checkpoints[0])
+    baseline_id(baseline, first.tokenizer, checkpoints[0])  # the masks use it
     del first
 
     rows, ranking, curves = [], [], []
     for path in _progress(checkpoints, "faithfulness"):
         ckpt = load(path, device=device)  # one checkpoint in memory at a time
         model, tok = ckpt.model, ckpt.tokenizer
+        token = baseline_id(baseline, tok)  # the masks use the baseline, whatever the methods
         random_model = reinitialised(ckpt) if randomization else None
         dev = next(model.parameters()).device
         point_rows = []
@@ -366,7 +375,7 @@ def compute(run, prompts_path, *, methods=DEFAULT_METHODS, baseline="zero", step
                 x = model.embed(torch.tensor([ids], device=dev))  # (1, T, C)
                 logits = model.forward_embeddings(x)[0, -1]
                 vocab = logits.numel()
-                b = baseline_embeddings(model, x, baseline, tok.unk_id, vocab)
+                b = baseline_embeddings(model, x, baseline, token, vocab)
             target_id = expected_id(prompt, tok) if target == "expected" else int(logits.argmax())
 
             def prob(masks, model=model, x=x, b=b, target_id=target_id):
@@ -382,12 +391,12 @@ def compute(run, prompts_path, *, methods=DEFAULT_METHODS, baseline="zero", step
                     orders = [rng.permutation(len(ids)) for _ in range(random_orders)]
                 else:
                     scores = attribute(model, ids, target_id, method, baseline=baseline,
-                                       steps=steps, unk_id=tok.unk_id).scores
-                    orders = [order_by_scores(scores)]
+                                       steps=steps, baseline_token=token).scores
+                    orders = [order_by_scores(np.abs(scores) if order == "abs" else scores)]
                     if random_model is not None:
                         rho = randomization_spearman(model, random_model, ids, target_id, method,
                                                      baseline=baseline, steps=steps,
-                                                     unk_id=tok.unk_id, scores=scores)
+                                                     baseline_token=token, scores=scores)
                 means, deletion, insertion = _measures(prob, orders)
                 point_rows.append(PromptRow(*base, method, len(ids), shown, p_full,
                                             *(means[m] for m in MEASURES), rho))
@@ -405,6 +414,7 @@ def compute(run, prompts_path, *, methods=DEFAULT_METHODS, baseline="zero", step
                               checkpoints=[str(p) for p in checkpoints],
                               prompts=[p.name for p in prompts], target=target,
                               baseline=baseline, steps=steps, random_orders=random_orders,
+                              order=order,
                               randomization=randomization)
 
 
@@ -521,8 +531,9 @@ def _summary(result: FaithfulnessResult) -> str:
         "# Faithfulness of attribution methods\n",
         f"Run `{result.run or '?'}`: {len(result.prompts)} prompt(s), {len(iterations)} "
         f"checkpoint(s) (iterations {', '.join(str(i) for _, i in iterations)}); target: "
-        f"{result.target}; baseline {result.baseline}, {result.steps} steps; the random row is "
-        f"the mean over {result.random_orders} random orders per prompt.\n",
+        f"{result.target}; baseline {result.baseline}, {result.steps} steps; the methods' orders "
+        f"by {'|score|' if result.order == 'abs' else 'signed score'}; the random row is the mean "
+        f"over {result.random_orders} random orders per prompt.\n",
         f"## Ranking at the final checkpoint ({_label(*iterations[-1])})\n",
         "Means over prompts; ranked by faithfulness score = insertion AUC - deletion AUC.\n",
         markdown_table(["rank", "method", "faithfulness score", "deletion AUC", "insertion AUC",

@@ -15,7 +15,8 @@ Two kinds. A *domain* study trains one model per corpus and compares them across
     [log]                                # ... and [log] (tensorboard = true)
     [transfer]    checkpoints, iters, eval_every, eval_iters
     [softmax]     top_k
-    [attribution] methods, baseline, steps
+    [attribution] methods, baseline, steps, window, generate, generate_checkpoints
+    [faithfulness] methods, baseline, steps, checkpoints, random_orders, order
 
 An *architecture* study trains several variants on the same corpora and compares the models:
 

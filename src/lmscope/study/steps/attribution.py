@@ -23,14 +23,17 @@ HEADER = ["model", "method", "char_class", "mean_abs_normalized"]
 class AttributionSettings:
     methods: list[str] = field(
         default_factory=lambda: ["grad_norm", "grad_x_input", "integrated_gradients"])
-    baseline: str = "zero"
+    baseline: str = "zero"  # zero, mean, unk or token:C
     steps: int = 32
+    window: int = 1  # occlusion's window, in positions
     generate: int = 0  # > 0: also attribute each token of an N-token continuation of each prompt
     generate_checkpoints: str = "final"  # ... at these checkpoints (all, final, or a list)
 
     def __post_init__(self):  # checked when the study file is read, before any training
         try:
             probe.check_methods(self.methods)
+            probe.check_baseline(self.baseline)
+            probe.check_window(self.window)
             if self.generate:
                 continuation.check_generate(self.generate)
         except LmscopeError as e:
@@ -44,11 +47,11 @@ def run(ctx: StepContext) -> None:
         out = ctx.out / "attribution" / ctx.corpus_dir(corpus).name
         probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
                       methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
-                      device=device).save(out)
+                      window=a.window, device=device).save(out)
         if a.generate:
             continuation.compute(ctx.corpus_dir(corpus), ctx.study.prompts, generate=a.generate,
                                  methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
-                                 which=a.generate_checkpoints, device=device,
+                                 which=a.generate_checkpoints, device=device, window=a.window,
                                  corpora=tuple(ctx.study.corpora)).save(out / "continuation")
     _across_models(ctx)
 

@@ -10,7 +10,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from lmscope.analysis import faithfulness as probe
-from lmscope.analysis.attribution import BASELINES, check_choice, check_methods, check_steps
+from lmscope.analysis.attribution import (
+    check_baseline,
+    check_choice,
+    check_methods,
+    check_steps,
+)
 from lmscope.analysis.faithfulness import RANDOM, FaithfulnessResult
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
@@ -27,16 +32,18 @@ WEIGHT_BLIND = 0.5  # a mean |rho| above this: the method's scores barely depend
 @dataclass
 class FaithfulnessSettings:
     methods: list[str] = field(default_factory=lambda: list(probe.DEFAULT_METHODS))
-    baseline: str = "zero"
+    baseline: str = "zero"  # zero, mean, unk or token:C
     steps: int = 32
     checkpoints: str = "all"  # all, final, or a list such as "0,100,final"
     random_orders: int = 16
+    order: str = "signed"  # the methods' orders: by signed score, or by |score| ("abs")
 
     def __post_init__(self):  # checked when the study file is read, before any training
         try:
             check_methods(self.methods)
-            check_choice("baseline", self.baseline, BASELINES)
+            check_baseline(self.baseline)
             check_steps(self.steps)
+            check_choice("order", self.order, probe.ORDERS)
         except LmscopeError as e:
             raise LmscopeError(f"[faithfulness] {e}") from None
         if isinstance(self.random_orders, bool) or not isinstance(self.random_orders, int) \
@@ -50,7 +57,7 @@ def run(ctx: StepContext) -> None:
     for corpus in ctx.study.corpora:
         probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
                       methods=tuple(s.methods), baseline=s.baseline, steps=s.steps,
-                      which=s.checkpoints, random_orders=s.random_orders,
+                      which=s.checkpoints, random_orders=s.random_orders, order=s.order,
                       device="cpu" if ctx.device == "auto" else ctx.device,
                       ).save(ctx.out / "faithfulness" / ctx.corpus_dir(corpus).name)
     _across_models(ctx)
