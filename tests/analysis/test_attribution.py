@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.attr import DeepLift
 
 from lmscope.analysis.attribution import (
     BASELINES,
@@ -15,10 +16,13 @@ from lmscope.analysis.attribution import (
     METHODS,
     attribute,
     attribution_probe,
+    last_logp,
 )
 from lmscope.data.chars import CHAR_CLASSES
 from lmscope.errors import LmscopeError
 from lmscope.models.gpt import GPT, GPTConfig
+from lmscope.run.checkpoint import load
+from tests.test_export import tiny_checkpoint
 
 IDS = [3, 1, 4, 1, 5, 9, 2]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -353,8 +357,6 @@ def test_shapley_exact_refuses_a_long_prompt(model):
 
 @pytest.mark.parametrize("arch", ["lstm", "kgram"])
 def test_every_method_works_on_the_lstm_and_the_kgram_mlp(tmp_path, arch):
-    from lmscope.run.checkpoint import load
-    from tests.test_export import tiny_checkpoint
 
     net = load(tiny_checkpoint(tmp_path / "ckpt", model=arch), device="cpu").model
     for method in METHODS:
@@ -413,8 +415,6 @@ def test_occlusion_of_a_position_the_model_cannot_see_scores_zero(tmp_path, arch
     """Attributing the prediction after position k, every later position scores 0 (the model is
     causal), and the visible ones score as if the prompt stopped at k. The k-gram MLP sees only
     its last k positions, so earlier ones score 0 too."""
-    from lmscope.run.checkpoint import load
-    from tests.test_export import tiny_checkpoint
 
     net = load(tiny_checkpoint(tmp_path / "ckpt", model=arch), device="cpu").model.double()
     ids, k = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3], 5
@@ -429,11 +429,6 @@ def test_occlusion_of_a_position_the_model_cannot_see_scores_zero(tmp_path, arch
 def test_captum_deeplift_is_not_deeplift_on_these_models(tmp_path):
     """Why `deeplift` is refused (module docstring): Captum's DeepLift gives gradient x input on
     the GPT and the LSTM, and on the k-gram MLP misses its own summation-to-delta property."""
-    from captum.attr import DeepLift
-
-    from lmscope.analysis.attribution import last_logp
-    from lmscope.run.checkpoint import load
-    from tests.test_export import tiny_checkpoint
 
     class Target(torch.nn.Module):
         def __init__(self, net, target):
@@ -491,6 +486,7 @@ def test_occlusion_with_a_baseline_token_replaces_tokens(model, window):
     ({"window": 0}, "occlusion window must be a whole number of at least 1"),
     ({"window": 8}, "occlusion window of 8 positions is longer than the prompt"),
     ({"baseline": "token:a"}, "needs the id of its token"),
+    ({"window": 2, "position": 3}, "attributes the prediction after the last position only"),
 ])
 def test_baseline_and_window_bad_input(model, kwargs, match):
     with pytest.raises(LmscopeError, match=match):
@@ -503,8 +499,11 @@ def test_probe_with_a_baseline_token_and_a_window(tiny_run, tmp_path):
                       baseline="token: ", window=3, which="final")
     summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "Occlusion: baseline token: , a window of 3 position(s)." in summary
+    with pytest.raises(LmscopeError, match="needs the occlusion method"):
+        attribution_probe(tiny_run, prompt_file(tmp_path, PROMPT), out, window=2,
+                          methods=["grad_norm"], which="final")
     for baseline, match in (("token:Ω", "baseline 'token:Ω' is not in the vocabulary"),
-                            ("token:ee", "baseline 'token:ee' is 2 tokens")):
+                            ("token:ee", "baseline 'token:ee' is 2 tokens: give one token")):
         with pytest.raises(LmscopeError, match=match):
             attribution_probe(tiny_run, prompt_file(tmp_path, PROMPT), out, baseline=baseline,
                               methods=["occlusion"], which="final")

@@ -19,6 +19,7 @@ from lmscope.analysis.continuation import ContinuationResult, compute, continuat
 from lmscope.data.chars import quiet, visible
 from lmscope.errors import LmscopeError
 from lmscope.run.checkpoint import load, select_checkpoints
+from tests.test_export import tiny_checkpoint
 
 PROMPTS = {"a": "First Citizen", "b/c": "All:\nSpeak"}
 METHODS = GRADIENT_METHODS
@@ -145,7 +146,6 @@ def test_integrated_gradients_is_complete_on_a_step(tiny_run, final):
 
 @pytest.mark.parametrize("arch", ["gpt", "lstm", "kgram"])
 def test_the_three_models(tmp_path, arch):
-    from tests.test_export import tiny_checkpoint
 
     path = tiny_checkpoint(tmp_path / "ckpt", model=arch)
     res = compute(path, prompt_file(tmp_path / "p.toml", {"a": "First Citizen"}), generate=3,
@@ -271,7 +271,7 @@ def test_unknown_prompt_or_checkpoint(result):
 
 def test_past_the_context_each_step_reads_the_last_context_tokens(tiny_run, files):
     """Prompt a has 13 tokens and the context is 32: from step 20 on the input is the last 32
-    tokens, as when the model samples; the positions that left it are NaN, and the row equals
+    tokens (a sliding window); the positions that left it are NaN, and the row equals
     attribute() on that window."""
     n = 24
     result = compute(tiny_run, files, generate=n, methods=("grad_x_input",), which="final")
@@ -279,7 +279,7 @@ def test_past_the_context_each_step_reads_the_last_context_tokens(tiny_run, file
     ids = ckpt.tokenizer.encode(PROMPTS["a"])
     t, context = len(ids), ckpt.model.context_length
     full = list(ids)
-    for _ in range(n):  # the sampler's window
+    for _ in range(n):  # a sliding window of the last `context` tokens
         full.append(greedy(ckpt.model, full[-context:], 1)[0][0])
     assert result.continuation("a", "final") == ckpt.tokenizer.decode(full[t:])
     m = result.matrix("a", "final", "grad_x_input")

@@ -16,21 +16,21 @@ from lmscope.analysis.faithfulness import (
     DEFAULT_METHODS,
     RANDOM,
     FaithfulnessResult,
-    _probabilities,
     compute,
     faithfulness_probe,
+    masked_probabilities,
     randomization_spearman,
     reinitialised,
 )
 from lmscope.errors import LmscopeError
 from lmscope.metrics.faithfulness import (
-    best_deletion_order,
     curve_auc,
     deletion_masks,
     order_by_scores,
 )
 from lmscope.run.checkpoint import load
 from tests.analysis.test_attribution import PROMPT, prompt_file, read_csv
+from tests.metrics.test_faithfulness import best_deletion_order
 from tests.test_export import tiny_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -57,12 +57,12 @@ def random_gpt(tmp_path_factory):
     return load(tiny_checkpoint(tmp_path_factory.mktemp("gpt") / "ckpt"), device="cpu")
 
 
-def test_probabilities_equal_a_loop_over_masks(random_gpt):
+def testmasked_probabilities_equal_a_loop_over_masks(random_gpt):
     model = random_gpt.model
     ids, x, b, target = setup(random_gpt, "First", baseline="mean")
     masks = np.array([[1, 1, 1, 1, 1], [0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [0, 1, 0, 1, 1],
                       [1, 0, 0, 0, 0]], dtype=bool)  # a mask twice: the same value twice
-    found = _probabilities(model, x, b, masks, target, batch_size=2)
+    found = masked_probabilities(model, x, b, masks, target, batch_size=2)
     assert found.dtype == np.float64 and found.shape == (5,)
     expected = []
     for mask in masks:  # one input at a time, built position by position
@@ -87,7 +87,7 @@ def test_the_oracle_deletes_no_worse_than_any_method_or_any_order(random_gpt):
     assert len(ids) == 5
 
     def prob(masks):
-        return _probabilities(model, x, b, masks, target)
+        return masked_probabilities(model, x, b, masks, target)
 
     best, oracle = best_deletion_order(prob, len(ids))
     assert sorted(best.tolist()) == list(range(5))

@@ -111,7 +111,7 @@ TARGETS = ("predicted", "expected")
 class Attribution:
     scores: np.ndarray  # one per input position
     target_id: int
-    target_prob: float  # probability of the target at the last position
+    target_prob: float  # probability of the target after the attributed position
     completeness_gap: float | None  # IG only: |sum(scores) - (logp(x) - logp(baseline))|
 
 
@@ -171,7 +171,7 @@ def check_baseline(baseline) -> None:
                                  and len(baseline) > len("token:")):
         return
     raise LmscopeError(f"unknown baseline {baseline!r}: choose from {', '.join(BASELINES)}, or "
-                       "token:C for the embedding of the token C (token: for the space)")
+                       "token:C for the embedding of the token C ('token: ' for the space)")
 
 
 def baseline_id(baseline: str, tokenizer, checkpoint="") -> int | None:
@@ -184,7 +184,8 @@ def baseline_id(baseline: str, tokenizer, checkpoint="") -> int | None:
                                "baseline zero, mean or token:C")
         return tokenizer.unk_id
     if baseline.startswith("token:"):
-        return one_token(baseline[len("token:"):], tokenizer, f"baseline {baseline!r}")
+        return one_token(baseline[len("token:"):], tokenizer, f"baseline {baseline!r}",
+                         "one token of the vocabulary")
     return None
 
 
@@ -198,6 +199,19 @@ def check_window(window) -> None:
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise LmscopeError(f"the occlusion window must be a whole number of at least 1 "
                            f"position, got {window!r}")
+
+
+def check_window_fits(window: int, methods, tokens: int, prompt: str) -> None:
+    """An occlusion window of several positions needs occlusion among the methods and prompts
+    at least that long; checked before any work."""
+    if window == 1:
+        return
+    if "occlusion" not in methods:
+        raise LmscopeError(f"an occlusion window of {window} positions needs the occlusion "
+                           "method: add --method occlusion, or drop --window")
+    if window > tokens:
+        raise LmscopeError(f"an occlusion window of {window} positions is longer than prompt "
+                           f"{prompt!r} ({tokens} tokens): give a smaller one")
 
 
 def check_steps(steps) -> None:
@@ -236,7 +250,7 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
     position: the position whose next token is attributed, the last by default; positions after
     it are inputs the model cannot see there (a causal model's scores for them are 0).
 
-    target_id None: the model's most likely next token (argmax at the last position).
+    target_id None: the model's most likely next token (argmax at `position`).
     `baseline` and `baseline_token` (the id of its token, `baseline_id`) matter for the methods
     with a baseline (all but grad_norm and
     grad_x_input), `steps` for integrated_gradients, gradient_shap and shapley_sampling.
@@ -301,6 +315,11 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
                 if window > len(ids):
                     raise LmscopeError(f"an occlusion window of {window} positions is longer "
                                        f"than the prompt ({len(ids)} tokens): give a smaller one")
+                if window > 1 and position % len(ids) != len(ids) - 1:
+                    # a window holding both sides of `position` would share its change with the
+                    # positions the model cannot see there
+                    raise LmscopeError("an occlusion window of several positions attributes the "
+                                       "prediction after the last position only: give window 1")
                 found = Occlusion(target_logp).attribute(
                     x, sliding_window_shapes=(window, x.shape[-1]), strides=(1, x.shape[-1]),
                     baselines=b, perturbations_per_eval=64)
@@ -487,9 +506,10 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
     first = load(checkpoints[0], device=device)
     check_domains(prompts, (first.trained_on, *corpora), prompts_path)
     for prompt in prompts:
-        check_prompt_fits(prompt, first.tokenizer, first.model.context_length)
+        ids = check_prompt_fits(prompt, first.tokenizer, first.model.context_length)
         if target == "expected":
             check_expected(prompt, first.tokenizer)
+        check_window_fits(window, methods, len(ids), prompt.name)
     check_baseline_token(methods, baseline, first.tokenizer, checkpoints[0])
     foil_id = (one_token(contrast, first.tokenizer, f"--contrast {contrast!r}")
                if contrast is not None else None)
@@ -542,8 +562,10 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
                              steps=steps, completeness_gaps=gaps, window=window)
 
 
-def one_token(text: str, tokenizer, what: str) -> int:
-    """The one token of `text` (a foil, a baseline token), or a one-line error naming `what`."""
+def one_token(text: str, tokenizer, what: str, advice: str = "one character the model can "
+              "predict") -> int:
+    """The one token of `text` (a foil, a baseline token), or a one-line error naming `what`
+    and asking for `advice`."""
     unknown = LmscopeError(f"{what} is not in the vocabulary: give a character the model has "
                            "seen")
     try:
@@ -551,8 +573,7 @@ def one_token(text: str, tokenizer, what: str) -> int:
     except LmscopeError:  # a character outside a char vocabulary without <unk>
         raise unknown from None
     if len(ids) != 1:
-        raise LmscopeError(f"{what} is {len(ids)} tokens: give one character the model can "
-                           "predict")
+        raise LmscopeError(f"{what} is {len(ids)} tokens: give {advice}")
     if tokenizer.unk_id is not None and ids[0] == tokenizer.unk_id:
         raise unknown
     return ids[0]

@@ -21,9 +21,11 @@ view of inseq (Sarti et al. 2023, "Inseq: An Interpretability Toolkit for Sequen
 Models"): one attribution per generated token, over the prompt and the tokens generated before
 it. A causal model at step j cannot see the tokens written after it, so the scores form a
 lower-triangular matrix of shape (N, T + N - 1): row j holds positions 0..T+j-1, NaN after.
-Past the model's context (T + j > context length), step j's input is the last `context length`
-tokens, as when the model samples, and the positions that left it are NaN too: the model cannot
-see them at that step.
+Past the model's context (T + j > context length), step j's input is a sliding window: the last
+`context length` tokens, and the positions that left it are NaN too, as they are not in that
+step's input. (`lmscope sample` differs there: it re-reads the GPT's window only when it is full,
+keeping its last three quarters, and keeps the LSTM's whole history in its state; so past the
+context the greedy text here may differ from the sampler's.)
 
     normalized     score_i / sum_k |score_k| over the row's T + j positions (0 where all are 0),
                    as attribution.normalized_scores
@@ -67,6 +69,7 @@ from lmscope.analysis.attribution import (
     check_methods,
     check_steps,
     check_window,
+    check_window_fits,
     checkpoint_label,
     file_stem,
     normalized_scores,
@@ -137,6 +140,7 @@ class ContinuationResult:
     checkpoints: list[str] = field(default_factory=list)  # the checkpoint folders
     baseline: str = "zero"
     attribution_steps: int = 32  # `steps` of integrated_gradients and the sampling methods
+    window: int = 1  # occlusion's window, in positions
     completeness_gaps: list[float | None] = field(default_factory=list)  # IG, per checkpoint
 
     @property
@@ -166,7 +170,8 @@ class ContinuationResult:
     def matrix(self, prompt: str, checkpoint_name: str, method: str, *,
                normalized: bool = False) -> np.ndarray:
         """The scores (N, T + N - 1) of a prompt at a checkpoint by one method: row j for step
-        j, NaN at the positions it could not see (T + j.., and those past its context); `normalized` for the normalized ones."""
+        j, NaN at the positions it could not see (T + j.., and those past its context);
+        `normalized` for the normalized ones."""
         check_choice("method", method, self.methods)
         self.step_rows(prompt, checkpoint_name)  # an unknown prompt or checkpoint: an error
         rows = [r for r in self.scores if r.prompt == prompt and r.checkpoint == checkpoint_name
@@ -310,6 +315,7 @@ def compute(run, prompts_path, *, generate: int, methods=GRADIENT_METHODS, basel
     context = first.model.context_length
     for prompt in prompts:
         t = len(check_prompt_fits(prompt, first.tokenizer, context))
+        check_window_fits(window, methods, t, prompt.name)
         longest = min(t + generate - 1, context)
         if "shapley_exact" in methods and longest > SHAPLEY_EXACT_MAX:
             raise LmscopeError(
@@ -329,7 +335,7 @@ def compute(run, prompts_path, *, generate: int, methods=GRADIENT_METHODS, basel
             ids = check_prompt_fits(prompt, tok, model.context_length)
             t = len(ids)
             # the greedy continuation first: each step's input, chosen token, prob and entropy
-            # (past the context, the input is its last `context` tokens, as the sampler's)
+            # (past the context, the input is a sliding window of its last `context` tokens)
             inputs, chosen = [], []
             for _ in range(generate):
                 seen = ids[-model.context_length:]
@@ -359,7 +365,7 @@ def compute(run, prompts_path, *, generate: int, methods=GRADIENT_METHODS, basel
     return ContinuationResult(str(run), methods, generate, step_rows, score_rows,
                               prompts=[p.name for p in prompts],
                               checkpoints=[str(p) for p in checkpoints], baseline=baseline,
-                              attribution_steps=steps, completeness_gaps=gaps)
+                              attribution_steps=steps, completeness_gaps=gaps, window=window)
 
 
 def continuation_probe(run, prompts_path, out_dir, **kw) -> dict:
@@ -436,7 +442,10 @@ def _save(result: ContinuationResult, out_dir: Path) -> dict:
         "log-probability attributed to the prompt and the tokens generated before it.",
         f"Methods: {', '.join(methods)}."
         + (f" Baseline {result.baseline}, {result.attribution_steps} steps." if uses_baseline
-           else "") + "\n",
+           else "")
+        + (f" Occlusion window: {result.window} positions." if result.window > 1 else "")
+        + " Past the model's context each step reads a sliding window of the last context "
+        "tokens (`lmscope sample` re-reads its window less often).\n",
         "Shares: the mean over the steps of the |normalized score| mass on the prompt's "
         "positions and on the earlier generated ones (step 0 has none, so its generated share "
         "is 0).\n",

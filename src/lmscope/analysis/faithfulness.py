@@ -5,11 +5,12 @@ the checkpoint's most likely next token, or the prompt's expected character) and
 attribution method of lmscope.analysis.attribution (its scores for y, its `baseline` and
 `steps`), the method's order (positions by descending signed score, ties by position; with
 order="abs", by descending |score|: a signed method's strong negative evidence then counts as
-important too) is put to the test by masking: a removed position gets the baseline embedding b (attribution's: the zero
-vector, the mean token embedding or the unknown token's), and
+important too) is put to the test by masking: a removed position gets the baseline embedding
+b (attribution's: the zero vector, the mean token embedding, the unknown token's or a chosen
+token's), and
 
     p(mask)            softmax(logits(x masked))[T, y], the target's probability at the last
-                       position, in float64 (`_probabilities`)
+                       position, in float64 (`masked_probabilities`)
 
 gives, as defined exactly in lmscope.metrics.faithfulness:
 
@@ -73,6 +74,7 @@ from lmscope.analysis.attribution import (
     check_expected,
     check_methods,
     check_steps,
+    checkpoint_label,
 )
 from lmscope.data.chars import visible
 from lmscope.data.prompts import check_domains, check_prompt_fits, expected_id, load_prompts
@@ -245,7 +247,7 @@ class FaithfulnessResult:
 # --- the measures of one prompt ------------------------------------------------------------------
 
 @torch.no_grad()
-def _probabilities(model, x: torch.Tensor, b: torch.Tensor, masks, target_id: int, *,
+def masked_probabilities(model, x: torch.Tensor, b: torch.Tensor, masks, target_id: int, *,
                    batch_size: int = BATCH_SIZE) -> np.ndarray:
     """p(target | x with the positions where a mask is False replaced by b), float64, one per
     mask row (masks: (n, T) bool). Each distinct mask goes through the model once."""
@@ -379,7 +381,7 @@ def compute(run, prompts_path, *, methods=DEFAULT_METHODS, baseline="zero", step
             target_id = expected_id(prompt, tok) if target == "expected" else int(logits.argmax())
 
             def prob(masks, model=model, x=x, b=b, target_id=target_id):
-                return _probabilities(model, x, b, masks, target_id)
+                return masked_probabilities(model, x, b, masks, target_id)
 
             p_full = float(prob(np.ones((1, len(ids)), dtype=bool))[0])
             base = (prompt.name, prompt.domain_of(ckpt.trained_on), ckpt.name, ckpt.iteration)
@@ -457,10 +459,6 @@ def faithfulness_probe(run, prompts_path, out_dir, **kwargs) -> dict:
 
 # --- files ---------------------------------------------------------------------------------------
 
-def _label(name: str, iteration: int) -> str:
-    return str(iteration) if name.startswith("iter_") else f"{iteration} ({name})"
-
-
 def _style(method: str, methods) -> dict:
     if method == RANDOM:
         return {"color": "grey", "linestyle": "--"}
@@ -482,8 +480,9 @@ def _save(result: FaithfulnessResult, out_dir: Path) -> dict:
     methods = (*result.methods, RANDOM)
 
     # curves.png: the final checkpoint's mean curves
-    fig, axes = plots.panels(2, title=f"Deletion and insertion, checkpoint {_label(*final)} "
-                                      "(mean over prompts)", width=5.0, height=3.6)
+    fig, axes = plots.panels(2, title="Deletion and insertion, checkpoint "
+                             f"{checkpoint_label(*final)} (mean over prompts)", width=5.0,
+                             height=3.6)
     for ax, kind, xlabel, better in zip(
             axes, ("deletion", "insertion"),
             ("fraction of positions removed", "fraction of positions restored"),
@@ -534,7 +533,7 @@ def _summary(result: FaithfulnessResult) -> str:
         f"{result.target}; baseline {result.baseline}, {result.steps} steps; the methods' orders "
         f"by {'|score|' if result.order == 'abs' else 'signed score'}; the random row is the mean "
         f"over {result.random_orders} random orders per prompt.\n",
-        f"## Ranking at the final checkpoint ({_label(*iterations[-1])})\n",
+        f"## Ranking at the final checkpoint ({checkpoint_label(*iterations[-1])})\n",
         "Means over prompts; ranked by faithfulness score = insertion AUC - deletion AUC.\n",
         markdown_table(["rank", "method", "faithfulness score", "deletion AUC", "insertion AUC",
                         "comprehensiveness", "sufficiency", "randomization rho",
@@ -552,7 +551,7 @@ def _summary(result: FaithfulnessResult) -> str:
     for point in iterations:
         ranked = result.ranking_at(point)
         chance = next(r for r in ranked if r.method == RANDOM)
-        table.append([_label(*point), ranked[0].method, ranked[0].faithfulness_score,
+        table.append([checkpoint_label(*point), ranked[0].method, ranked[0].faithfulness_score,
                       chance.faithfulness_score,
                       ", ".join(r.method for r in ranked if r.rank > chance.rank) or "-"])
     lines.append(markdown_table(["checkpoint", "most faithful", "its score", "random's score",

@@ -31,26 +31,20 @@ ERASER deletes tokens; here a removed position keeps its place and gets the base
 as in the deletion and insertion curves, so that every measure perturbs the input one way. Both
 are differences of probabilities (not log-probabilities), in [-1, 1].
 
-The oracle `best_deletion_order` is the order of least deletion AUC, found by trying all T!
-orders (so T <= 7 by default); an attribution's deletion AUC can be no lower. `spearman` is
-Spearman's rank correlation (scipy.stats.spearmanr), NaN when a side is constant: the
+`spearman` is Spearman's rank correlation (scipy.stats.spearmanr), NaN when a side is constant: the
 randomization check (Adebayo et al. 2018, "Sanity Checks for Saliency Maps") compares the
 |scores| of a trained model with those of a re-initialised one by it.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
 
-from lmscope.errors import LmscopeError
-
 ERASER_BINS = (0.01, 0.05, 0.10, 0.20, 0.50)  # fractions of the prompt's positions
-BEST_ORDER_MAX_TOKENS = 7  # 5,040 orders; 8 tokens would be 40,320
 
 
 def _order(order, t: int | None = None) -> np.ndarray:
@@ -119,39 +113,6 @@ def sufficiency(p_full: float, p_only_top) -> float:
 def faithfulness_score(insertion_auc: float, deletion_auc: float) -> float:
     """insertion AUC - deletion AUC: the ranking criterion, higher is more faithful."""
     return float(insertion_auc - deletion_auc)
-
-
-def subset_masks(t: int) -> np.ndarray:
-    """(2^T, T) bool: row s keeps position i where bit i of s is set (every mask once)."""
-    s = np.arange(2 ** t)[:, None]
-    return ((s >> np.arange(t)[None, :]) & 1).astype(bool)
-
-
-def best_deletion_order(prob_of_masks: Callable[[np.ndarray], np.ndarray], t: int, *,
-                        max_tokens: int = BEST_ORDER_MAX_TOKENS) -> tuple[np.ndarray, float]:
-    """The order of least deletion AUC over all T! orders, and that AUC (the oracle).
-
-    `prob_of_masks` maps (n, T) bool masks to n probabilities. Each of the 2^T masks is
-    evaluated once (`subset_masks`); every order's deletion curve is then read from that table.
-    Of orders with the same AUC, the first in lexicographic order is returned.
-    """
-    if t < 1:
-        raise LmscopeError(f"the oracle order needs at least one position, got {t}")
-    if t > max_tokens:
-        raise LmscopeError(f"the oracle deletion order of a prompt of {t} tokens would try "
-                           f"{math.factorial(t):,} orders: give prompts of at most {max_tokens} "
-                           "tokens")
-    table = np.asarray(prob_of_masks(subset_masks(t)), dtype=np.float64).reshape(-1)
-    if len(table) != 2 ** t:
-        raise ValueError(f"prob_of_masks gave {len(table)} values for {2 ** t} masks")
-    orders = np.array(list(itertools.permutations(range(t))), dtype=np.int64)  # (T!, T)
-    full = 2 ** t - 1
-    removed = np.concatenate([np.zeros((len(orders), 1), dtype=np.int64),
-                              np.cumsum(1 << orders, axis=1)], axis=1)  # (T!, T+1) bit sets
-    curves = table[full ^ removed]  # kept = all but the removed bits
-    aucs = (curves.sum(1) - 0.5 * (curves[:, 0] + curves[:, -1])) / t
-    best = int(np.argmin(aucs))
-    return orders[best], float(aucs[best])
 
 
 def spearman(a, b) -> float:

@@ -33,6 +33,7 @@ class AttributionSettings:
         try:
             probe.check_methods(self.methods)
             probe.check_baseline(self.baseline)
+            probe.check_steps(self.steps)
             probe.check_window(self.window)
             if self.generate:
                 continuation.check_generate(self.generate)
@@ -104,7 +105,7 @@ STEP = Step(
     "attribution", "gradient attribution of every prompt's characters, every model and "
     "checkpoint: attribution/<corpus>/attribution.csv (long form), heatmap_<prompt>.png, "
     "by_class.csv/.png, attribution/by_class_models.md; with generate = N, each token of an "
-    "N-token continuation attributed: attribution/<corpus>/continuation/", run, settings=AttributionSettings,
-    result=AttributionResult, per_corpus=True, needs_prompts=True,
+    "N-token continuation attributed: attribution/<corpus>/continuation/", run,
+    settings=AttributionSettings, result=AttributionResult, per_corpus=True, needs_prompts=True,
     command="lmscope probe attribution", readme=readme, report_title="Gradient attribution",
     report_view=attribution_view, report_hide=("heatmap_*.png",))
