@@ -846,7 +846,10 @@ class _StudyCommand(click.Command):
                    "train.max_iters=100 model.n_layer=2 (a variant's or corpus's own table wins).")
 @click.argument("more_overrides", nargs=-1, metavar="")
 @click.option("--device", default="auto", show_default=True)
-def study(study_file, out, quick, seeds, overrides, more_overrides, device):
+@click.option("--jobs", default=1, show_default=True, type=int, metavar="N",
+              help="Training runs to train at once, each in its own process: one GPU each where "
+                   "there are GPUs, the cores split between them on a CPU.")
+def study(study_file, out, quick, seeds, overrides, more_overrides, device, jobs):
     """Run a study file's steps in order (by default stats, train, matrix, transfer, softmax,
     attribution).
 
@@ -871,7 +874,7 @@ def study(study_file, out, quick, seeds, overrides, more_overrides, device):
             raise LmscopeError(f"--seeds takes one or more seeds >= 0, got {seeds!r}")
     timings = run_study(study_file, out, quick=quick, seeds=seed_list,
                         overrides=_all_overrides(overrides, more_overrides), device=device,
-                        log=click.echo)
+                        log=click.echo, jobs=jobs)
     click.echo(f"done in {sum(timings.values()):.0f} s ("
                + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"); see {out}/")
     click.echo(f"report: {out / 'report.html'}")

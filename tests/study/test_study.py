@@ -306,3 +306,26 @@ def test_attribution_with_continuations_and_the_faithfulness_step(tmp_path):
     assert "| random |" in summary and "**Reading**" in summary
     assert summary.count("character classes rank") == 2  # under each model's winner
     assert "Which attribution to believe" in (out / "README.md").read_text()
+
+
+def test_runs_trained_two_at_a_time_are_the_runs_trained_one_after_another(tmp_path):
+    """--jobs 2 trains the two runs side by side, each in its own process, with the same
+    results as --jobs 1 (the same checkpoints' weights and losses) where the runs get the same
+    number of threads (the test processes have one); each run is marked done."""
+    study = write_study(tmp_path)
+    study.write_text(study.read_text().replace("[study]", '[study]\nsteps = ["train"]'))
+    seen = []
+    run_study(study, tmp_path / "one", device="cpu", log=lambda m: None, jobs=1)
+    run_study(study, tmp_path / "two", device="cpu", log=seen.append, jobs=2)
+    for name in ("play", "sums"):
+        one, two = (tmp_path / out / "runs" / name for out in ("one", "two"))
+        assert (two / ".done").is_file()
+        for ckpt in ("iter_0000010", "final"):
+            a, b = (p / "checkpoints" / ckpt / "model.safetensors" for p in (one, two))
+            assert a.read_bytes() == b.read_bytes(), (name, ckpt)
+        losses = [json.loads((p / "summary.json").read_text())["val_loss"] for p in (one, two)]
+        assert losses[0] == losses[1]
+    assert sum("whole-split val loss" in m for m in seen) == 2
+    with pytest.raises(LmscopeError, match="--jobs must be a whole number of at least 1, got 0"):
+        run_study(study, tmp_path / "zero", jobs=0)
+    assert not (tmp_path / "zero").exists()

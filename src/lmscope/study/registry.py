@@ -34,6 +34,7 @@ class StepContext:
     device: str = "auto"
     log: Callable[[str], None] = print
     step: Step | None = None  # the step being run
+    jobs: int = 1  # units of work a step may run at once (lmscope study --jobs)
 
     @property
     def settings(self) -> Any:

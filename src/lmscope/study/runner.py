@@ -28,6 +28,7 @@ from lmscope.run.lock import FolderLock, holds_files
 from lmscope.study import steps as registered
 from lmscope.study.plan import Study
 from lmscope.study.registry import StepContext
+from lmscope.study.schedule import check_jobs
 from lmscope.study.spec import load_study
 
 
@@ -45,13 +46,15 @@ def write_report(folder: str | Path) -> Path:
 
 
 class StudyRunner:
-    def __init__(self, study: Study, out_dir: str | Path, *, device: str = "auto", log=print):
+    def __init__(self, study: Study, out_dir: str | Path, *, device: str = "auto", log=print,
+                 jobs: int = 1):
+        check_jobs(jobs)
         self.study = study
         self.out = Path(out_dir)
         self.device = device
         self.log = log
         self.timings: dict[str, float] = {}
-        self.context = StepContext(study, self.out, device, log)
+        self.context = StepContext(study, self.out, device, log, jobs=jobs)
 
     def run(self) -> dict[str, float]:
         if self.out.exists() and not self.out.is_dir():
@@ -121,8 +124,10 @@ class StudyRunner:
 
 def run_study(path: str | Path, out_dir: str | Path, *, quick: bool = False,
               seeds: list[int] | None = None, overrides: list[str] = (), device: str = "auto",
-              log=print) -> dict[str, float]:
+              log=print, jobs: int = 1) -> dict[str, float]:
     """Run (or continue) the study in `path`, writing into `out_dir`; returns seconds per step.
-    `overrides` ("train.max_iters=100", ...) are merged over the file's tables (load_study)."""
+    `overrides` ("train.max_iters=100", ...) are merged over the file's tables (load_study).
+    `jobs`: training runs trained at once, each in its own process (study/schedule.py)."""
+    check_jobs(jobs)  # before the study file is read
     study = load_study(path, quick=quick, seeds=seeds, overrides=overrides)
-    return StudyRunner(study, out_dir, device=device, log=log).run()
+    return StudyRunner(study, out_dir, device=device, log=log, jobs=jobs).run()

@@ -7,30 +7,48 @@ anything starts again.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from lmscope.render.tables import markdown_table
 from lmscope.run.run_dir import RunDir
 from lmscope.study.registry import Step, StepContext
+from lmscope.study.schedule import Unit, run_units
 from lmscope.train.trainer import train
 
 
 def run(ctx: StepContext) -> None:
+    """Every run not yet trained, up to `ctx.jobs` at once, each in its own process when more
+    than one (study/schedule.py); a run's `.done` is written as soon as it finished."""
+    units = []
     for spec in ctx.study.runs():
         folder = RunDir(ctx.run_dir(spec.name))
-        name = spec.name
         if ctx.done(folder.path):
-            ctx.log(f"  {name}: trained ({folder.path})")
+            ctx.log(f"  {spec.name}: trained ({folder.path})")
             continue
         resume = folder.resumable_state() is not None
         if folder.path.is_dir() and not resume:
             shutil.rmtree(folder.path)  # this study's own run, stopped before it saved anything
-        ctx.log(f"  {name}: {'resuming' if resume else 'training'} {folder.path}")
         config = ctx.study.run_config(spec)
         config.train.device = ctx.device if ctx.device != "auto" else config.train.device
-        result = train(config, folder.path, resume=resume, progress=False, log=lambda *a: None)
-        ctx.log(f"  {name}: whole-split val loss {result.val_loss:.4f} after "
-                f"{result.iterations} iterations, {result.elapsed_s:.0f} s")
-        ctx.mark_done(folder.path)
+        units.append(Unit(spec.name, train_run, (config, str(folder.path), resume)))
+
+    def started(unit: Unit, gpus) -> None:
+        resume, folder = unit.args[2], unit.args[1]
+        on = f" on GPU {','.join(gpus)}" if gpus else ""
+        ctx.log(f"  {unit.name}: {'resuming' if resume else 'training'} {folder}{on}")
+
+    def finished(unit: Unit) -> None:
+        s = RunDir(unit.args[1]).summary()
+        ctx.log(f"  {unit.name}: whole-split val loss {s.val_loss:.4f} after {s.iterations} "
+                f"iterations, {s.elapsed_s:.0f} s")
+        ctx.mark_done(Path(unit.args[1]))
+
+    run_units(units, jobs=ctx.jobs, on_start=started, on_done=finished)
+
+
+def train_run(config, folder: str, resume: bool) -> None:
+    """One run of the study: `lmscope train` into its folder (a unit's work, in any process)."""
+    train(config, folder, resume=resume, progress=False, log=lambda *a: None)
 
 
 def readme(ctx: StepContext) -> str:

@@ -1,0 +1,204 @@
+"""Running a study's independent units of work side by side, each in its own process.
+
+A unit is one piece of a study that can run on its own once what it needs has finished: a
+training run, a transfer pair, a probe of one model. `run_units(units, jobs=N)` starts every
+unit whose needs are done, up to N at once, each in a fresh process (multiprocessing's spawn, so
+that a unit's CUDA and thread settings are its own):
+
+    devices    with GPUs, each unit gets `gpus` of them (1 by default) that no other running unit
+               holds, through CUDA_VISIBLE_DEVICES (`DevicePool`); a unit asking for more GPUs
+               than the machine has is refused before anything starts
+    threads    on the CPU, the N workers split the cores: each sets torch.set_num_threads to
+               cores // N (at least 1), instead of N processes each taking every core
+
+The scheduler waits for a state (a worker's exit), never for a time. A unit that fails (an
+exception, or a process killed) does not stop the others: the ones that need it are skipped, the
+rest finish, and `run_units` then raises one LmscopeError naming every unit that failed or was
+skipped. `jobs=1` runs the units one after another in this process, as before.
+
+A unit's `run` must be picklable (a module-level function) with picklable arguments; it returns
+nothing and writes its results into its own folder. What the parent does once a unit finished
+(a `.done` marker, a log line) is the `on_done` callback's.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+
+import torch
+
+from lmscope.errors import LmscopeError
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independent piece of a study's work."""
+
+    name: str  # unique in the study, such as "train runs/math"
+    run: Callable  # run(*args): a module-level function, called in the unit's process
+    args: tuple = ()
+    needs: tuple[str, ...] = ()  # the names of the units that must finish first
+    gpus: int = 1  # GPUs it asks for where there are GPUs (0 on a CPU-only machine)
+
+
+@dataclass
+class DevicePool:
+    """The GPUs of the machine (their CUDA indices as strings), handed to units so that no two
+    running units share one."""
+
+    devices: list[str]
+    free: list[str] = field(init=False)
+
+    def __post_init__(self):
+        self.free = list(self.devices)
+
+    def take(self, n: int) -> list[str] | None:
+        """n free GPUs (the lowest first), or None while fewer are free."""
+        if n > len(self.free):
+            return None
+        taken, self.free = self.free[:n], self.free[n:]
+        return taken
+
+    def give_back(self, taken: Sequence[str]) -> None:
+        self.free = sorted({*self.free, *taken}, key=self.devices.index)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA indices ("0", "1", ...); [] without CUDA."""
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def threads_per_unit(jobs: int, cores: int | None = None) -> int:
+    """The CPU threads each of `jobs` units running at once gets: the cores split evenly."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def check_jobs(jobs) -> None:
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise LmscopeError(f"--jobs must be a whole number of at least 1, got {jobs!r}: the "
+                           "number of units of work to run at once")
+
+
+def check_units(units: Sequence[Unit], gpus: Sequence[str]) -> None:
+    """Unique names, known needs, no cycle, and no unit asking for more GPUs than there are."""
+    names = [u.name for u in units]
+    if len(set(names)) != len(names):
+        raise ValueError(f"units with the same name: {sorted(n for n in names if names.count(n) > 1)}")
+    known = set(names)
+    for u in units:
+        missing = [n for n in u.needs if n not in known]
+        if missing:
+            raise ValueError(f"unit {u.name!r} needs unknown units {missing}")
+        if gpus and u.gpus > len(gpus):
+            raise LmscopeError(f"unit {u.name!r} asks for {u.gpus} GPUs and this machine has "
+                               f"{len(gpus)}: lower its GPUs or run it on a larger machine")
+    order, seen = [], set()
+    pending = list(units)
+    while pending:
+        ready = [u for u in pending if set(u.needs) <= seen]
+        if not ready:
+            raise ValueError(f"units that need each other: {[u.name for u in pending]}")
+        for u in ready:
+            seen.add(u.name)
+            order.append(u)
+        pending = [u for u in pending if u.name not in seen]
+
+
+def _unit_main(run: Callable, args: tuple, gpus: list[str] | None, threads: int, conn) -> None:
+    """A unit's process: its GPUs and threads first (before anything touches CUDA), then its
+    work; the outcome goes back through `conn` as None or an error's text."""
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    torch.set_num_threads(threads)
+    try:
+        run(*args)
+        conn.send(None)
+    except BaseException as e:  # reported to the parent, which decides what to do
+        message = str(e) if isinstance(e, LmscopeError) else "".join(
+            traceback.format_exception_only(type(e), e)).strip()
+        conn.send(message or type(e).__name__)
+    finally:
+        conn.close()
+
+
+def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | None = None,
+              cores: int | None = None, on_start: Callable[[Unit, list[str] | None], None] = None,
+              on_done: Callable[[Unit], None] | None = None) -> list[str]:
+    """Run `units` respecting their needs, up to `jobs` at once (module docstring). `gpus`: the
+    GPUs to share out (default: the visible ones). Returns the names in the order they finished;
+    raises LmscopeError naming the failed and skipped units after the others finished."""
+    check_jobs(jobs)
+    gpus = list(visible_gpus() if gpus is None else gpus)
+    check_units(units, gpus)
+    pool = DevicePool(gpus)
+    threads = threads_per_unit(jobs, cores)
+    done: list[str] = []
+    failed: dict[str, str] = {}
+    pending = list(units)
+    running: dict = {}  # sentinel -> (unit, process, connection, its GPUs)
+    context = multiprocessing.get_context("spawn")
+
+    def blocked(u: Unit) -> bool:
+        return any(n in failed for n in u.needs)
+
+    while pending or running:
+        while any(blocked(u) for u in pending):  # what needs a failed unit cannot run
+            for u in [u for u in pending if blocked(u)]:
+                failed[u.name] = "skipped: it needs " + ", ".join(n for n in u.needs
+                                                                  if n in failed)
+                pending.remove(u)
+        for u in list(pending):
+            if len(running) >= jobs:
+                break
+            if not set(u.needs) <= set(done):
+                continue
+            taken = pool.take(u.gpus) if gpus else None
+            if gpus and taken is None:
+                continue  # its GPUs are busy: a smaller unit may still start
+            pending.remove(u)
+            if on_start is not None:
+                on_start(u, taken)
+            if jobs == 1:  # one at a time: in this process, as a plain call
+                try:
+                    u.run(*u.args)
+                except LmscopeError as e:
+                    failed[u.name] = str(e)
+                else:
+                    done.append(u.name)
+                    if on_done is not None:
+                        on_done(u)
+                if taken:
+                    pool.give_back(taken)
+                continue
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_unit_main, args=(u.run, u.args, taken, threads,
+                                                               send), name=u.name)
+            process.start()
+            send.close()
+            running[process.sentinel] = (u, process, receive, taken)
+        if not running:
+            continue  # in this process (jobs 1), or the next pass skips what failures block
+        for sentinel in wait(list(running)):
+            u, process, receive, taken = running.pop(sentinel)
+            outcome = receive.recv() if receive.poll() else (
+                f"its process ended with exit code {process.exitcode}")
+            process.join()
+            receive.close()
+            if taken:
+                pool.give_back(taken)
+            if outcome is None:
+                done.append(u.name)
+                if on_done is not None:
+                    on_done(u)
+            else:
+                failed[u.name] = outcome
+    if failed:
+        raise LmscopeError(f"{len(failed)} of {len(units)} units did not finish (the others did): "
+                           + "; ".join(f"{name}: {why}" for name, why in failed.items()))
+    return done

@@ -1,0 +1,127 @@
+"""The study's unit scheduler: needs respected, units side by side, GPUs never shared, the CPU's
+cores split, failures reported after the others finish. Units run in spawned processes, so the
+functions they run are module-level ones of this file."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmscope.errors import LmscopeError
+from lmscope.study.schedule import (
+    DevicePool,
+    Unit,
+    check_units,
+    run_units,
+    threads_per_unit,
+)
+from tests.conftest import HANG_TIMEOUT
+
+EIGHT = [str(i) for i in range(8)]
+
+
+def mark(folder: str, name: str, needs: tuple = ()) -> None:
+    """A unit: fails unless its needs' markers exist, then leaves its own."""
+    for n in needs:
+        if not (Path(folder) / n).is_file():
+            raise LmscopeError(f"{name} started before {n} finished")
+    (Path(folder) / name).write_text(json.dumps({
+        "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": torch.get_num_threads()}))
+
+
+def meet(folder: str, name: str, other: str) -> None:
+    """A unit that finishes only once `other` has started: two of them finish only when they
+    run at the same time (waits for a state, bounded against a hang)."""
+    (Path(folder) / f"{name}.started").write_text("")
+    deadline = time.monotonic() + HANG_TIMEOUT
+    while not (Path(folder) / f"{other}.started").is_file():
+        if time.monotonic() > deadline:
+            raise LmscopeError(f"{other} never ran beside {name}")
+        time.sleep(0.01)
+    mark(folder, name)
+
+
+def fail(name: str) -> None:
+    raise LmscopeError(f"{name} broke")
+
+
+def test_a_pool_of_eight_gpus_never_hands_one_out_twice():
+    pool = DevicePool(EIGHT)
+    held = [pool.take(2), pool.take(1), pool.take(2), pool.take(3)]
+    assert held == [["0", "1"], ["2"], ["3", "4"], ["5", "6", "7"]]
+    assert pool.take(1) is None  # all eight are out
+    pool.give_back(held[1])
+    pool.give_back(held[0])
+    assert pool.take(2) == ["0", "1"] and pool.take(1) == ["2"] and pool.take(1) is None
+
+
+def test_simulated_eight_gpus_units_get_their_own(tmp_path):
+    """Six units on a fake 8-GPU machine, two of them asking for 2 GPUs: each gets as many as
+    it asked for, in its own CUDA_VISIBLE_DEVICES, and no two running units share one."""
+    units = [Unit(f"u{i}", mark, (str(tmp_path), f"u{i}"), gpus=2 if i in (1, 4) else 1)
+             for i in range(6)]
+    held: dict[str, list[str]] = {}
+    seen = []
+
+    def started(unit, taken):
+        in_use = {g for gs in held.values() for g in gs}
+        assert not in_use & set(taken), (unit.name, taken, held)
+        held[unit.name] = taken
+        seen.append((unit.name, taken))
+
+    done = run_units(units, jobs=4, gpus=EIGHT, on_start=started,
+                     on_done=lambda unit: held.pop(unit.name))
+    assert sorted(done) == [f"u{i}" for i in range(6)]
+    for name, taken in seen:
+        recorded = json.loads((tmp_path / name).read_text())
+        assert recorded["gpus"] == ",".join(taken)
+        assert len(taken) == (2 if name in ("u1", "u4") else 1)
+
+
+def test_needs_come_first_and_independent_units_run_side_by_side(tmp_path):
+    folder = str(tmp_path)
+    units = [Unit("a", meet, (folder, "a", "b"), gpus=0), Unit("b", meet, (folder, "b", "a"), gpus=0),
+             Unit("c", mark, (folder, "c", ("a", "b")), needs=("a", "b"), gpus=0)]
+    done = run_units(units, jobs=2, gpus=[], cores=4)
+    assert set(done[:2]) == {"a", "b"} and done[2] == "c"
+    assert json.loads((tmp_path / "a").read_text())["threads"] == 2  # 4 cores, 2 at a time
+
+
+def test_one_at_a_time_runs_in_this_process_in_order(tmp_path):
+    folder = str(tmp_path)
+    units = [Unit("b", mark, (folder, "b", ("a",)), needs=("a",), gpus=0),
+             Unit("a", mark, (folder, "a"), gpus=0)]
+    assert run_units(units, jobs=1, gpus=[]) == ["a", "b"]
+    assert json.loads((tmp_path / "a").read_text())["threads"] == torch.get_num_threads()
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failed_unit_stops_only_what_needs_it(tmp_path, jobs):
+    folder = str(tmp_path)
+    units = [Unit("bad", fail, ("bad",), gpus=0),
+             Unit("after-bad", mark, (folder, "after-bad"), needs=("bad",), gpus=0),
+             Unit("fine", mark, (folder, "fine"), gpus=0)]
+    finished = []
+    with pytest.raises(LmscopeError, match=r"2 of 3 units did not finish \(the others did\): "
+                                           r"bad: bad broke; after-bad: skipped: it needs bad"):
+        run_units(units, jobs=jobs, gpus=[], on_done=lambda u: finished.append(u.name))
+    assert finished == ["fine"] and (tmp_path / "fine").is_file()
+    assert not (tmp_path / "after-bad").exists()
+
+
+def test_bad_units_and_jobs():
+    with pytest.raises(LmscopeError, match="--jobs must be a whole number of at least 1, got 0"):
+        run_units([], jobs=0)
+    with pytest.raises(LmscopeError, match="asks for 9 GPUs and this machine has 8"):
+        check_units([Unit("big", fail, gpus=9)], EIGHT)
+    with pytest.raises(ValueError, match="units that need each other"):
+        check_units([Unit("a", fail, needs=("b",)), Unit("b", fail, needs=("a",))], [])
+    with pytest.raises(ValueError, match="needs unknown units"):
+        check_units([Unit("a", fail, needs=("z",))], [])
+    assert threads_per_unit(2, cores=2) == 1 and threads_per_unit(3, cores=2) == 1
+    assert threads_per_unit(1, cores=16) == 16
