@@ -847,8 +847,8 @@ class _StudyCommand(click.Command):
 @click.argument("more_overrides", nargs=-1, metavar="")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--jobs", default=1, show_default=True, type=int, metavar="N",
-              help="Training runs to train at once, each in its own process: one GPU each where "
-                   "there are GPUs, the cores split between them on a CPU.")
+              help="Training runs (then transfer pairs) to run at once, each in its own process: "
+                   "one GPU each where there are GPUs, the cores split between them on a CPU.")
 def study(study_file, out, quick, seeds, overrides, more_overrides, device, jobs):
     """Run a study file's steps in order (by default stats, train, matrix, transfer, softmax,
     attribution).

@@ -85,7 +85,8 @@ def test_simulated_eight_gpus_units_get_their_own(tmp_path):
 
 def test_needs_come_first_and_independent_units_run_side_by_side(tmp_path):
     folder = str(tmp_path)
-    units = [Unit("a", meet, (folder, "a", "b"), gpus=0), Unit("b", meet, (folder, "b", "a"), gpus=0),
+    units = [Unit("a", meet, (folder, "a", "b"), gpus=0),
+             Unit("b", meet, (folder, "b", "a"), gpus=0),
              Unit("c", mark, (folder, "c", ("a", "b")), needs=("a", "b"), gpus=0)]
     done = run_units(units, jobs=2, gpus=[], cores=4)
     assert set(done[:2]) == {"a", "b"} and done[2] == "c"

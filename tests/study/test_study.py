@@ -292,7 +292,8 @@ def test_attribution_with_continuations_and_the_faithfulness_step(tmp_path):
     the methods of every model beside random orders, and reads the winner's character classes
     from the attribution step."""
     study = write_study(tmp_path, 'generate = 2\ngenerate_checkpoints = "final"\n'
-                                  'methods = ["grad_norm", "occlusion"]\n[faithfulness]\nmethods = ["grad_norm", "occlusion"]\n'
+                                  'methods = ["grad_norm", "occlusion"]\n'
+                                  '[faithfulness]\nmethods = ["grad_norm", "occlusion"]\n'
                                   'checkpoints = "10,final"\nsteps = 4\nrandom_orders = 4\n')
     study.write_text(study.read_text().replace(
         "[study]", '[study]\nsteps = ["train", "attribution", "faithfulness"]'))
@@ -309,11 +310,13 @@ def test_attribution_with_continuations_and_the_faithfulness_step(tmp_path):
 
 
 def test_runs_trained_two_at_a_time_are_the_runs_trained_one_after_another(tmp_path):
-    """--jobs 2 trains the two runs side by side, each in its own process, with the same
-    results as --jobs 1 (the same checkpoints' weights and losses) where the runs get the same
-    number of threads (the test processes have one); each run is marked done."""
+    """--jobs 2 trains the two runs (then the two transfer pairs) side by side, each in its own
+    process, with the same results as --jobs 1 (the same checkpoints' weights and losses) where
+    the runs get the same number of threads (the test processes have one); each run is marked
+    done."""
     study = write_study(tmp_path)
-    study.write_text(study.read_text().replace("[study]", '[study]\nsteps = ["train"]'))
+    study.write_text(study.read_text().replace("[study]",
+                                               '[study]\nsteps = ["train", "transfer"]'))
     seen = []
     run_study(study, tmp_path / "one", device="cpu", log=lambda m: None, jobs=1)
     run_study(study, tmp_path / "two", device="cpu", log=seen.append, jobs=2)
@@ -326,6 +329,11 @@ def test_runs_trained_two_at_a_time_are_the_runs_trained_one_after_another(tmp_p
         losses = [json.loads((p / "summary.json").read_text())["val_loss"] for p in (one, two)]
         assert losses[0] == losses[1]
     assert sum("whole-split val loss" in m for m in seen) == 2
+    # the transfer pairs too: each a unit, the same table
+    summary = [(tmp_path / out / "transfer" / "summary.csv").read_bytes() for out in ("one", "two")]
+    assert summary[0] == summary[1]
+    assert all((tmp_path / "two" / "transfer" / pair / ".done").is_file()
+               for pair in ("play-to-sums", "sums-to-play"))
     with pytest.raises(LmscopeError, match="--jobs must be a whole number of at least 1, got 0"):
         run_study(study, tmp_path / "zero", jobs=0)
     assert not (tmp_path / "zero").exists()

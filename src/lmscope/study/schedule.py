@@ -14,7 +14,8 @@ that a unit's CUDA and thread settings are its own):
 The scheduler waits for a state (a worker's exit), never for a time. A unit that fails (an
 exception, or a process killed) does not stop the others: the ones that need it are skipped, the
 rest finish, and `run_units` then raises one LmscopeError naming every unit that failed or was
-skipped. `jobs=1` runs the units one after another in this process, as before.
+skipped. `jobs=1` runs the units one after another in this process, as before (and a Ctrl-C
+there stops the study at once, as before).
 
 A unit's `run` must be picklable (a module-level function) with picklable arguments; it returns
 nothing and writes its results into its own folder. What the parent does once a unit finished
@@ -32,7 +33,7 @@ from multiprocessing.connection import wait
 
 import torch
 
-from lmscope.errors import LmscopeError
+from lmscope.errors import LmscopeError, TrainingInterrupted
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def check_units(units: Sequence[Unit], gpus: Sequence[str]) -> None:
     """Unique names, known needs, no cycle, and no unit asking for more GPUs than there are."""
     names = [u.name for u in units]
     if len(set(names)) != len(names):
-        raise ValueError(f"units with the same name: {sorted(n for n in names if names.count(n) > 1)}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"units with the same name: {twice}")
     known = set(names)
     for u in units:
         missing = [n for n in u.needs if n not in known]
@@ -167,6 +169,8 @@ def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | Non
             if jobs == 1:  # one at a time: in this process, as a plain call
                 try:
                     u.run(*u.args)
+                except TrainingInterrupted:
+                    raise  # Ctrl-C: the study stops here, as it always has
                 except LmscopeError as e:
                     failed[u.name] = str(e)
                 else:

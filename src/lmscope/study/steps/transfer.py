@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from lmscope.analysis import transfer as probe
 from lmscope.analysis.transfer import CurvePoint, TransferResult, TransferSummary, load_curves
@@ -14,6 +15,7 @@ from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
 from lmscope.study.registry import Step, StepContext, readme_section
+from lmscope.study.schedule import Unit, run_units
 
 HEADER = ["source", "target", *probe.HEADER]
 
@@ -36,16 +38,23 @@ def _pair_folder(ctx: StepContext, source: str, target: str) -> str:
 
 
 def run(ctx: StepContext) -> None:
+    """Every pair not yet done, up to `ctx.jobs` at once, each in its own process when more
+    than one (study/schedule.py); a pair's `.done` is written as soon as it finished."""
     ts = ctx.settings
+    units = []
+    for source, target in _pairs(ctx):
+        folder = ctx.out / "transfer" / _pair_folder(ctx, source, target)
+        if ctx.done(folder):
+            ctx.log(f"  {folder.name}: done")
+            continue
+        log = (lambda m: ctx.log(f"    {m}")) if ctx.jobs == 1 else None  # one process: live
+        units.append(Unit(folder.name, transfer_pair, (
+            str(ctx.corpus_dir(source)), target, str(folder), ts, ctx.device, log)))
+    run_units(units, jobs=ctx.jobs, on_start=lambda unit, gpus: ctx.log(f"  {unit.name}"),
+              on_done=lambda unit: ctx.mark_done(Path(unit.args[2])))
     rows: list[tuple[str, str, TransferSummary]] = []
     for source, target in _pairs(ctx):
         folder = ctx.out / "transfer" / _pair_folder(ctx, source, target)
-        ctx.log(f"  {folder.name}")
-        if not ctx.done(folder):
-            probe.transfer(ctx.corpus_dir(source), target, folder, checkpoints=ts.checkpoints,
-                           iters=ts.iters, eval_every=ts.eval_every, eval_iters=ts.eval_iters,
-                           device=ctx.device, log=lambda m: ctx.log(f"    {m}"))
-            ctx.mark_done(folder)
         rows += [(corpus_label(source), corpus_label(target), s)
                  for s in TransferResult.load(folder).summaries]
     table = [[source, target, *s.cells()] for source, target, s in rows]
@@ -57,6 +66,15 @@ def run(ctx: StepContext) -> None:
                       "the source.\n\n" + markdown_table(HEADER, table) + "\n" + _answer(rows))
     for source in ctx.study.corpora:
         _curves_from(ctx, source)
+
+
+def transfer_pair(source_run: str, target: str, folder: str, ts: TransferSettings,
+                  device: str, log=None) -> None:
+    """One pair of the study: `lmscope transfer` of the source run onto the target corpus (a
+    unit's work, in any process; `log` None: quiet)."""
+    probe.transfer(source_run, target, folder, checkpoints=ts.checkpoints, iters=ts.iters,
+                   eval_every=ts.eval_every, eval_iters=ts.eval_iters, device=device,
+                   log=log or (lambda m: None))
 
 
 def _curves_from(ctx: StepContext, source: str) -> None:
