@@ -849,7 +849,13 @@ class _StudyCommand(click.Command):
 @click.option("--jobs", default=1, show_default=True, type=int, metavar="N",
               help="Training runs (then transfer pairs) to run at once, each in its own process: "
                    "one GPU each where there are GPUs, the cores split between them on a CPU.")
-def study(study_file, out, quick, seeds, overrides, more_overrides, device, jobs):
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Where the units run: processes on this machine, or tasks "
+                                      "of a Ray cluster (pip install 'lmscope[ray]').")
+@click.option("--address", default=None, metavar="ADDR",
+              help="The Ray cluster to join (auto: the running one; default: start one here).")
+def study(study_file, out, quick, seeds, overrides, more_overrides, device, jobs, executor,
+          address):
     """Run a study file's steps in order (by default stats, train, matrix, transfer, softmax,
     attribution).
 
@@ -874,7 +880,7 @@ def study(study_file, out, quick, seeds, overrides, more_overrides, device, jobs
             raise LmscopeError(f"--seeds takes one or more seeds >= 0, got {seeds!r}")
     timings = run_study(study_file, out, quick=quick, seeds=seed_list,
                         overrides=_all_overrides(overrides, more_overrides), device=device,
-                        log=click.echo, jobs=jobs)
+                        log=click.echo, jobs=jobs, executor=executor, address=address)
     click.echo(f"done in {sum(timings.values()):.0f} s ("
                + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"); see {out}/")
     click.echo(f"report: {out / 'report.html'}")

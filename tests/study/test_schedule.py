@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -126,3 +127,46 @@ def test_bad_units_and_jobs():
         check_units([Unit("a", fail, needs=("z",))], [])
     assert threads_per_unit(2, cores=2) == 1 and threads_per_unit(3, cores=2) == 1
     assert threads_per_unit(1, cores=16) == 16
+
+
+# --- on a Ray cluster (a local instance with 2 CPUs) ---------------------------------------------
+
+@pytest.mark.xdist_group("ray")  # one Ray instance at a time, and none yet for this test
+def test_ray_missing_or_no_cluster_is_a_one_line_error(monkeypatch):
+    unit = [Unit("a", fail, ("a",), gpus=0)]
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(LmscopeError, match=r"--executor ray needs Ray, which is not installed: "
+                                           r"pip install 'lmscope\[ray\]'"):
+        run_units(unit, executor="ray")
+    monkeypatch.undo()  # the real module back (or none, where Ray is not installed)
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray instance is already running in this process")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(LmscopeError, match="no Ray cluster at auto: Could not find any running"):
+        run_units(unit, executor="ray", address="auto")
+    with pytest.raises(LmscopeError, match="unknown executor 'slurm'"):
+        run_units(unit, executor="slurm")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.xdist_group("ray")
+def test_units_as_ray_tasks_side_by_side_with_their_needs_and_failures(local_ray, tmp_path):
+    folder = str(tmp_path)
+    units = [Unit("a", meet, (folder, "a", "b"), gpus=0),
+             Unit("b", meet, (folder, "b", "a"), gpus=0),
+             Unit("c", mark, (folder, "c", ("a", "b")), needs=("a", "b"), gpus=0),
+             Unit("bad", fail, ("bad",), gpus=0),
+             Unit("after-bad", mark, (folder, "after-bad"), needs=("bad",), gpus=0)]
+    finished = []
+    with pytest.raises(LmscopeError, match=r"2 of 5 units did not finish \(the others did\): "):
+        run_units(units, jobs=2, cores=2, executor="ray", on_done=lambda u: finished.append(u.name))
+    assert set(finished[:2]) == {"a", "b"} and finished[2] == "c"
+    assert json.loads((tmp_path / "c").read_text())["threads"] == 1  # 2 CPUs, 2 at a time

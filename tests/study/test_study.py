@@ -309,6 +309,7 @@ def test_attribution_with_continuations_and_the_faithfulness_step(tmp_path):
     assert "Which attribution to believe" in (out / "README.md").read_text()
 
 
+@pytest.mark.xdist_group("ray")  # it starts a local Ray instance
 def test_runs_trained_two_at_a_time_are_the_runs_trained_one_after_another(tmp_path):
     """--jobs 2 trains the two runs (then the two transfer pairs) side by side, each in its own
     process, with the same results as --jobs 1 (the same checkpoints' weights and losses) where
@@ -337,3 +338,16 @@ def test_runs_trained_two_at_a_time_are_the_runs_trained_one_after_another(tmp_p
     with pytest.raises(LmscopeError, match="--jobs must be a whole number of at least 1, got 0"):
         run_study(study, tmp_path / "zero", jobs=0)
     assert not (tmp_path / "zero").exists()
+
+    # the same units as tasks of a local Ray instance (2 CPUs, one each)
+    ray = pytest.importorskip("ray")
+    try:
+        run_study(study, tmp_path / "ray", device="cpu", log=lambda m: None, jobs=2,
+                  executor="ray")
+    finally:
+        ray.shutdown()
+    for name in ("play", "sums"):
+        a, b = (tmp_path / out / "runs" / name / "checkpoints" / "final" / "model.safetensors"
+                for out in ("one", "ray"))
+        assert a.read_bytes() == b.read_bytes(), name
+    assert (tmp_path / "ray" / "transfer" / "summary.csv").read_bytes() == summary[0]

@@ -23,6 +23,7 @@ from typing import Any
 from lmscope.data.corpora import folder_name
 from lmscope.io import atomic_write_json
 from lmscope.study.plan import Study
+from lmscope.study.schedule import run_units
 
 
 @dataclass
@@ -35,6 +36,13 @@ class StepContext:
     log: Callable[[str], None] = print
     step: Step | None = None  # the step being run
     jobs: int = 1  # units of work a step may run at once (lmscope study --jobs)
+    executor: str = "local"  # where they run: "local" processes, or "ray" (study/schedule.py)
+    address: str | None = None  # the Ray cluster's address (None: a local instance)
+
+    def run_units(self, units, **kw):
+        """`schedule.run_units` with this study's --jobs, --executor and --address."""
+        return run_units(units, jobs=self.jobs, executor=self.executor, address=self.address,
+                         **kw)
 
     @property
     def settings(self) -> Any:

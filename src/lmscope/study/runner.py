@@ -28,7 +28,7 @@ from lmscope.run.lock import FolderLock, holds_files
 from lmscope.study import steps as registered
 from lmscope.study.plan import Study
 from lmscope.study.registry import StepContext
-from lmscope.study.schedule import check_jobs
+from lmscope.study.schedule import check_jobs, connect
 from lmscope.study.spec import load_study
 
 
@@ -47,14 +47,15 @@ def write_report(folder: str | Path) -> Path:
 
 class StudyRunner:
     def __init__(self, study: Study, out_dir: str | Path, *, device: str = "auto", log=print,
-                 jobs: int = 1):
+                 jobs: int = 1, executor: str = "local", address: str | None = None):
         check_jobs(jobs)
         self.study = study
         self.out = Path(out_dir)
         self.device = device
         self.log = log
         self.timings: dict[str, float] = {}
-        self.context = StepContext(study, self.out, device, log, jobs=jobs)
+        self.context = StepContext(study, self.out, device, log, jobs=jobs, executor=executor,
+                                   address=address)
 
     def run(self) -> dict[str, float]:
         if self.out.exists() and not self.out.is_dir():
@@ -124,10 +125,14 @@ class StudyRunner:
 
 def run_study(path: str | Path, out_dir: str | Path, *, quick: bool = False,
               seeds: list[int] | None = None, overrides: list[str] = (), device: str = "auto",
-              log=print, jobs: int = 1) -> dict[str, float]:
+              log=print, jobs: int = 1, executor: str = "local",
+              address: str | None = None) -> dict[str, float]:
     """Run (or continue) the study in `path`, writing into `out_dir`; returns seconds per step.
     `overrides` ("train.max_iters=100", ...) are merged over the file's tables (load_study).
-    `jobs`: training runs trained at once, each in its own process (study/schedule.py)."""
-    check_jobs(jobs)  # before the study file is read
+    `jobs`: training runs (then transfer pairs) at once, each in its own process, or as tasks of
+    a Ray cluster with executor "ray" at `address` (study/schedule.py)."""
+    check_jobs(jobs)  # before the study file is read, and Ray's cluster reached
+    connect(executor, address)
     study = load_study(path, quick=quick, seeds=seeds, overrides=overrides)
-    return StudyRunner(study, out_dir, device=device, log=log, jobs=jobs).run()
+    return StudyRunner(study, out_dir, device=device, log=log, jobs=jobs, executor=executor,
+                       address=address).run()

@@ -112,6 +112,17 @@ def check_units(units: Sequence[Unit], gpus: Sequence[str]) -> None:
         pending = [u for u in pending if u.name not in seen]
 
 
+def _outcome_of(run: Callable, args: tuple) -> str | None:
+    """Run a unit's work; None, or the text of the error it raised."""
+    try:
+        run(*args)
+        return None
+    except BaseException as e:  # reported to the parent, which decides what to do
+        message = str(e) if isinstance(e, LmscopeError) else "".join(
+            traceback.format_exception_only(type(e), e)).strip()
+        return message or type(e).__name__
+
+
 def _unit_main(run: Callable, args: tuple, gpus: list[str] | None, threads: int, conn) -> None:
     """A unit's process: its GPUs and threads first (before anything touches CUDA), then its
     work; the outcome goes back through `conn` as None or an error's text."""
@@ -119,35 +130,142 @@ def _unit_main(run: Callable, args: tuple, gpus: list[str] | None, threads: int,
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     torch.set_num_threads(threads)
     try:
-        run(*args)
-        conn.send(None)
-    except BaseException as e:  # reported to the parent, which decides what to do
-        message = str(e) if isinstance(e, LmscopeError) else "".join(
-            traceback.format_exception_only(type(e), e)).strip()
-        conn.send(message or type(e).__name__)
+        conn.send(_outcome_of(run, args))
     finally:
         conn.close()
 
 
+def _ray_unit(run: Callable, args: tuple, threads: int) -> str | None:
+    """A unit as a Ray task (Ray sets CUDA_VISIBLE_DEVICES to the GPUs it granted)."""
+    torch.set_num_threads(threads)
+    return _outcome_of(run, args)
+
+
+EXECUTORS = ("local", "ray")
+
+
+class _Processes:
+    """Units in spawned processes on this machine."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.context = multiprocessing.get_context("spawn")
+        self.running: dict = {}  # sentinel -> (unit, process, connection)
+
+    def start(self, u: Unit, gpus: list[str] | None) -> None:
+        receive, send = self.context.Pipe(duplex=False)
+        process = self.context.Process(target=_unit_main, name=u.name,
+                                       args=(u.run, u.args, gpus, self.threads, send))
+        process.start()
+        send.close()
+        self.running[process.sentinel] = (u, process, receive)
+
+    def finished(self) -> list[tuple[Unit, str | None]]:
+        """Waits until at least one unit ended; (unit, outcome) of each that did."""
+        out = []
+        for sentinel in wait(list(self.running)):
+            u, process, receive = self.running.pop(sentinel)
+            outcome = receive.recv() if receive.poll() else (
+                f"its process ended with exit code {process.exitcode}")
+            process.join()
+            receive.close()
+            out.append((u, outcome))
+        return out
+
+
+def connect(executor: str, address: str | None = None):
+    """Check the executor before any work: for "ray", Ray installed and its cluster reached
+    (`ray.init(address)`: None starts a local instance, "auto" joins the running one); returns
+    the ray module (None for "local")."""
+    if executor not in EXECUTORS:
+        raise LmscopeError(f"unknown executor {executor!r}: choose from {', '.join(EXECUTORS)}")
+    if executor == "local":
+        if address is not None:
+            raise LmscopeError("--address is the Ray cluster's: give it with --executor ray")
+        return None
+    try:
+        import ray  # optional (a second or more to import): pip install 'lmscope[ray]'
+    except ImportError:
+        raise LmscopeError("--executor ray needs Ray, which is not installed: pip install "
+                           "'lmscope[ray]' (or run the study with --jobs N on this "
+                           "machine)") from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"at {address}" if address else "to start or join"
+            raise LmscopeError(f"no Ray cluster {where}: {str(e).splitlines()[0]} (start "
+                               "one with `ray start --head`, or give --address)") from None
+    return ray
+
+
+class _RayTasks:
+    """Units as tasks of a Ray cluster (`connect`), each asking for its CPUs and, where the
+    cluster has GPUs, its GPUs."""
+
+    def __init__(self, threads: int, address: str | None):
+        ray = self.ray = connect("ray", address)
+        self.threads = threads
+        self.has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        self.task = ray.remote(_ray_unit)
+        self.running: dict = {}  # object ref -> unit
+
+    def start(self, u: Unit, gpus) -> None:
+        ref = self.task.options(num_cpus=self.threads, num_gpus=u.gpus if self.has_gpus else 0,
+                                name=u.name).remote(u.run, u.args, self.threads)
+        self.running[ref] = u
+
+    def finished(self) -> list[tuple[Unit, str | None]]:
+        ready, _ = self.ray.wait(list(self.running), num_returns=1)
+        out = []
+        for ref in ready:
+            u = self.running.pop(ref)
+            try:
+                out.append((u, self.ray.get(ref)))
+            except Exception as e:  # the task's worker died
+                out.append((u, f"its Ray task failed: {str(e).splitlines()[0]}"))
+        return out
+
+
 def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | None = None,
-              cores: int | None = None, on_start: Callable[[Unit, list[str] | None], None] = None,
+              cores: int | None = None, executor: str = "local", address: str | None = None,
+              on_start: Callable[[Unit, list[str] | None], None] = None,
               on_done: Callable[[Unit], None] | None = None) -> list[str]:
     """Run `units` respecting their needs, up to `jobs` at once (module docstring). `gpus`: the
-    GPUs to share out (default: the visible ones). Returns the names in the order they finished;
-    raises LmscopeError naming the failed and skipped units after the others finished."""
+    GPUs to share out (default: the visible ones; Ray shares out its own). `executor` "ray"
+    sends the units to a Ray cluster (`address`, default: a new local instance). Returns the
+    names in the order they finished; raises LmscopeError naming the failed and skipped units
+    after the others finished."""
     check_jobs(jobs)
-    gpus = list(visible_gpus() if gpus is None else gpus)
+    if executor not in EXECUTORS:
+        connect(executor)  # the one-line error
+    threads = threads_per_unit(jobs, cores)
+    if executor == "ray":
+        gpus = []  # Ray grants GPUs itself
+        backend = _RayTasks(threads, address) if units else None
+    else:
+        gpus = list(visible_gpus() if gpus is None else gpus)
+        backend = _Processes(threads) if jobs > 1 else None
     check_units(units, gpus)
     pool = DevicePool(gpus)
-    threads = threads_per_unit(jobs, cores)
     done: list[str] = []
     failed: dict[str, str] = {}
     pending = list(units)
-    running: dict = {}  # sentinel -> (unit, process, connection, its GPUs)
-    context = multiprocessing.get_context("spawn")
+    running: dict[str, list[str] | None] = {}  # unit name -> its GPUs
 
     def blocked(u: Unit) -> bool:
         return any(n in failed for n in u.needs)
+
+    def ended(u: Unit, outcome: str | None) -> None:
+        taken = running.pop(u.name)
+        if taken:
+            pool.give_back(taken)
+        if outcome is None:
+            done.append(u.name)
+            if on_done is not None:
+                on_done(u)
+        else:
+            failed[u.name] = outcome
 
     while pending or running:
         while any(blocked(u) for u in pending):  # what needs a failed unit cannot run
@@ -164,44 +282,23 @@ def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | Non
             if gpus and taken is None:
                 continue  # its GPUs are busy: a smaller unit may still start
             pending.remove(u)
+            running[u.name] = taken
             if on_start is not None:
                 on_start(u, taken)
-            if jobs == 1:  # one at a time: in this process, as a plain call
+            if backend is None:  # one at a time: in this process, as a plain call
                 try:
                     u.run(*u.args)
                 except TrainingInterrupted:
                     raise  # Ctrl-C: the study stops here, as it always has
                 except LmscopeError as e:
-                    failed[u.name] = str(e)
+                    ended(u, str(e))
                 else:
-                    done.append(u.name)
-                    if on_done is not None:
-                        on_done(u)
-                if taken:
-                    pool.give_back(taken)
+                    ended(u, None)
                 continue
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_unit_main, args=(u.run, u.args, taken, threads,
-                                                               send), name=u.name)
-            process.start()
-            send.close()
-            running[process.sentinel] = (u, process, receive, taken)
-        if not running:
-            continue  # in this process (jobs 1), or the next pass skips what failures block
-        for sentinel in wait(list(running)):
-            u, process, receive, taken = running.pop(sentinel)
-            outcome = receive.recv() if receive.poll() else (
-                f"its process ended with exit code {process.exitcode}")
-            process.join()
-            receive.close()
-            if taken:
-                pool.give_back(taken)
-            if outcome is None:
-                done.append(u.name)
-                if on_done is not None:
-                    on_done(u)
-            else:
-                failed[u.name] = outcome
+            backend.start(u, taken)
+        if running:
+            for u, outcome in backend.finished():
+                ended(u, outcome)
     if failed:
         raise LmscopeError(f"{len(failed)} of {len(units)} units did not finish (the others did): "
                            + "; ".join(f"{name}: {why}" for name, why in failed.items()))

@@ -12,7 +12,7 @@ from pathlib import Path
 from lmscope.render.tables import markdown_table
 from lmscope.run.run_dir import RunDir
 from lmscope.study.registry import Step, StepContext
-from lmscope.study.schedule import Unit, run_units
+from lmscope.study.schedule import Unit
 from lmscope.train.trainer import train
 
 
@@ -43,7 +43,7 @@ def run(ctx: StepContext) -> None:
                 f"iterations, {s.elapsed_s:.0f} s")
         ctx.mark_done(Path(unit.args[1]))
 
-    run_units(units, jobs=ctx.jobs, on_start=started, on_done=finished)
+    ctx.run_units(units, on_start=started, on_done=finished)
 
 
 def train_run(config, folder: str, resume: bool) -> None:

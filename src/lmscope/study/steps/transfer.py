@@ -15,7 +15,7 @@ from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
 from lmscope.study.registry import Step, StepContext, readme_section
-from lmscope.study.schedule import Unit, run_units
+from lmscope.study.schedule import Unit
 
 HEADER = ["source", "target", *probe.HEADER]
 
@@ -47,10 +47,11 @@ def run(ctx: StepContext) -> None:
         if ctx.done(folder):
             ctx.log(f"  {folder.name}: done")
             continue
-        log = (lambda m: ctx.log(f"    {m}")) if ctx.jobs == 1 else None  # one process: live
+        inline = ctx.jobs == 1 and ctx.executor == "local"  # in this process: a live log
+        log = (lambda m: ctx.log(f"    {m}")) if inline else None
         units.append(Unit(folder.name, transfer_pair, (
             str(ctx.corpus_dir(source)), target, str(folder), ts, ctx.device, log)))
-    run_units(units, jobs=ctx.jobs, on_start=lambda unit, gpus: ctx.log(f"  {unit.name}"),
+    ctx.run_units(units, on_start=lambda unit, gpus: ctx.log(f"  {unit.name}"),
               on_done=lambda unit: ctx.mark_done(Path(unit.args[2])))
     rows: list[tuple[str, str, TransferSummary]] = []
     for source, target in _pairs(ctx):
