@@ -189,10 +189,50 @@ def baseline_id(baseline: str, tokenizer, checkpoint="") -> int | None:
     return None
 
 
-def check_baseline_token(methods, baseline: str, tokenizer, checkpoint) -> None:
-    """A baseline token the tokenizer has, where a method uses the baseline."""
+def baseline_token_for(methods, baseline: str, tokenizer, checkpoint="") -> int | None:
+    """The baseline's token (`baseline_id`) where one of `methods` uses the baseline, else None;
+    a one-line error where the tokenizer lacks it."""
     if any(m not in NO_BASELINE for m in methods):
-        baseline_id(baseline, tokenizer, checkpoint)
+        return baseline_id(baseline, tokenizer, checkpoint)
+    return None
+
+
+def check_shapley_exact(tokens: int, where: str) -> None:
+    """Exact Shapley values of an input of `tokens` positions, or a one-line error: Captum walks
+    all tokens! orderings."""
+    if tokens > SHAPLEY_EXACT_MAX:
+        raise LmscopeError(f"shapley_exact on {where} of {tokens} tokens would walk "
+                           f"{math.factorial(tokens):,} orderings: give prompts of at most "
+                           f"{SHAPLEY_EXACT_MAX} tokens, or use shapley_sampling")
+
+
+def checked_inputs(run, prompts_path, *, which, methods, baseline: str, target="predicted",
+                   window: int = 1, corpora: tuple[str, ...] = (), device="cpu",
+                   generate: int = 0):
+    """The checkpoints and prompts of a probe over `run`, every prompt checked against the first
+    checkpoint before any work: its domain, that it fits the context, its expected character
+    (target "expected"), the occlusion window, exact Shapley's length (of the longest input:
+    with `generate` tokens written after the prompt, up to the context) and the baseline token.
+    Returns (checkpoints, prompts, the first checkpoint's tokenizer)."""
+    checkpoints = select_checkpoints(run, which)
+    prompts = load_prompts(prompts_path)
+    first = load(checkpoints[0], device=device)
+    check_domains(prompts, (first.trained_on, *corpora), prompts_path)
+    context = first.model.context_length
+    for prompt in prompts:
+        tokens = len(check_prompt_fits(prompt, first.tokenizer, context))
+        if target == "expected":
+            check_expected(prompt, first.tokenizer)
+        check_window_fits(window, methods, tokens, prompt.name)
+        if "shapley_exact" in methods:
+            if generate:
+                check_shapley_exact(min(tokens + generate - 1, context),
+                                    f"prompt {prompt.name!r} with --generate {generate}: an "
+                                    "input")
+            else:
+                check_shapley_exact(tokens, f"prompt {prompt.name!r}")
+    baseline_token_for(methods, baseline, first.tokenizer, checkpoints[0])
+    return checkpoints, prompts, first.tokenizer
 
 
 def check_window(window) -> None:
@@ -306,10 +346,8 @@ def attribute(model, ids: list[int], target_id: int | None, method: str, *,
             b = baseline_embeddings(model, x, baseline, baseline_token, vocab)
     if method in PERTURBATION:
         positions = torch.arange(len(ids), device=device)[None, :, None].expand_as(x).clone()
-        if method == "shapley_exact" and len(ids) > SHAPLEY_EXACT_MAX:
-            raise LmscopeError(f"shapley_exact on a prompt of {len(ids)} tokens would walk "
-                               f"{math.factorial(len(ids)):,} orderings: give prompts of at most "
-                               f"{SHAPLEY_EXACT_MAX} tokens, or use shapley_sampling")
+        if method == "shapley_exact":
+            check_shapley_exact(len(ids), "a prompt")
         with torch.no_grad(), _seeded():
             if method == "occlusion":
                 if window > len(ids):
@@ -500,26 +538,17 @@ def compute(run, prompts_path, *, methods=GRADIENT_METHODS, baseline="zero", ste
     check_steps(steps)
     check_window(window)
     check_choice("target", target, TARGETS)
-    checkpoints = select_checkpoints(run, which)
-    prompts = load_prompts(prompts_path)
-
-    first = load(checkpoints[0], device=device)
-    check_domains(prompts, (first.trained_on, *corpora), prompts_path)
-    for prompt in prompts:
-        ids = check_prompt_fits(prompt, first.tokenizer, first.model.context_length)
-        if target == "expected":
-            check_expected(prompt, first.tokenizer)
-        check_window_fits(window, methods, len(ids), prompt.name)
-    check_baseline_token(methods, baseline, first.tokenizer, checkpoints[0])
-    foil_id = (one_token(contrast, first.tokenizer, f"--contrast {contrast!r}")
+    checkpoints, prompts, tokenizer = checked_inputs(
+        run, prompts_path, which=which, methods=methods, baseline=baseline, target=target,
+        window=window, corpora=corpora, device=device)
+    foil_id = (one_token(contrast, tokenizer, f"--contrast {contrast!r}")
                if contrast is not None else None)
-    del first
 
     rows, by_class, gaps = [], [], []
     for path in _progress(checkpoints, "attribution"):
         ckpt = load(path, device=device)  # one checkpoint in memory at a time
         tok, corpus = ckpt.tokenizer, ckpt.trained_on
-        token = baseline_id(baseline, tok) if set(methods) - set(NO_BASELINE) else None
+        token = baseline_token_for(methods, baseline, tok)
         # (method, class) -> per-prompt means of |normalized| and position counts
         per_class: dict[tuple, list[tuple[float, int]]] = defaultdict(list)
         checkpoint_gaps = []

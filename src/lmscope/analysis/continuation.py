@@ -60,28 +60,26 @@ import torch.nn.functional as F
 from lmscope.analysis.attribution import (
     GRADIENT_METHODS,
     NO_BASELINE,
-    SHAPLEY_EXACT_MAX,
     attribute,
-    baseline_id,
+    baseline_token_for,
     check_baseline,
-    check_baseline_token,
     check_choice,
     check_methods,
     check_steps,
     check_window,
-    check_window_fits,
+    checked_inputs,
     checkpoint_label,
     file_stem,
     normalized_scores,
 )
 from lmscope.data.chars import VISIBLE, quiet, visible
-from lmscope.data.prompts import check_domains, check_prompt_fits, load_prompts
+from lmscope.data.prompts import check_prompt_fits
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.progress import progress as _progress
 from lmscope.render.tables import markdown_table, read_csv, write_csv
-from lmscope.run.checkpoint import load, select_checkpoints
+from lmscope.run.checkpoint import load
 
 STEP_HEADER = ["prompt", "checkpoint", "iteration", "method", "step", "token", "prob",
                "entropy_bits"]
@@ -307,29 +305,15 @@ def compute(run, prompts_path, *, generate: int, methods=GRADIENT_METHODS, basel
     check_baseline(baseline)
     check_window(window)
     check_steps(steps)
-    checkpoints = select_checkpoints(run, which)
-    prompts = load_prompts(prompts_path)
-
-    first = load(checkpoints[0], device=device)
-    check_domains(prompts, (first.trained_on, *corpora), prompts_path)
-    context = first.model.context_length
-    for prompt in prompts:
-        t = len(check_prompt_fits(prompt, first.tokenizer, context))
-        check_window_fits(window, methods, t, prompt.name)
-        longest = min(t + generate - 1, context)
-        if "shapley_exact" in methods and longest > SHAPLEY_EXACT_MAX:
-            raise LmscopeError(
-                f"shapley_exact on prompt {prompt.name!r} ({t} tokens) with --generate "
-                f"{generate} would attribute inputs of up to {longest} tokens: give "
-                f"inputs of at most {SHAPLEY_EXACT_MAX} tokens, or use shapley_sampling")
-    check_baseline_token(methods, baseline, first.tokenizer, checkpoints[0])
-    del first
+    checkpoints, prompts, _ = checked_inputs(
+        run, prompts_path, which=which, methods=methods, baseline=baseline, window=window,
+        corpora=corpora, device=device, generate=generate)
 
     step_rows, score_rows, gaps = [], [], []
     for path in _progress(checkpoints, "continuation"):
         ckpt = load(path, device=device)  # one checkpoint in memory at a time
         model, tok = ckpt.model.eval(), ckpt.tokenizer
-        token = baseline_id(baseline, tok) if set(methods) - set(NO_BASELINE) else None
+        token = baseline_token_for(methods, baseline, tok)
         checkpoint_gaps = []
         for prompt in prompts:
             ids = check_prompt_fits(prompt, tok, model.context_length)

@@ -64,20 +64,19 @@ import torch
 import torch.nn.functional as F
 
 from lmscope.analysis.attribution import (
-    SHAPLEY_EXACT_MAX,
     TARGETS,
     attribute,
     baseline_embeddings,
     baseline_id,
     check_baseline,
     check_choice,
-    check_expected,
     check_methods,
     check_steps,
+    checked_inputs,
     checkpoint_label,
 )
 from lmscope.data.chars import visible
-from lmscope.data.prompts import check_domains, check_prompt_fits, expected_id, load_prompts
+from lmscope.data.prompts import check_prompt_fits, expected_id
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.metrics.faithfulness import (
@@ -95,7 +94,7 @@ from lmscope.models import build_model
 from lmscope.render import plots
 from lmscope.render.progress import progress as _progress
 from lmscope.render.tables import markdown_table, read_csv, write_csv
-from lmscope.run.checkpoint import load, select_checkpoints
+from lmscope.run.checkpoint import load
 
 # shapley_sampling (about 4 s a prompt) and shapley_exact (short prompts only) are allowed, not
 # default
@@ -346,21 +345,10 @@ def compute(run, prompts_path, *, methods=DEFAULT_METHODS, baseline="zero", step
     # Everything the user gives is checked before any model runs.
     methods = _check_inputs(methods, baseline, steps, target, which, random_orders,
                             randomization, order)
-    checkpoints = select_checkpoints(run, which)
-    prompts = load_prompts(prompts_path)
-    first = load(checkpoints[0], device=device)
-    check_domains(prompts, (first.trained_on, *corpora), prompts_path)
-    for prompt in prompts:
-        ids = check_prompt_fits(prompt, first.tokenizer, first.model.context_length)
-        if target == "expected":
-            check_expected(prompt, first.tokenizer)
-        if "shapley_exact" in methods and len(ids) > SHAPLEY_EXACT_MAX:
-            raise LmscopeError(f"shapley_exact on prompt {prompt.name!r} of {len(ids)} tokens "
-                               f"would walk {math.factorial(len(ids)):,} orderings: give "
-                               f"prompts of at most {SHAPLEY_EXACT_MAX} tokens, or leave "
-                               "shapley_exact out")
-    baseline_id(baseline, first.tokenizer, checkpoints[0])  # the masks use it
-    del first
+    checkpoints, prompts, tokenizer = checked_inputs(
+        run, prompts_path, which=which, methods=methods, baseline=baseline, target=target,
+        corpora=corpora, device=device)
+    baseline_id(baseline, tokenizer, checkpoints[0])  # the masks use it, whatever the methods
 
     rows, ranking, curves = [], [], []
     for path in _progress(checkpoints, "faithfulness"):

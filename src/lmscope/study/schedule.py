@@ -100,15 +100,13 @@ def check_units(units: Sequence[Unit], gpus: Sequence[str]) -> None:
         if gpus and u.gpus > len(gpus):
             raise LmscopeError(f"unit {u.name!r} asks for {u.gpus} GPUs and this machine has "
                                f"{len(gpus)}: lower its GPUs or run it on a larger machine")
-    order, seen = [], set()
+    seen: set[str] = set()  # peel off the units whose needs are met; a cycle is what remains
     pending = list(units)
     while pending:
-        ready = [u for u in pending if set(u.needs) <= seen]
+        ready = {u.name for u in pending if set(u.needs) <= seen}
         if not ready:
             raise ValueError(f"units that need each other: {[u.name for u in pending]}")
-        for u in ready:
-            seen.add(u.name)
-            order.append(u)
+        seen |= ready
         pending = [u for u in pending if u.name not in seen]
 
 
@@ -173,12 +171,16 @@ class _Processes:
         return out
 
 
+def check_executor(executor) -> None:
+    if executor not in EXECUTORS:
+        raise LmscopeError(f"unknown executor {executor!r}: choose from {', '.join(EXECUTORS)}")
+
+
 def connect(executor: str, address: str | None = None):
     """Check the executor before any work: for "ray", Ray installed and its cluster reached
     (`ray.init(address)`: None starts a local instance, "auto" joins the running one); returns
     the ray module (None for "local")."""
-    if executor not in EXECUTORS:
-        raise LmscopeError(f"unknown executor {executor!r}: choose from {', '.join(EXECUTORS)}")
+    check_executor(executor)
     if executor == "local":
         if address is not None:
             raise LmscopeError("--address is the Ray cluster's: give it with --executor ray")
@@ -237,8 +239,7 @@ def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | Non
     names in the order they finished; raises LmscopeError naming the failed and skipped units
     after the others finished."""
     check_jobs(jobs)
-    if executor not in EXECUTORS:
-        connect(executor)  # the one-line error
+    check_executor(executor)
     threads = threads_per_unit(jobs, cores)
     if executor == "ray":
         gpus = []  # Ray grants GPUs itself
