@@ -49,9 +49,9 @@ class Terminal:
 
     def finish(self) -> tuple[int, str, str]:
         """Wait for the end: (exit code, stdout, everything shown on the terminal)."""
-        stdout = self.proc.stdout.read().decode()
-        while self._read(1.0):
+        while self._read(1.0):  # the terminal first: a full one would stop the process
             pass
+        stdout = self.proc.stdout.read().decode()
         code = self.proc.wait(timeout=HANG_TIMEOUT)
         os.close(self.master)
         return code, stdout, self.screen

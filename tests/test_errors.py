@@ -43,6 +43,7 @@ class Case:
     expect: tuple[str, ...]  # fragments of the error line
     file_limit: int | None = None  # bytes: a process that may write no more (a full disk)
     held: str | None = None  # a folder whose lock another writer holds during the command
+    hidden: str | None = None  # a package the command finds not installed
 
 
 C = Case
@@ -368,6 +369,22 @@ CASES = [
     C("study-address-local", "study", "--address without --executor ray",
       ("study", "{w}/study.toml", "--address", "auto", "--out", "{w}/s"),
       ("--address is the Ray cluster's: give it with --executor ray",)),
+    C("study-ray-missing", "study", "--executor ray where Ray is not installed",
+      ("study", "{w}/stats_study.toml", "--executor", "ray", "--out", "{w}/s"),
+      ("--executor ray needs Ray, which is not installed", "pip install 'lmscope[ray]'"),
+      hidden="ray"),
+    C("study-ray-no-cluster", "study", "--address of no Ray cluster",
+      ("study", "{w}/stats_study.toml", "--executor", "ray", "--address", "127.0.0.1:1",
+       "--out", "{w}/s"), ("no Ray cluster at 127.0.0.1:1", "ray start --head")),
+    C("study-processes-per-run", "study", "[study] processes_per_run = 0",
+      ("study", "{w}/processes_study.toml", "--out", "{w}/s"),
+      ("[study] processes_per_run must be a whole number of at least 1",)),
+    C("study-extends-missing", "study", "a study file extending a file that does not exist",
+      ("study", "{w}/extends_missing.toml", "--out", "{w}/s"),
+      ("extends nowhere.toml, which is not a file",)),
+    C("study-extends-itself", "study", "study files extending each other",
+      ("study", "{w}/extends_a.toml", "--out", "{w}/s"),
+      ("extends extends_a.toml, which extends it in turn",)),
     C("study-unknown-table", "study", "a study file with an unknown table",
       ("study", "{w}/study.toml", "--out", "{w}/s"), ("unknown table [plots]",)),
     C("study-set-unknown-table", "study", "--set naming a table no study has",
@@ -454,6 +471,11 @@ def world(tmp_path_factory, tiny_run):
     _flip_last_byte(w / "flippedrun" / "checkpoints" / "last" / "train_state.safetensors")
     (w / "stats_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
                                         'steps = ["stats"]\n')
+    (w / "extends_missing.toml").write_text('extends = "nowhere.toml"\n')
+    (w / "processes_study.toml").write_text(f'[study]\ncorpora = ["{w / "tiny.txt"}"]\n'
+                                            'processes_per_run = 0\n')
+    (w / "extends_a.toml").write_text('extends = "extends_b.toml"\n')
+    (w / "extends_b.toml").write_text('extends = "extends_a.toml"\n')
     weights = (w / "truncated" / "model.safetensors").read_bytes()
     (w / "truncated" / "model.safetensors").write_bytes(weights[:len(weights) // 2])
     sentinel = w / "pickle_ran"
@@ -522,6 +544,8 @@ def test_bad_input(case, world, tiny_run, monkeypatch):
         before = _snapshot(world, tiny_run)
         folders_before = _folders(world, tiny_run)
         monkeypatch.chdir(world)
+        if case.hidden:  # `import ray` raises ImportError, as where it is not installed
+            monkeypatch.setitem(sys.modules, case.hidden, None)
         if case.file_limit:  # a full disk: a process whose writes past the limit fail with EFBIG
             def limit():
                 resource.setrlimit(resource.RLIMIT_FSIZE, (case.file_limit, case.file_limit))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -847,27 +848,34 @@ class _StudyCommand(click.Command):
 @click.argument("more_overrides", nargs=-1, metavar="")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--jobs", default=1, show_default=True, type=int, metavar="N",
-              help="Training runs (then transfer pairs) to run at once, each in its own process: "
-                   "one GPU each where there are GPUs, the cores split between them on a CPU.")
+              help="Units of work (a training run, a transfer pair, a probe of one model) to run "
+                   "at once, each in its own process: one GPU each where there are GPUs, the "
+                   "cores split between them on a CPU.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
               show_default=True, help="Where the units run: processes on this machine, or tasks "
                                       "of a Ray cluster (pip install 'lmscope[ray]').")
 @click.option("--address", default=None, metavar="ADDR",
               help="The Ray cluster to join (auto: the running one; default: start one here).")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print the units still to run, each with its estimated seconds (training and "
+                   "transfer, from a short measurement of each model size here), and the wall "
+                   "time at --jobs N; run nothing.")
 def study(study_file, out, quick, seeds, overrides, more_overrides, device, jobs, executor,
-          address):
-    """Run a study file's steps in order (by default stats, train, matrix, transfer, softmax,
-    attribution).
+          address, plan_only):
+    """Run a study file's steps (by default stats, train, matrix, transfer, softmax,
+    attribution) as units of work: each training run, transfer pair and probe of one model,
+    up to --jobs N at once, each as soon as what it reads is done.
 
-    Finished steps are skipped, a stopped training run is resumed: run the same command again
-    to continue after a stop.
+    Finished units are skipped, a stopped training run is resumed: run the same command again
+    to continue after a stop (or a kill).
 
     \b
     lmscope study studies/domain.toml --quick --out results/domain-quick
     lmscope study studies/attention.toml --seeds 0,1,2 --out results/attention
     lmscope study studies/architectures.toml --quick --set train.max_iters=100 --out arch-100
+    lmscope study studies/domain.toml --quick --out results/domain-quick --plan --jobs 2
     """
-    from lmscope.study.runner import run_study
+    from lmscope.study.runner import plan_study, run_study
 
     seed_list = None
     if seeds is not None:
@@ -878,11 +886,15 @@ def study(study_file, out, quick, seeds, overrides, more_overrides, device, jobs
                                f"{seeds!r}") from None
         if not seed_list or min(seed_list) < 0:
             raise LmscopeError(f"--seeds takes one or more seeds >= 0, got {seeds!r}")
-    timings = run_study(study_file, out, quick=quick, seeds=seed_list,
-                        overrides=_all_overrides(overrides, more_overrides), device=device,
-                        log=click.echo, jobs=jobs, executor=executor, address=address)
-    click.echo(f"done in {sum(timings.values()):.0f} s ("
-               + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"); see {out}/")
+    settings = dict(quick=quick, seeds=seed_list, device=device, jobs=jobs, executor=executor,
+                    overrides=_all_overrides(overrides, more_overrides))
+    if plan_only:
+        click.echo(plan_study(study_file, out, **settings).table())
+        return
+    start = time.perf_counter()
+    timings = run_study(study_file, out, log=click.echo, address=address, **settings)
+    click.echo(f"done in {time.perf_counter() - start:.0f} s (seconds of work per step: "
+               + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f"); see {out}/")
     click.echo(f"report: {out / 'report.html'}")
 
 

@@ -304,3 +304,25 @@ def test_float32_rounding_noise_is_not_counted_as_directions():
     rho = canonical_correlations(x, y)
     assert rho.numel() == 20  # not 64: the 44 other directions are rounding noise
     assert rho.min() > 1 - 1e-4
+
+
+def test_pwcca_is_the_same_on_any_number_of_threads():
+    """Rank-poor activations (2,000 tokens of 40 symbols in 64 dimensions, as a small
+    vocabulary's embeddings) have near-tied canonical correlations, whose variates the SVD may
+    rotate by thread count; PWCCA is computed on one thread, and leaves the count as it was."""
+    g = torch.Generator().manual_seed(0)
+    symbols = torch.randint(40, (2000,), generator=g)
+    x = torch.randn(40, 64, generator=g, dtype=torch.float64)[symbols]
+    y = x @ torch.randn(64, 48, generator=g, dtype=torch.float64) \
+        + 0.5 * torch.randn(40, 48, generator=g, dtype=torch.float64)[symbols]
+    before = torch.get_num_threads()
+    values = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            values.append(pwcca(x, y))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert values[0] == values[1] == values[2]
+    assert 0.0 < values[0] <= 1.0

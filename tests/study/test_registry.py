@@ -90,7 +90,9 @@ def test_every_step_declares_what_the_study_needs():
     assert set(registered.DEFAULT_STEPS) | set(registered.VARIANT_STEPS) <= set(names)
     assert names.index("seeds") > names.index("generation")  # seeds reads generation's results
     for step in registered.STEPS:
-        assert step.summary and step.run
+        assert step.summary and (step.run or step.part)  # something to do
+        assert step.parts is None or step.part is not None  # its parts are done by `part`
+        assert all(names.index(r) < names.index(step.name) for r in step.reads)  # runs before
         if step.settings is not None:
             assert dataclasses.is_dataclass(step.settings)
             step.settings()  # every setting has a default

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,13 @@ def meet(folder: str, name: str, other: str) -> None:
             raise LmscopeError(f"{other} never ran beside {name}")
         time.sleep(0.01)
     mark(folder, name)
+
+
+def wait_forever(folder: str, name: str) -> None:
+    """A unit that leaves its process id and then waits for a marker nobody writes."""
+    (Path(folder) / f"{name}.pid").write_text(str(os.getpid()))
+    while not (Path(folder) / "never").exists():
+        time.sleep(0.05)
 
 
 def fail(name: str) -> None:
@@ -110,7 +118,7 @@ def test_a_failed_unit_stops_only_what_needs_it(tmp_path, jobs):
              Unit("fine", mark, (folder, "fine"), gpus=0)]
     finished = []
     with pytest.raises(LmscopeError, match=r"2 of 3 units did not finish \(the others did\): "
-                                           r"bad: bad broke; after-bad: skipped: it needs bad"):
+                                           r"bad: bad broke; skipped \(they need what failed\): after-bad"):
         run_units(units, jobs=jobs, gpus=[], on_done=lambda u: finished.append(u.name))
     assert finished == ["fine"] and (tmp_path / "fine").is_file()
     assert not (tmp_path / "after-bad").exists()
@@ -170,3 +178,34 @@ def test_units_as_ray_tasks_side_by_side_with_their_needs_and_failures(local_ray
         run_units(units, jobs=2, cores=2, executor="ray", on_done=lambda u: finished.append(u.name))
     assert set(finished[:2]) == {"a", "b"} and finished[2] == "c"
     assert json.loads((tmp_path / "c").read_text())["threads"] == 1  # 2 CPUs, 2 at a time
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.is_file() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_units_end_with_the_study_when_it_is_killed(tmp_path):
+    """A study process killed with SIGKILL takes its running units with it (without this they
+    would wait forever here), so the same command can take the study up again."""
+    script = ("import sys; from lmscope.study.schedule import Unit, run_units; "
+              "from tests.study.test_schedule import wait_forever; "
+              "run_units([Unit(n, wait_forever, (sys.argv[1], n)) for n in 'ab'], jobs=2, gpus=[])")
+    study = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                             cwd=Path(__file__).parents[2])
+    pids = [tmp_path / f"{n}.pid" for n in "ab"]
+    deadline = time.monotonic() + HANG_TIMEOUT
+    while not all(p.is_file() and p.read_text() for p in pids):
+        assert study.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = [int(p.read_text()) for p in pids]
+    assert all(_alive(pid) for pid in workers)
+    study.kill()
+    study.wait(timeout=HANG_TIMEOUT)
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a unit outlived the study that started it"
+        time.sleep(0.05)

@@ -1,13 +1,21 @@
+import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from lmscope.errors import LmscopeError
-from lmscope.study.runner import run_study
+from lmscope.study import steps as registered
+from lmscope.study.registry import StepContext
+from lmscope.study.runner import StudyRunner, run_study
 from lmscope.study.spec import load_study
-from tests.conftest import DOMAIN_SETTINGS, MATH_TEXT, PROMPTS, TINY_TEXT
+from tests.conftest import DOMAIN_SETTINGS, HANG_TIMEOUT, MATH_TEXT, PROMPTS, TINY_TEXT
 
 ARTIFACTS = [
     "stats/table.csv", "stats/table.md", "stats/chars_play.png", "stats/chars_sums.png",
@@ -114,7 +122,7 @@ def test_a_stopped_training_run_is_resumed(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "step", step)
     messages = []
     run_study(study, tmp_path / "out", device="cpu", log=messages.append)
-    assert any(m.startswith("  play: trained") for m in messages)
+    assert any(m.startswith("  play: done before") for m in messages)
     assert any(m.startswith("  sums: resuming") for m in messages)
     for name in ("play", "sums"):
         plain = json.loads((tmp_path / "plain" / "runs" / name / "summary.json").read_text())
@@ -310,16 +318,25 @@ def test_attribution_with_continuations_and_the_faithfulness_step(tmp_path):
 
 
 @pytest.mark.xdist_group("ray")  # it starts a local Ray instance
+def _one_at_a_time_on_other_threads(study: Path, out: Path) -> None:
+    """The study at --jobs 1 on more threads than a unit of --jobs 2 gets (cores // 2)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads((os.cpu_count() or 1) // 2 + 1)
+    try:
+        run_study(study, out, device="cpu", log=lambda m: None, jobs=1)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_runs_trained_two_at_a_time_are_the_runs_trained_one_after_another(tmp_path):
     """--jobs 2 trains the two runs (then the two transfer pairs) side by side, each in its own
-    process, with the same results as --jobs 1 (the same checkpoints' weights and losses) where
-    the runs get the same number of threads (the test processes have one); each run is marked
-    done."""
+    process, with the same results as --jobs 1 (the same checkpoints' weights and losses) on
+    another number of threads; each run is marked done, each unit's log is in logs/."""
     study = write_study(tmp_path)
     study.write_text(study.read_text().replace("[study]",
                                                '[study]\nsteps = ["train", "transfer"]'))
     seen = []
-    run_study(study, tmp_path / "one", device="cpu", log=lambda m: None, jobs=1)
+    _one_at_a_time_on_other_threads(study, tmp_path / "one")
     run_study(study, tmp_path / "two", device="cpu", log=seen.append, jobs=2)
     for name in ("play", "sums"):
         one, two = (tmp_path / out / "runs" / name for out in ("one", "two"))
@@ -330,6 +347,8 @@ def test_runs_trained_two_at_a_time_are_the_runs_trained_one_after_another(tmp_p
         losses = [json.loads((p / "summary.json").read_text())["val_loss"] for p in (one, two)]
         assert losses[0] == losses[1]
     assert sum("whole-split val loss" in m for m in seen) == 2
+    assert "play: whole-split val loss" in (tmp_path / "two" / "logs" / "train-play.log").read_text()
+    assert not (tmp_path / "one" / "logs").exists()  # one at a time: the log is the study's
     # the transfer pairs too: each a unit, the same table
     summary = [(tmp_path / out / "transfer" / "summary.csv").read_bytes() for out in ("one", "two")]
     assert summary[0] == summary[1]
@@ -351,3 +370,198 @@ def test_runs_trained_two_at_a_time_are_the_runs_trained_one_after_another(tmp_p
                 for out in ("one", "ray"))
         assert a.read_bytes() == b.read_bytes(), name
     assert (tmp_path / "ray" / "transfer" / "summary.csv").read_bytes() == summary[0]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the study's workers in /proc")
+def test_a_parallel_study_killed_midway_finishes_with_the_same_tables(tmp_path):
+    """`lmscope study --jobs 2` killed with SIGKILL while its two trainings run side by side:
+    its workers end with it, and the same command then finishes the study with the very tables
+    of a study run one unit at a time on another number of threads."""
+    study = write_study(tmp_path)
+    _one_at_a_time_on_other_threads(study, tmp_path / "one")
+    out = tmp_path / "two"
+    command = [sys.executable, "-m", "lmscope", "study", str(study), "--out", str(out),
+               "--jobs", "2"]
+    study_process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + HANG_TIMEOUT
+    first = out / "runs" / "play" / "checkpoints" / "iter_0000010"
+    while not first.is_dir():  # killed once a training is under way
+        assert study_process.poll() is None, study_process.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = [pid for pid in _children(study_process.pid) if _alive(pid)]
+    study_process.kill()
+    study_process.wait(timeout=HANG_TIMEOUT)
+    while any(_alive(pid) for pid in workers):  # they end with the study (bounded: a hang)
+        assert time.monotonic() < deadline, "a worker outlived the killed study"
+        time.sleep(0.05)
+    assert not (out / "transfer" / ".done").exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=HANG_TIMEOUT)
+    assert again.returncode == 0, again.stderr
+    tables = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.csv")
+                    if p.parts[len((tmp_path / "one").parts)] != "runs")
+    assert len(tables) >= 5
+    for table in tables:
+        assert (out / table).read_bytes() == (tmp_path / "one" / table).read_bytes(), table
+    for name in ("play", "sums"):
+        a, b = (tmp_path / d / "runs" / name / "checkpoints" / "final" / "model.safetensors"
+                for d in ("one", "two"))
+        assert a.read_bytes() == b.read_bytes(), name
+
+
+def test_a_study_is_a_graph_of_units_each_needing_what_it_reads(tmp_path):
+    """Each step's parts need what they read (a probe of one model: its training; a transfer
+    pair: its source's), the step's own unit needs its parts, the training and the steps it
+    reads; one at a time they run in the registry's order. A part done before is no unit, its
+    need met."""
+    study = load_study(write_study(tmp_path))
+    out = tmp_path / "out"
+    units = StudyRunner(study, out, jobs=2).units()
+    names = [u.name for u in units]
+    assert names == ["stats", "train play", "train sums", "train", "matrix",
+                     "transfer play-to-sums", "transfer sums-to-play", "transfer",
+                     "softmax play", "softmax sums", "softmax",
+                     "attribution play", "attribution sums", "attribution"]
+    needs = {u.name: u.needs for u in units}
+    assert needs["train play"] == () and needs["stats"] == ()
+    assert needs["softmax play"] == ("train play",)
+    assert needs["attribution sums"] == ("train sums",)
+    assert needs["transfer sums-to-play"] == ("train sums",)
+    trained = ["train play", "train sums", "train"]
+    assert needs["train"] == ("train play", "train sums")
+    assert needs["matrix"] == tuple(trained)  # it reads every run
+    assert needs["transfer"] == (*trained, "transfer play-to-sums", "transfer sums-to-play")
+    assert needs["attribution"] == (*trained, "attribution play", "attribution sums")
+    assert [u.name for u in units if u.inline] == ["stats", "train", "matrix", "transfer",
+                                                   "softmax", "attribution"]
+    StepContext.mark_done(out / "runs" / "play")
+    StepContext.mark_done(out / "stats")
+    again = {u.name: u.needs for u in StudyRunner(study, out, jobs=2).units()}
+    assert "train play" not in again and "stats" not in again
+    assert again["softmax play"] == () and again["train"] == ("train sums",)
+    faithful = load_study(write_study(tmp_path, "").parent / "study.toml")
+    faithful.steps = ["train", "attribution", "faithfulness"]
+    needs = {u.name: u.needs for u in StudyRunner(faithful, tmp_path / "f").units()}
+    assert "attribution" in needs["faithfulness"]  # it reads the attribution step's table
+    assert needs["faithfulness play"] == ("train play",)
+
+
+def test_units_side_by_side_show_one_live_line_each_on_a_terminal(tmp_path):
+    """On a terminal, --jobs 2 draws a line per running unit (its name, its seconds, its log's
+    last line) and nothing of the units' own output; each unit's log is in logs/."""
+    from tests.terminal import Terminal
+
+    study = write_study(tmp_path)
+    study.write_text(study.read_text().replace("[study]", '[study]\nsteps = ["train", "softmax"]'))
+    out = tmp_path / "out"
+    terminal = Terminal([sys.executable, "-m", "lmscope", "study", str(study), "--out", str(out),
+                         "--jobs", "2"])
+    terminal.wait_for("  softmax sums (")
+    code, stdout, screen = terminal.finish()
+    assert code == 0, screen
+    assert "  train play (" in screen and "  train sums (" in screen
+    assert "checkpoint/s" not in screen  # the probes' own progress bars went to their logs
+    assert "softmax sums: done" in stdout and "[softmax]" in stdout
+    assert "play: whole-split val loss" in (out / "logs" / "train-play.log").read_text()
+    assert (out / "logs" / "softmax-sums.log").is_file()
+
+
+def test_a_study_file_extends_another_with_its_own_values_over_it(tmp_path):
+    base = write_study(tmp_path)
+    (tmp_path / "bigger.toml").write_text(
+        f'extends = "{base.name}"\n[study]\nname = "bigger"\n[model]\nn_embd = 64\n'
+        '[transfer]\niters = 12\n', encoding="utf-8")
+    study, parent = (load_study(tmp_path / f) for f in ("bigger.toml", base.name))
+    assert study.name == "bigger" and study.corpora == parent.corpora
+    assert study.prompts == parent.prompts  # relative to the files' folder
+    config = study.run_config(study.runs()[0])
+    assert config.model.n_embd == 64 and config.model.n_layer == 2  # its value, the base's
+    assert study.settings["transfer"].iters == 12
+    assert study.settings["transfer"].eval_every == parent.settings["transfer"].eval_every
+
+
+def test_the_seeds_gpu_studies_are_the_seeds_sizes():
+    root = Path(__file__).parents[2] / "studies"
+    domain = load_study(root / "domain_gpu.toml")
+    config = domain.run_config(domain.runs()[0])
+    assert (config.model.n_layer, config.model.n_embd, config.model.block_size) == (6, 384, 256)
+    assert config.train.max_iters == 40000
+    assert domain.steps == load_study(root / "domain.toml").steps
+    attention = load_study(root / "attention.toml")
+    iters = {r.corpus: attention.run_config(r).train.max_iters for r in attention.runs()}
+    assert iters == {"shakespeare": 5000, "enwik8": 100000, "text8": 100000}
+    assert len(attention.runs()) == 9
+
+
+def test_a_study_trains_each_run_data_parallel_with_processes_per_run(tmp_path):
+    """[study] processes_per_run = 2: each training unit asks for 2 GPUs and trains through
+    torchrun (gloo on this CPU): a run like `torchrun --nproc_per_node 2 -m lmscope train`."""
+    study = write_study(tmp_path)
+    study.write_text(study.read_text().replace(
+        "[study]", '[study]\nsteps = ["train"]\nprocesses_per_run = 2'))
+    units = StudyRunner(load_study(study), tmp_path / "out").units()
+    assert [(u.name, u.gpus) for u in units if not u.inline] == [("train play", 2),
+                                                                 ("train sums", 2)]
+    seen = []
+    run_study(study, tmp_path / "out", device="cpu", log=seen.append)
+    assert any("play: training" in m and "in 2 processes" in m for m in seen)
+    for name in ("play", "sums"):
+        summary = json.loads((tmp_path / "out" / "runs" / name / "summary.json").read_text())
+        assert summary["iterations"] == 30
+        assert summary["processes"] == 2  # data-parallel: two processes trained it
+
+
+def test_a_unit_that_fails_is_named_and_the_others_finish(tmp_path, monkeypatch):
+    """One probe fails: the study goes on with every unit that does not need it, then stops
+    with one line naming it and what was skipped; the same command redoes only those."""
+    from lmscope.study.steps import softmax
+
+    study = write_study(tmp_path)
+    study.write_text(study.read_text().replace(
+        "[study]", '[study]\nsteps = ["train", "softmax", "attribution"]'))
+    part = softmax.STEP.part
+
+    def broken(ctx, spec):
+        if spec.name == "sums":
+            raise LmscopeError("the sums probe broke")
+        part(ctx, spec)
+
+    monkeypatch.setattr(softmax, "STEP", dataclasses.replace(softmax.STEP, part=broken))
+    monkeypatch.setattr(registered, "STEPS", tuple(softmax.STEP if s.name == "softmax" else s
+                                                   for s in registered.STEPS))
+    out = tmp_path / "out"
+    with pytest.raises(LmscopeError) as failure:
+        run_study(study, out, device="cpu", log=lambda m: None)
+    message = str(failure.value)
+    assert "\n" not in message
+    assert message == ("2 of 9 units did not finish (the others did): softmax sums: the sums "
+                       "probe broke; skipped (they need what failed): softmax")
+    assert (out / "softmax" / "play" / ".done").is_file()
+    assert (out / "attribution" / ".done").is_file()  # the next step does not need softmax
+    assert not (out / "softmax" / ".done").exists()
+    monkeypatch.undo()
+    seen = []
+    run_study(study, out, device="cpu", log=seen.append)
+    assert "  play: done before" in "\n".join(seen)
+    assert (out / "softmax" / ".done").is_file()

@@ -60,7 +60,15 @@ Measures
                              alpha_i = sum_j |<h_i, x_j>|,   PWCCA = sum_i alpha_i rho_i / sum_i
                              alpha_i.
                          X is the weighted side: PWCCA is NOT symmetric, pwcca(x, y) !=
-                         pwcca(y, x) in general. (Morcos et al.'s code weights the side with
+                         pwcca(y, x) in general. Where canonical correlations are tied (or
+                         nearly: rank-poor activations such as a small vocabulary's
+                         embeddings), the canonical variates of the tied group are any rotation
+                         of one another and the |.| of alpha_i depends on which one the SVD
+                         returns: PWCCA is then determined only to about 1e-3 (0.78095 against
+                         0.78039 for the same float64 inputs at 1 and 2 LAPACK threads, a quick
+                         domain model's embeddings at iteration 0 against its final ones). So
+                         it is computed on one thread: the same value on any machine's thread
+                         count, one of the equally valid ones. (Morcos et al.'s code weights the side with
                          fewer neurons; pass that one as x to do the same.) In [0, 1].
                          Their code (github.com/google/svcca, pwcca.py) weights with
                          u_i^T (x - mean) + mean instead of the canonical variates: without
@@ -107,6 +115,7 @@ debiased form removes its own (smaller) finite-sample bias.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -314,12 +323,23 @@ def svcca(x, y, keep: float = 0.99) -> float:
     return float(rho.mean()) if rho.numel() else math.nan
 
 
+@contextlib.contextmanager
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def pwcca(x, y) -> float:
     """Projection-weighted CCA of Morcos et al. 2018, weighted on X's side (not symmetric):
     sum_i alpha_i rho_i with alpha_i proportional to sum_j |<h_i, x_j>| (h_i X's i-th canonical
     variate, x_j X's j-th centered column). In [0, 1]; NaN if a side has no variance."""
     xt, yt = _check(x, y)
-    rho, h, xc = _cca(xt, yt, _rank_eps(x, y))
+    with _one_thread():  # tied correlations: the SVD's choice of variates moves alpha (above)
+        rho, h, xc = _cca(xt, yt, _rank_eps(x, y))
     if rho.numel() == 0:
         return math.nan
     alpha = (h.T @ xc).abs().sum(dim=1)

@@ -87,10 +87,50 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+class _LayerNormSameOnAnyThreads(torch.autograd.Function):
+    """torch's layer_norm, with a backward whose weight and bias gradients do not depend on the
+    number of CPU threads.
+
+    ATen's CPU backward sums the weight and bias gradients over the batch x time rows in one
+    buffer per thread, so a run trained with 1 thread ends with other weights than the same
+    run with 2 (they part by 1e-10 at the first step and training amplifies it). Here those two
+    sums are plain reductions over the rows, which torch splits over the C outputs and so adds
+    in the same order on any thread count; the input's gradient (row by row) and the forward
+    are ATen's own."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        shape = (x.shape[-1],)
+        out, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        grad_x = torch.ops.aten.native_layer_norm_backward(
+            grad, x, (x.shape[-1],), mean, rstd, weight, bias, [True, False, False])[0]
+        rows = tuple(range(x.dim() - 1))
+        grad_weight = (grad * ((x - mean) * rstd)).sum(rows) if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(rows) if bias is not None and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (the same parameters and forward) whose CPU training gives the same weights
+    on any number of threads (`_LayerNormSameOnAnyThreads`), so that a study's runs are the same
+    run one at a time on every core or side by side on a share of them."""
+
+    def forward(self, x):
+        if x.device.type != "cpu" or not torch.is_grad_enabled() or self.weight is None:
+            return super().forward(x)
+        return _LayerNormSameOnAnyThreads.apply(x, self.weight, self.bias, self.eps)
+
+
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.n_embd)
-    return nn.LayerNorm(config.n_embd, bias=config.bias)
+    return LayerNorm(config.n_embd, bias=config.bias)
 
 
 def rotary_tables(n_positions: int, head_dim: int, base: float = 10000.0):

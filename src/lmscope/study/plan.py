@@ -50,6 +50,7 @@ class Study:
     track: dict = field(default_factory=dict)  # e.g. attention_every = 100
     log: dict = field(default_factory=dict)  # e.g. tensorboard = true
     seeds: list[int] = field(default_factory=list)  # train every run once per seed
+    processes_per_run: int = 1  # > 1: each run data-parallel (DDP through torchrun), a GPU each
     corpus: dict = field(default_factory=dict)  # [corpus.NAME]: model/train/data for one corpus
     variants: list[Variant] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # step name -> its [step] table

@@ -5,7 +5,13 @@ adding that module's STEP to `STEPS` in study/steps/__init__.py. From the declar
 
     the study file        its name in `steps = [...]`, its [<name>] settings table (checked
                           against `settings`), whether it needs prompts or one model per corpus
-    the run               `run(ctx)`, in the order of STEPS, skipped once its folder has .done
+    the run               its units of work (study/runner.py): `part(ctx, run)` for each of
+                          the study's runs, each its own unit, started as soon as that run is
+                          trained (side by side with --jobs N), or `part(ctx, item)` for each
+                          of the `parts(ctx)` it declares (transfer's pairs); then `run(ctx)`,
+                          what reads them all (tables and figures across models). A part that
+                          finished leaves DIR/<folder>/<part>/.done, the step DIR/<folder>/.done,
+                          and both are skipped when the study runs again
     the study README.md   `readme(ctx)`: its section of DIR/README.md
     the report            `report_title`, `report_view` and the figures it replaces
                           (`report_hide`): its section of DIR/report.html
@@ -23,26 +29,21 @@ from typing import Any
 from lmscope.data.corpora import folder_name
 from lmscope.io import atomic_write_json
 from lmscope.study.plan import Study
-from lmscope.study.schedule import run_units
 
 
 @dataclass
 class StepContext:
-    """What a running step is given: the study, its folder, the device and a logger."""
+    """What a running step (or one unit of it) is given: the study, its folder, the device and
+    a logger."""
 
     study: Study
     out: Path  # the study folder
     device: str = "auto"
     log: Callable[[str], None] = print
     step: Step | None = None  # the step being run
-    jobs: int = 1  # units of work a step may run at once (lmscope study --jobs)
-    executor: str = "local"  # where they run: "local" processes, or "ray" (study/schedule.py)
-    address: str | None = None  # the Ray cluster's address (None: a local instance)
-
-    def run_units(self, units, **kw):
-        """`schedule.run_units` with this study's --jobs, --executor and --address."""
-        return run_units(units, jobs=self.jobs, executor=self.executor, address=self.address,
-                         **kw)
+    # a part's detail (a training's evaluations): its unit's log file when it runs in a process
+    # of its own, nothing when parts run one at a time and the study's log shows each part
+    detail: Callable[[str], None] = lambda message: None
 
     @property
     def settings(self) -> Any:
@@ -70,12 +71,23 @@ class StepContext:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One unit of a step's work: its name (also its folder in the step's folder), what
+    `Step.part` is given, the units it needs (by `unit_name`) and the GPUs it asks for."""
+
+    name: str
+    item: Any
+    needs: tuple[str, ...] = ()
+    gpus: int = 1  # GPUs it asks for where there are GPUs
+
+
+@dataclass(frozen=True)
 class Step:
     """One step of a study (see the module docstring)."""
 
     name: str  # in the study file's steps = [...], and its folder DIR/<name>/ (see `folder`)
     summary: str  # what it does and what it writes, in one line
-    run: Callable[[StepContext], None]
+    run: Callable[[StepContext], None] | None  # the whole step, or what follows its units
     settings: type | None = None  # the dataclass of its [<name>] table (None: no table)
     result: type | None = None  # the typed result (lmscope.analysis) it saves
     per_corpus: bool = False  # compares one model per corpus: not with seeds or [[variant]]
@@ -90,10 +102,20 @@ class Step:
     # figures not shown in report.html (patterns of their paths in the step's folder, such as
     # "matrix.png"): those its view replaces, or too many; they stay in the folder
     report_hide: tuple[str, ...] = field(default=())
+    # one unit's work: for each of the study's runs (a RunSpec), or for each of `parts(ctx)`
+    part: Callable[[StepContext, Any], None] | None = None
+    parts: Callable[[StepContext], list[Part]] | None = None  # other parts than one per run
+    reads: tuple[str, ...] = ()  # earlier steps whose results its `run` reads (it waits for them)
 
     @property
     def out(self) -> str:
         return self.folder or self.name
+
+
+def unit_name(step: str, run: str = "") -> str:
+    """The name of a study's unit: "train play" (a step's part for one run), "matrix" (a step's
+    own unit); what other units list as their needs."""
+    return f"{step} {run}" if run else step
 
 
 def markdown_body(markdown_file: Path) -> str:

@@ -11,11 +11,13 @@ that a unit's CUDA and thread settings are its own):
     threads    on the CPU, the N workers split the cores: each sets torch.set_num_threads to
                cores // N (at least 1), instead of N processes each taking every core
 
-The scheduler waits for a state (a worker's exit), never for a time. A unit that fails (an
+The scheduler waits for a state (a worker's exit), never for a time. A worker ends as soon as the
+study's process is gone (even killed with SIGKILL), so the same command can continue the study. A unit that fails (an
 exception, or a process killed) does not stop the others: the ones that need it are skipped, the
 rest finish, and `run_units` then raises one LmscopeError naming every unit that failed or was
 skipped. `jobs=1` runs the units one after another in this process, as before (and a Ctrl-C
-there stops the study at once, as before).
+there stops the study at once, as before), and so does an `inline` unit at any `jobs` (light
+work, such as a step's tables across the units before it).
 
 A unit's `run` must be picklable (a module-level function) with picklable arguments; it returns
 nothing and writes its results into its own folder. What the parent does once a unit finished
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +49,7 @@ class Unit:
     args: tuple = ()
     needs: tuple[str, ...] = ()  # the names of the units that must finish first
     gpus: int = 1  # GPUs it asks for where there are GPUs (0 on a CPU-only machine)
+    inline: bool = False  # run in this process, as a plain call (light work across units)
 
 
 @dataclass
@@ -121,9 +126,22 @@ def _outcome_of(run: Callable, args: tuple) -> str | None:
         return message or type(e).__name__
 
 
+def _end_with_parent() -> None:
+    """End this process as soon as the study's process is gone (killed with SIGKILL, say), so
+    that no unit goes on alone and the next run of the study finds its folders free: a thread
+    waits for the end of the pipe the parent holds (multiprocessing's parent sentinel)."""
+    parent = multiprocessing.parent_process()
+
+    def watch():
+        wait([parent.sentinel])
+        os._exit(1)  # what the unit wrote so far is resumed or redone by the next run
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def _unit_main(run: Callable, args: tuple, gpus: list[str] | None, threads: int, conn) -> None:
     """A unit's process: its GPUs and threads first (before anything touches CUDA), then its
     work; the outcome goes back through `conn` as None or an error's text."""
+    _end_with_parent()
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     torch.set_num_threads(threads)
@@ -158,10 +176,11 @@ class _Processes:
         send.close()
         self.running[process.sentinel] = (u, process, receive)
 
-    def finished(self) -> list[tuple[Unit, str | None]]:
-        """Waits until at least one unit ended; (unit, outcome) of each that did."""
+    def finished(self, timeout: float | None = None) -> list[tuple[Unit, str | None]]:
+        """Waits until at least one unit ended (or `timeout` s passed); (unit, outcome) of each
+        that did."""
         out = []
-        for sentinel in wait(list(self.running)):
+        for sentinel in wait(list(self.running), timeout):
             u, process, receive = self.running.pop(sentinel)
             outcome = receive.recv() if receive.poll() else (
                 f"its process ended with exit code {process.exitcode}")
@@ -192,6 +211,7 @@ def connect(executor: str, address: str | None = None):
                            "'lmscope[ray]' (or run the study with --jobs N on this "
                            "machine)") from None
     if not ray.is_initialized():
+        _check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -199,6 +219,22 @@ def connect(executor: str, address: str | None = None):
             raise LmscopeError(f"no Ray cluster {where}: {str(e).splitlines()[0]} (start "
                                "one with `ray start --head`, or give --address)") from None
     return ray
+
+
+def _check_reachable(address: str | None, seconds: float = 10.0) -> None:
+    """A HOST:PORT address that answers (Ray itself would retry for minutes before saying it
+    does not); "auto", "ray://..." and None are left to Ray."""
+    if address is None or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except (OSError, ValueError) as e:
+        reason = "not a port" if isinstance(e, ValueError) else (e.strerror or str(e) or
+                                                                   type(e).__name__)
+        raise LmscopeError(f"no Ray cluster at {address}: {reason} (start one with `ray start "
+                           "--head` and give its HEAD_IP:6379, or --address auto on a node of "
+                           "it)") from None
 
 
 class _RayTasks:
@@ -217,8 +253,8 @@ class _RayTasks:
                                 name=u.name).remote(u.run, u.args, self.threads)
         self.running[ref] = u
 
-    def finished(self) -> list[tuple[Unit, str | None]]:
-        ready, _ = self.ray.wait(list(self.running), num_returns=1)
+    def finished(self, timeout: float | None = None) -> list[tuple[Unit, str | None]]:
+        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
         out = []
         for ref in ready:
             u = self.running.pop(ref)
@@ -232,10 +268,12 @@ class _RayTasks:
 def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | None = None,
               cores: int | None = None, executor: str = "local", address: str | None = None,
               on_start: Callable[[Unit, list[str] | None], None] = None,
-              on_done: Callable[[Unit], None] | None = None) -> list[str]:
+              on_done: Callable[[Unit], None] | None = None,
+              on_wait: Callable[[], None] | None = None) -> list[str]:
     """Run `units` respecting their needs, up to `jobs` at once (module docstring). `gpus`: the
     GPUs to share out (default: the visible ones; Ray shares out its own). `executor` "ray"
-    sends the units to a Ray cluster (`address`, default: a new local instance). Returns the
+    sends the units to a Ray cluster (`address`, default: a new local instance). `on_wait` is
+    called about once a second while units run elsewhere (to redraw their progress). Returns the
     names in the order they finished; raises LmscopeError naming the failed and skipped units
     after the others finished."""
     check_jobs(jobs)
@@ -268,25 +306,21 @@ def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | Non
         else:
             failed[u.name] = outcome
 
-    while pending or running:
-        while any(blocked(u) for u in pending):  # what needs a failed unit cannot run
-            for u in [u for u in pending if blocked(u)]:
-                failed[u.name] = "skipped: it needs " + ", ".join(n for n in u.needs
-                                                                  if n in failed)
-                pending.remove(u)
+    def start_ready() -> bool:
+        """Start what may start now, in the units' order; whether any did."""
         for u in list(pending):
             if len(running) >= jobs:
-                break
+                return False
             if not set(u.needs) <= set(done):
                 continue
-            taken = pool.take(u.gpus) if gpus else None
-            if gpus and taken is None:
+            taken = pool.take(u.gpus) if gpus and not u.inline else None
+            if gpus and not u.inline and taken is None:
                 continue  # its GPUs are busy: a smaller unit may still start
             pending.remove(u)
             running[u.name] = taken
             if on_start is not None:
                 on_start(u, taken)
-            if backend is None:  # one at a time: in this process, as a plain call
+            if backend is None or u.inline:  # in this process, as a plain call
                 try:
                     u.run(*u.args)
                 except TrainingInterrupted:
@@ -295,12 +329,28 @@ def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | Non
                     ended(u, str(e))
                 else:
                     ended(u, None)
-                continue
+                return True  # what it finished may let an earlier unit start
             backend.start(u, taken)
+        return False
+
+    while pending or running:
+        while any(blocked(u) for u in pending):  # what needs a failed unit cannot run
+            for u in [u for u in pending if blocked(u)]:
+                failed[u.name] = "skipped: it needs " + ", ".join(n for n in u.needs
+                                                                  if n in failed)
+                pending.remove(u)
+        while start_ready():
+            pass
         if running:
-            for u, outcome in backend.finished():
+            for u, outcome in backend.finished(None if on_wait is None else 1.0):
                 ended(u, outcome)
+            if on_wait is not None and running:
+                on_wait()
     if failed:
-        raise LmscopeError(f"{len(failed)} of {len(units)} units did not finish (the others did): "
-                           + "; ".join(f"{name}: {why}" for name, why in failed.items()))
+        broken = {n: why for n, why in failed.items() if not why.startswith("skipped")}
+        skipped = [n for n in failed if n not in broken]
+        raise LmscopeError(
+            f"{len(failed)} of {len(units)} units did not finish (the others did): "
+            + "; ".join(f"{name}: {why}" for name, why in broken.items())
+            + ("; skipped (they need what failed): " + ", ".join(skipped) if skipped else ""))
     return done

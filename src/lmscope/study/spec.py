@@ -6,6 +6,7 @@ Two kinds. A *domain* study trains one model per corpus and compares them across
     corpora = ["shakespeare", "math", "wikipedia"]
     preset = "shakespeare-char-cpu"      # model and training recipe for every corpus
     joint_vocabulary = true              # one character vocabulary over all corpora
+    processes_per_run = 1                # > 1: each run data-parallel (torchrun), a GPU each
     prompts = "domain_prompts.toml"      # for the softmax and attribution probes (path relative to this file)
     steps = ["stats", "train", "matrix", "transfer", "softmax", "attribution"]   # the default
     [model]                              # the preset's [model] values overridden for every run
@@ -29,6 +30,9 @@ An *architecture* study trains several variants on the same corpora and compares
     steps = ["stats", "train", "compare", "generate", "attention"]               # the default
     [generate]    prompt, top_p, greedy, max_new_tokens, seed    (a nucleus-sampling table per run)
     [attention]   prompt, layer, heads                           (attention maps, gpt runs)
+
+A study file may start from another: `extends = "domain.toml"` (before any table, a path
+relative to it) takes that file's tables, and its own tables are merged over them.
 
 Either kind may train every run with several seeds (`seeds = [0, 1, 2]` in [study], or
 `lmscope study FILE --seeds 0,1,2`): runs are named <run>-s<seed>, and the `seeds` step reports
@@ -69,7 +73,7 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
     --set, "train.max_iters=100") are merged over the file's tables, after [quick] (a variant's
     or a corpus's own table still wins, as it does over the file's)."""
     path = Path(path)
-    raw = load_toml(path, "study file")
+    raw = _read(path)
     quick_raw = raw.pop("quick", {})
     if quick:
         if not quick_raw:
@@ -128,6 +132,11 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
                 not all(isinstance(t, dict) for t in tables.values()):
             raise ConfigError(f"study file {path}: [corpus.{name}] may hold only "
                               f"{', '.join(RUN_TABLES)} tables")
+    if isinstance(study.processes_per_run, bool) or not isinstance(study.processes_per_run, int) \
+            or study.processes_per_run < 1:
+        raise ConfigError(f"study file {path}: [study] processes_per_run must be a whole number "
+                          f"of at least 1 (each run's data-parallel processes), got "
+                          f"{study.processes_per_run!r}")
     if len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"study file {path}: a seed is listed twice in seeds")
     names = [v.name for v in study.variants]
@@ -165,6 +174,25 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
     for run in study.runs():
         study.run_config(run)  # every config error shows now, not after an hour of training
     return study
+
+
+def _read(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
+    """A study file's tables, merged over those of the file it `extends` (a path relative to
+    it), and so on: a study at another size is its few changed values."""
+    raw = load_toml(path, "study file")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"study file {path}: extends must be a study file's path, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in (*extended_by, path.resolve()):
+        raise ConfigError(f"study file {path}: extends {base}, which extends it in turn; one of "
+                          "them must be a whole study")
+    if not base_path.is_file():
+        raise ConfigError(f"study file {path}: extends {base}, which is not a file (a path "
+                          f"relative to {path.parent})")
+    return merge(_read(base_path, (*extended_by, path.resolve())), raw)
 
 
 def _variant(raw, path: Path) -> Variant:

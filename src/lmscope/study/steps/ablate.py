@@ -11,6 +11,7 @@ from lmscope.analysis.ablation import AblationResult
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.render.tables import markdown_table, write_csv
+from lmscope.study.plan import RunSpec
 from lmscope.study.registry import Step, StepContext, readme_section
 
 HEADER = ["model", "component", "specificity", "se", "own_increase", "own_se",
@@ -31,12 +32,13 @@ class AblationSettings:
                                f"ablation, got {self.windows}")
 
 
-def run(ctx: StepContext) -> None:
+def part(ctx: StepContext, spec: RunSpec) -> None:
     s = ctx.settings
-    for corpus in ctx.study.corpora:
-        probe.compute(ctx.corpus_dir(corpus), list(ctx.study.corpora), method=s.method,
-                      windows=s.windows, device=ctx.device,
-                      ).save(ctx.out / "ablate" / ctx.corpus_dir(corpus).name)
+    probe.compute(ctx.run_dir(spec.name), list(ctx.study.corpora), method=s.method,
+                  windows=s.windows, device=ctx.device).save(ctx.out / "ablate" / spec.name)
+
+
+def run(ctx: StepContext) -> None:
     _across_models(ctx)
 
 
@@ -72,5 +74,5 @@ STEP = Step(
     "ablate", "every head, attention layer and MLP (or LSTM / k-gram layer) of every model "
     "ablated, the loss on every corpus: ablate/<model>/ablation.csv, heads.png, layers.png, "
     "ablate/summary.md (the components most specific to each model's domain)",
-    run, settings=AblationSettings, result=AblationResult, per_corpus=True,
+    run, part=part, settings=AblationSettings, result=AblationResult, per_corpus=True,
     command="lmscope probe ablate", readme=readme, report_title="Component ablation")

@@ -14,6 +14,7 @@ from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
 from lmscope.report.html import attribution_view
+from lmscope.study.plan import RunSpec
 from lmscope.study.registry import Step, StepContext, readme_section
 
 HEADER = ["model", "method", "char_class", "mean_abs_normalized"]
@@ -41,19 +42,21 @@ class AttributionSettings:
             raise LmscopeError(f"[attribution] {e}") from None
 
 
-def run(ctx: StepContext) -> None:
+def part(ctx: StepContext, spec: RunSpec) -> None:
     a = ctx.settings
     device = "cpu" if ctx.device == "auto" else ctx.device
-    for corpus in ctx.study.corpora:
-        out = ctx.out / "attribution" / ctx.corpus_dir(corpus).name
-        probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
-                      methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
-                      window=a.window, device=device).save(out)
-        if a.generate:
-            continuation.compute(ctx.corpus_dir(corpus), ctx.study.prompts, generate=a.generate,
-                                 methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
-                                 which=a.generate_checkpoints, device=device, window=a.window,
-                                 corpora=tuple(ctx.study.corpora)).save(out / "continuation")
+    out = ctx.out / "attribution" / spec.name
+    probe.compute(ctx.run_dir(spec.name), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
+                  methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
+                  window=a.window, device=device).save(out)
+    if a.generate:
+        continuation.compute(ctx.run_dir(spec.name), ctx.study.prompts, generate=a.generate,
+                             methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
+                             which=a.generate_checkpoints, device=device, window=a.window,
+                             corpora=tuple(ctx.study.corpora)).save(out / "continuation")
+
+
+def run(ctx: StepContext) -> None:
     _across_models(ctx)
 
 
@@ -105,7 +108,7 @@ STEP = Step(
     "attribution", "gradient attribution of every prompt's characters, every model and "
     "checkpoint: attribution/<corpus>/attribution.csv (long form), heatmap_<prompt>.png, "
     "by_class.csv/.png, attribution/by_class_models.md; with generate = N, each token of an "
-    "N-token continuation attributed: attribution/<corpus>/continuation/", run,
+    "N-token continuation attributed: attribution/<corpus>/continuation/", run, part=part,
     settings=AttributionSettings, result=AttributionResult, per_corpus=True, needs_prompts=True,
     command="lmscope probe attribution", readme=readme, report_title="Gradient attribution",
     report_view=attribution_view, report_hide=("heatmap_*.png",))

@@ -12,6 +12,7 @@ from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
+from lmscope.study.plan import RunSpec
 from lmscope.study.registry import Step, StepContext, readme_section
 
 HEADER = ["run", "layer", "settled_at", "cka_first", "effective_rank_first",
@@ -27,10 +28,12 @@ class DynamicsSettings:
             raise LmscopeError(f"[dynamics] windows must be at least 1, got {self.windows}")
 
 
+def part(ctx: StepContext, spec: RunSpec) -> None:
+    probe.compute(ctx.run_dir(spec.name), spec.corpus, windows=ctx.settings.windows,
+                  device=ctx.device).save(ctx.out / "dynamics" / spec.name)
+
+
 def run(ctx: StepContext) -> None:
-    for spec in ctx.study.runs():
-        probe.compute(ctx.run_dir(spec.name), spec.corpus, windows=ctx.settings.windows,
-                      device=ctx.device).save(ctx.out / "dynamics" / spec.name)
     _across_runs(ctx)
 
 
@@ -108,6 +111,6 @@ STEP = Step(
     "(norms, effective rank, condition number, sparsity of weights, heads, gradients and "
     "activations), similarity.csv (each layer's CKA/SVCCA/PWCCA to the final), figures; "
     "dynamics/summary.md (when each layer settles)",
-    run, settings=DynamicsSettings, result=DynamicsResult, command="lmscope probe dynamics",
+    run, part=part, settings=DynamicsSettings, result=DynamicsResult, command="lmscope probe dynamics",
     readme=readme, report_title="Learning dynamics",
     report_hide=("*/weights.png", "*/gradients.png", "*/activations.png"))

@@ -21,6 +21,7 @@ from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, read_csv, write_csv
+from lmscope.study.plan import RunSpec
 from lmscope.study.registry import Step, StepContext, readme_section
 
 HEADER = ["model", "checkpoint", "iteration", "method", "rank", "faithfulness_score",
@@ -52,14 +53,16 @@ class FaithfulnessSettings:
                                f"1, got {self.random_orders!r}")
 
 
-def run(ctx: StepContext) -> None:
+def part(ctx: StepContext, spec: RunSpec) -> None:
     s = ctx.settings
-    for corpus in ctx.study.corpora:
-        probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
-                      methods=tuple(s.methods), baseline=s.baseline, steps=s.steps,
-                      which=s.checkpoints, random_orders=s.random_orders, order=s.order,
-                      device="cpu" if ctx.device == "auto" else ctx.device,
-                      ).save(ctx.out / "faithfulness" / ctx.corpus_dir(corpus).name)
+    probe.compute(ctx.run_dir(spec.name), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
+                  methods=tuple(s.methods), baseline=s.baseline, steps=s.steps,
+                  which=s.checkpoints, random_orders=s.random_orders, order=s.order,
+                  device="cpu" if ctx.device == "auto" else ctx.device,
+                  ).save(ctx.out / "faithfulness" / spec.name)
+
+
+def run(ctx: StepContext) -> None:
     _across_models(ctx)
 
 
@@ -184,6 +187,8 @@ STEP = Step(
     "faithfulness", "the faithfulness of each attribution method, every model and checkpoint: "
     "faithfulness/<corpus>/ranking.csv (deletion and insertion AUC, comprehensiveness, "
     "sufficiency, randomization check, ranked beside random orders), curves.png, "
-    "faithfulness/summary.md", run, settings=FaithfulnessSettings, result=FaithfulnessResult,
-    per_corpus=True, needs_prompts=True, command="lmscope probe faithfulness", readme=readme,
-    report_title="Which attribution to believe", report_hide=("*/curves.png",))
+    "faithfulness/summary.md", run, part=part, settings=FaithfulnessSettings,
+    result=FaithfulnessResult, per_corpus=True, needs_prompts=True,
+    command="lmscope probe faithfulness", readme=readme,
+    report_title="Which attribution to believe", report_hide=("*/curves.png",),
+    reads=("attribution",))  # its reading quotes the attribution step's character classes

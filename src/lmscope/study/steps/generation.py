@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from lmscope.analysis import generation as probe
 from lmscope.generate import DEFAULT_TEMPERATURE
+from lmscope.study.plan import RunSpec
 from lmscope.study.registry import Step, StepContext
 
 
@@ -23,23 +24,18 @@ class GenerationQualitySettings:
     checkpoints: str = "all"  # all | final
 
 
-def run(ctx: StepContext) -> None:
+def part(ctx: StepContext, spec: RunSpec) -> None:
     g = ctx.settings
-    for spec in ctx.study.runs():
-        folder = ctx.out / "generation" / spec.name
-        if ctx.done(folder):
-            continue
-        result = probe.compute(ctx.run_dir(spec.name), num_samples=g.num_samples,
-                               prompt=g.prompt, max_new_tokens=g.max_new_tokens,
-                               temperature=g.temperature, which=g.checkpoints, device=ctx.device,
-                               log=lambda m, name=spec.name: ctx.log(f"  {name} {m}"))
-        result.save(folder, title=f"of {spec.name}")
-        ctx.mark_done(folder)
+    result = probe.compute(ctx.run_dir(spec.name), num_samples=g.num_samples,
+                           prompt=g.prompt, max_new_tokens=g.max_new_tokens,
+                           temperature=g.temperature, which=g.checkpoints, device=ctx.device,
+                           log=lambda m: ctx.log(f"  {spec.name} {m}"))
+    result.save(ctx.out / "generation" / spec.name, title=f"of {spec.name}")
 
 
 STEP = Step(
     "generation", "distinct-n, repetition, coherence, tokens/s and generation-time attention of "
     "samples at every checkpoint, and their correlations: generation/<run>/generation.md, "
-    "correlation_*.md", run, settings=GenerationQualitySettings,
+    "correlation_*.md", None, part=part, settings=GenerationQualitySettings,
     result=probe.GenerationResult, command="lmscope probe generation",
     report_title="Generation quality and attention")

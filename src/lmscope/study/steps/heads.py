@@ -16,6 +16,7 @@ from lmscope.io import atomic_write_text
 from lmscope.metrics.spread import describe
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
+from lmscope.study.plan import RunSpec
 from lmscope.study.registry import Step, StepContext, readme_section
 
 HEADER = ["dataset", "variant", "run", "iteration", "best_induction", "best_previous_token",
@@ -33,12 +34,14 @@ class HeadsSettings:
                                f"{self.n_sequences} and {self.windows}")
 
 
-def run(ctx: StepContext) -> None:
+def part(ctx: StepContext, spec: RunSpec) -> None:
     s = ctx.settings
-    for spec in ctx.study.runs():
-        probe.compute(ctx.run_dir(spec.name), which="all", data=spec.corpus, windows=s.windows,
-                      n_sequences=s.n_sequences, device=ctx.device,
-                      ).save(ctx.out / "heads" / spec.name)
+    probe.compute(ctx.run_dir(spec.name), which="all", data=spec.corpus, windows=s.windows,
+                  n_sequences=s.n_sequences, device=ctx.device,
+                  ).save(ctx.out / "heads" / spec.name)
+
+
+def run(ctx: StepContext) -> None:
     _across_runs(ctx)
 
 
@@ -107,6 +110,6 @@ STEP = Step(
     "heads", "head detectors (previous-token, duplicate-token, induction, first-token), induction "
     "losses and the ICL score of every run at every checkpoint: heads/<run>/heads.csv, icl.csv, "
     "heads_<detector>.png, heads/summary.md, heads/induction_<dataset>.png (mean over seeds)",
-    run, settings=HeadsSettings, result=HeadsResult, command="lmscope probe heads",
+    run, part=part, settings=HeadsSettings, result=HeadsResult, command="lmscope probe heads",
     readme=readme, report_title="Attention heads and in-context learning",
     report_hide=("*/heads_over_iterations.png",))

@@ -12,6 +12,7 @@ from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
 from lmscope.report.html import lens_view
+from lmscope.study.plan import RunSpec
 from lmscope.study.registry import Step, StepContext, readme_section
 
 HEADER = ["model", "corpus", "iteration", "point", "depth", "agree_final", "kl_bits",
@@ -28,11 +29,13 @@ class LensSettings:
             raise LmscopeError(f"[lens] windows must be at least 1, got {self.windows}")
 
 
+def part(ctx: StepContext, spec: RunSpec) -> None:
+    probe.compute(ctx.run_dir(spec.name), data=list(ctx.study.corpora),
+                  windows=ctx.settings.windows, device=ctx.device,
+                  ).save(ctx.out / "lens" / spec.name)
+
+
 def run(ctx: StepContext) -> None:
-    for corpus in ctx.study.corpora:
-        probe.compute(ctx.corpus_dir(corpus), data=list(ctx.study.corpora),
-                      windows=ctx.settings.windows, device=ctx.device,
-                      ).save(ctx.out / "lens" / ctx.corpus_dir(corpus).name)
     _across_models(ctx)
 
 
@@ -88,6 +91,6 @@ STEP = Step(
     "lens", "the logit lens of every model on every corpus at every checkpoint: "
     "lens/<model>/lens.csv, by_layer.png, formation.png, lens/summary.md (where predictions "
     "form, per model and corpus)",
-    run, settings=LensSettings, result=LensResult, per_corpus=True,
+    run, part=part, settings=LensSettings, result=LensResult, per_corpus=True,
     command="lmscope probe lens", readme=readme, report_title="Logit lens",
     report_view=lens_view, report_hide=("*/grid_*.png",))

@@ -33,4 +33,4 @@ STEP = Step(
     "seeds", "final train loss, best val loss, training time and sampling speed as means over "
     "seeds +- standard error, curves with error bands: seeds/results.md, results.json",
     run, result=seeds.SeedsResult, command="lmscope study --seeds", readme=readme,
-    report_title="Means over seeds")
+    report_title="Means over seeds", reads=("generation",))

@@ -11,6 +11,7 @@ from lmscope.io import atomic_write_text
 from lmscope.metrics.spread import describe
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
+from lmscope.study.plan import RunSpec
 from lmscope.study.registry import Step, StepContext, readme_section
 
 # means over the prompts of a domain, with their count and standard deviation (p_expected only
@@ -24,11 +25,12 @@ class SoftmaxSettings:
     top_k: int = 5
 
 
+def part(ctx: StepContext, spec: RunSpec) -> None:
+    probe.compute(ctx.run_dir(spec.name), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
+                  top_k=ctx.settings.top_k, device=ctx.device).save(ctx.out / "softmax" / spec.name)
+
+
 def run(ctx: StepContext) -> None:
-    for corpus in ctx.study.corpora:
-        probe.compute(ctx.corpus_dir(corpus), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
-                      top_k=ctx.settings.top_k,
-                      device=ctx.device).save(ctx.out / "softmax" / ctx.corpus_dir(corpus).name)
     _across_models(ctx)
 
 
@@ -87,5 +89,5 @@ def readme(ctx: StepContext) -> str:
 STEP = Step(
     "softmax", "next-character entropy and p(expected) of every model at every checkpoint: "
     "softmax/<corpus>/softmax.csv, entropy.png, expected_prob.png, softmax/summary.md",
-    run, settings=SoftmaxSettings, result=SoftmaxResult, per_corpus=True, needs_prompts=True,
+    run, part=part, settings=SoftmaxSettings, result=SoftmaxResult, per_corpus=True, needs_prompts=True,
     command="lmscope probe softmax", readme=readme, report_title="Softmax confidence")

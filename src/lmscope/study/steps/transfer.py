@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from lmscope.analysis import transfer as probe
 from lmscope.analysis.transfer import CurvePoint, TransferResult, TransferSummary, load_curves
@@ -14,8 +13,7 @@ from lmscope.data.corpora import corpus_label
 from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
-from lmscope.study.registry import Step, StepContext, readme_section
-from lmscope.study.schedule import Unit
+from lmscope.study.registry import Part, Step, StepContext, readme_section, unit_name
 
 HEADER = ["source", "target", *probe.HEADER]
 
@@ -37,22 +35,27 @@ def _pair_folder(ctx: StepContext, source: str, target: str) -> str:
     return f"{ctx.corpus_dir(source).name}-to-{ctx.corpus_dir(target).name}"
 
 
-def run(ctx: StepContext) -> None:
-    """Every pair not yet done, up to `ctx.jobs` at once, each in its own process when more
-    than one (study/schedule.py); a pair's `.done` is written as soon as it finished."""
+def parts(ctx: StepContext) -> list[Part]:
+    """A unit per pair, started as soon as its source model is trained."""
+    return [Part(_pair_folder(ctx, source, target), (source, target),
+                 (unit_name("train", ctx.corpus_dir(source).name),))
+            for source, target in _pairs(ctx)]
+
+
+def part(ctx: StepContext, pair: tuple[str, str]) -> None:
+    """One pair: `lmscope transfer` of the source's run onto the target corpus."""
+    source, target = pair
     ts = ctx.settings
-    units = []
-    for source, target in _pairs(ctx):
-        folder = ctx.out / "transfer" / _pair_folder(ctx, source, target)
-        if ctx.done(folder):
-            ctx.log(f"  {folder.name}: done")
-            continue
-        inline = ctx.jobs == 1 and ctx.executor == "local"  # in this process: a live log
-        log = (lambda m: ctx.log(f"    {m}")) if inline else None
-        units.append(Unit(folder.name, transfer_pair, (
-            str(ctx.corpus_dir(source)), target, str(folder), ts, ctx.device, log)))
-    ctx.run_units(units, on_start=lambda unit, gpus: ctx.log(f"  {unit.name}"),
-              on_done=lambda unit: ctx.mark_done(Path(unit.args[2])))
+    folder = ctx.out / "transfer" / _pair_folder(ctx, source, target)
+    ctx.log(f"  {folder.name}")
+    probe.transfer(ctx.corpus_dir(source), target, folder, checkpoints=ts.checkpoints,
+                   iters=ts.iters, eval_every=ts.eval_every, eval_iters=ts.eval_iters,
+                   device=ctx.device, log=lambda m: ctx.log(f"    {m}"))
+
+
+def run(ctx: StepContext) -> None:
+    """The table of every pair, its answer, and each source's curves."""
+    ts = ctx.settings
     rows: list[tuple[str, str, TransferSummary]] = []
     for source, target in _pairs(ctx):
         folder = ctx.out / "transfer" / _pair_folder(ctx, source, target)
@@ -67,15 +70,6 @@ def run(ctx: StepContext) -> None:
                       "the source.\n\n" + markdown_table(HEADER, table) + "\n" + _answer(rows))
     for source in ctx.study.corpora:
         _curves_from(ctx, source)
-
-
-def transfer_pair(source_run: str, target: str, folder: str, ts: TransferSettings,
-                  device: str, log=None) -> None:
-    """One pair of the study: `lmscope transfer` of the source run onto the target corpus (a
-    unit's work, in any process; `log` None: quiet)."""
-    probe.transfer(source_run, target, folder, checkpoints=ts.checkpoints, iters=ts.iters,
-                   eval_every=ts.eval_every, eval_iters=ts.eval_iters, device=device,
-                   log=log or (lambda m: None))
 
 
 def _curves_from(ctx: StepContext, source: str) -> None:
@@ -150,5 +144,6 @@ STEP = Step(
     "transfer/<a>-to-<b>/curves.png (target loss and source forgetting), samples.md before and "
     "after, transfer/from_<a>.png (every target of one source), transfer/summary.md", run,
     settings=TransferSettings, result=TransferResult, per_corpus=True,
-    command="lmscope transfer", readme=readme, report_title="Few-shot transfer",
+    command="lmscope transfer", readme=readme, report_title="Few-shot transfer", part=part,
+    parts=parts,
     report_hide=("*/*.png",))  # the pairs' curves and fine-tunings: in from_<a>.png
