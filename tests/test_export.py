@@ -177,6 +177,8 @@ def test_tokenizer_json_gives_lmscope_ids(tmp_path, kind):
     ("gpt", {"norm_position": "post"}, "GPT-2 has no model.norm_position=post;"),
     ("gpt", {"pos_emb": "rotary"}, "GPT-2 has no model.pos_emb=rotary;"),
     ("gpt", {"norm": "rmsnorm", "pos_emb": "rotary"}, "model.norm=rmsnorm, model.pos_emb=rotary"),
+    ("gpt", {"mlp_act": "relu2"}, "GPT-2 has no model.mlp_act=relu2;"),
+    ("gpt", {"qk_norm": True}, "GPT-2 has no model.qk_norm=true;"),
     ("lstm", {}, "it is a 'lstm' model"),
     ("kgram", {}, "it is a 'kgram' model"),
 ])

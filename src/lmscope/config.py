@@ -82,7 +82,11 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate
     min_lr: float = 1e-4  # learning rate at the end of the cosine decay
     warmup_iters: int = 100  # linear warm-up from 0 to lr
-    lr_decay_iters: int = 0  # cosine decay length; 0 means max_iters
+    lr_decay_iters: int = 0  # the decay ends here (then min_lr); 0 means max_iters
+    # cosine: warm-up, then cosine decay to min_lr; wsd: warm-up, stable at lr, then a linear
+    # decay to min_lr over the last decay_frac of the iterations (the speedrun's trapezoid)
+    schedule: str = "cosine"
+    decay_frac: float = 0.4  # wsd: the share of the iterations (to lr_decay_iters) that decay
     weight_decay: float = 0.1  # AdamW decay, applied to matrices only
     beta1: float = 0.9
     beta2: float = 0.99
@@ -126,6 +130,11 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.min_lr > self.lr:
             raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
+        if self.schedule not in ("cosine", "wsd"):
+            raise ConfigError(f"train.schedule must be cosine or wsd, got {self.schedule!r}")
+        if not 0.0 < self.decay_frac <= 1.0:
+            raise ConfigError(f"train.decay_frac must be in (0, 1] (the share of the iterations "
+                              f"that decay), got {self.decay_frac}")
         if self.checkpoint_schedule not in ("auto", "log"):
             raise ConfigError(f"train.checkpoint_schedule must be auto or log, got "
                               f"{self.checkpoint_schedule!r}")

@@ -12,8 +12,8 @@ needs transformers. The exported model gives lmscope's logits, and its tokenizer
 
 lmscope's GPT is a GPT-2 when its blocks are pre-norm with LayerNorm and its positions are
 learned (or absent: an all-zero position table adds nothing). RMSNorm, post-norm and rotary
-positions have no GPT-2 equivalent and are refused, as are attention-only blocks (no MLP) and
-the LSTM and k-gram models.
+positions, the ReLU-squared MLP and QK-norm have no GPT-2 equivalent and are refused, as are
+attention-only blocks (no MLP) and the LSTM and k-gram models.
 Where lmscope has no biases (`bias=False`), GPT-2's are written as zeros.
 
 Tokenizers: byte-level BPE is already a `tokenizers` tokenizer and is copied as it is; the
@@ -38,8 +38,8 @@ from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_json, writing_dir
 from lmscope.run.checkpoint import Checkpoint, load
 
-SUPPORTED = ("--format hf exports GPT models with model.norm=layernorm, model.norm_position=pre "
-             "and model.pos_emb=learned or none")
+SUPPORTED = ("--format hf exports GPT models with model.norm=layernorm, model.norm_position=pre, "
+             "model.pos_emb=learned or none, model.mlp_act=gelu and no qk_norm")
 
 
 def export_hf(checkpoint: Checkpoint | str | Path, out: str | Path, *, force: bool = False) -> Path:
@@ -69,10 +69,13 @@ def check_exportable(ckpt: Checkpoint) -> None:
         raise LmscopeError(f"cannot export {ckpt.path}: it is a {ckpt.model_name!r} model; "
                            f"{SUPPORTED}")
     c = ckpt.model.config
-    wanted = {"norm": ("layernorm",), "norm_position": ("pre",), "pos_emb": ("learned", "none")}
+    wanted = {"norm": ("layernorm",), "norm_position": ("pre",), "pos_emb": ("learned", "none"),
+              "mlp_act": ("gelu",)}
     bad = [f"model.{k}={getattr(c, k)}" for k, ok in wanted.items() if getattr(c, k) not in ok]
     if c.attn_only:
         bad.append("model.attn_only=true (every GPT-2 block has an MLP)")
+    if c.qk_norm:
+        bad.append("model.qk_norm=true")
     if bad:
         raise LmscopeError(f"cannot export {ckpt.path}: GPT-2 has no {', '.join(bad)}; "
                            f"{SUPPORTED}")

@@ -95,6 +95,7 @@ def test_tied_weights_and_parameter_count():
     ("dropout", 1.0, "dropout"),
     ("norm", "batchnorm", "layernorm, rmsnorm"),
     ("pos_emb", "sinusoid", "learned, none"),
+    ("mlp_act", "swish", "gelu, relu2"),
 ])
 def test_invalid_configs_are_rejected_with_the_reason(field, value, message):
     cfg = GPTConfig(vocab_size=10, n_embd=16, n_head=2)
@@ -315,3 +316,46 @@ def test_layer_norm_trains_the_same_on_any_number_of_threads_and_equals_torchs(b
     assert {k for k in state if "norm" in k} == {
         f"{m}.{p}" for m in ("blocks.0.norm1", "blocks.0.norm2", "norm_f")
         for p in (("weight", "bias") if bias else ("weight",))}
+
+
+def test_a_relu_squared_mlp_is_relu_squared_and_decodes_like_its_forward():
+    """model.mlp_act = relu2: hook_post is ReLU(hook_pre)^2 (against torch's relu and a power),
+    and KV-cache decoding equals the forward pass."""
+    model = sharpened(GPT(GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                                    mlp_act="relu2")))
+    idx = torch.randint(0, 17, (2, 16), generator=torch.Generator().manual_seed(3))
+    _, cache = lmscope.run_with_cache(model, idx, ["blocks.0.mlp.hook_pre",
+                                                   "blocks.0.mlp.hook_post"])
+    pre, post = cache["blocks.0.mlp.hook_pre"], cache["blocks.0.mlp.hook_post"]
+    torch.testing.assert_close(post, torch.relu(pre) ** 2, rtol=0, atol=0)
+    assert (pre < 0).any() and (post[pre < 0] == 0).all()
+    full = model(idx)
+    cache = model.new_cache(2)
+    steps = [model.decode(idx[:, :6], cache)] + [model.decode(idx[:, t:t + 1], cache)
+                                                  for t in range(6, 16)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
+def test_qk_norm_gives_unit_rms_queries_and_keys_and_decodes_like_its_forward(pos_emb):
+    """model.qk_norm: every head's query and key at hook_q / hook_k has root-mean-square 1
+    (to the 1e-6 epsilon); causal, and KV-cache decoding equals the forward pass."""
+    model = sharpened(GPT(GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                                    qk_norm=True, pos_emb=pos_emb)))
+    idx = torch.randint(0, 17, (2, 16), generator=torch.Generator().manual_seed(4))
+    _, cache = lmscope.run_with_cache(model, idx, ["blocks.1.attn.hook_q", "blocks.1.attn.hook_k"])
+    for name in ("blocks.1.attn.hook_q", "blocks.1.attn.hook_k"):
+        rms = cache[name].pow(2).mean(-1).sqrt()
+        torch.testing.assert_close(rms, torch.ones_like(rms), rtol=0, atol=1e-5)
+    plain = GPT(GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                          pos_emb=pos_emb))
+    plain.load_state_dict(model.state_dict())  # the same parameters: qk_norm adds none
+    assert not torch.allclose(plain(idx), model(idx))
+    full = model(idx)
+    changed = idx.clone()
+    changed[:, 9] = (changed[:, 9] + 1) % 17
+    torch.testing.assert_close(model(changed)[:, :9], full[:, :9], rtol=0, atol=0)
+    cache = model.new_cache(2)
+    steps = [model.decode(idx[:, :6], cache)] + [model.decode(idx[:, t:t + 1], cache)
+                                                  for t in range(6, 16)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)

@@ -1,6 +1,7 @@
 """How a run starts (issue 15): the out-of-vocabulary rate of a fine-tuning, the learning-rate
 schedule it prints, and a start that fails or is stopped leaves nothing behind."""
 
+import itertools
 import json
 import math
 import signal
@@ -224,3 +225,29 @@ def test_a_real_ctrl_c_in_a_long_first_evaluation_stops_it_and_leaves_nothing(ti
     assert "interrupted before the first checkpoint: nothing is saved" in screen
     assert "Traceback" not in screen
     assert not run.exists()
+
+
+def test_the_wsd_schedule_at_its_corners():
+    """train.schedule = wsd (warm-up, stable, decay): lr rises linearly over the warm-up, holds
+    at lr until the last decay_frac of the iterations, falls linearly to min_lr at the end, and
+    stays there; printed in words."""
+    config = resolve_config(preset="shakespeare-char-cpu", overrides=[
+        "train.max_iters=1000", "train.warmup_iters=100", "train.schedule=wsd",
+        "train.decay_frac=0.25", "train.lr=0.004", "train.min_lr=0.0004"])
+    trainer = Trainer(config, "unused")
+    lr, low = 0.004, 0.0004
+    assert trainer.lr_at(0) == pytest.approx(lr / 101)  # the warm-up, as cosine's
+    assert trainer.lr_at(99) == pytest.approx(lr * 100 / 101)
+    assert trainer.lr_at(100) == trainer.lr_at(500) == trainer.lr_at(749) == lr  # stable
+    assert trainer.lr_at(750) == lr  # the decay starts at 1000 - 0.25 x 1000
+    assert trainer.lr_at(875) == pytest.approx((lr + low) / 2)  # half-way down, linearly
+    assert trainer.lr_at(999) == pytest.approx(low + (lr - low) / 250)
+    assert trainer.lr_at(1000) == trainer.lr_at(5000) == low
+    steps = [trainer.lr_at(i) for i in range(750, 1001)]
+    assert all(a > b for a, b in itertools.pairwise(steps))  # strictly down
+    assert trainer.schedule() == ("learning rate: warm-up to 0.004 over 100 iterations, stable "
+                                  "to iteration 750, linear decay to 0.0004 at iteration 1000 "
+                                  "(= train.max_iters)")
+    whole = resolve_config(preset="shakespeare-char-cpu", overrides=[
+        "train.max_iters=10", "train.warmup_iters=4", "train.schedule=wsd", "train.decay_frac=1"])
+    assert Trainer(whole, "unused").lr_at(4) == whole.train.lr  # decays from the warm-up's end

@@ -364,3 +364,23 @@ def test_the_log_schedule_keeps_iteration_0_and_the_powers_of_two(tiny_corpus, t
     untrained = load_file(tmp_path / "r" / "checkpoints" / "iter_0000000" / "model.safetensors")
     after_one = load_file(tmp_path / "r" / "checkpoints" / "iter_0000001" / "model.safetensors")
     assert any(not torch.equal(untrained[k], after_one[k]) for k in untrained)
+
+
+def test_summary_says_where_the_seconds_of_a_run_went(tiny_corpus, tmp_path):
+    """summary.json's phase_seconds: each phase of the run (this session), none counted twice:
+    together at most the whole train() call, which is at most the time around it; the steps are
+    the loop's step time (tokens_per_s's denominator)."""
+    import time
+
+    config = resolve_config(data=str(tiny_corpus), overrides=TINY_SETTINGS)
+    start = time.perf_counter()
+    result = train(config, tmp_path / "run", progress=False, log=lambda *a: None)
+    wall = time.perf_counter() - start
+    phases = json.loads((tmp_path / "run" / "summary.json").read_text())["phase_seconds"]
+    assert set(phases) == {"start", "steps", "evaluate", "tracking", "checkpoints", "samples",
+                           "final_eval", "plot", "total"}  # tracking: attention, by default
+    assert all(v > 0 for v in phases.values()), phases
+    parts = sum(v for k, v in phases.items() if k != "total")
+    assert parts <= phases["total"] + 0.01 and phases["total"] <= wall
+    steps_per_s = 30 * 8 * 32 / phases["steps"]  # iterations x batch x block / steps' seconds
+    assert steps_per_s == pytest.approx(result.tokens_per_s, rel=0.01)

@@ -49,6 +49,8 @@ class GPTConfig:
     rope_base: float = 10000.0  # rotary only: pair i turns base^(-2i/head_dim) per position
     tie_weights: bool = True  # the output head shares the token embedding matrix
     attn_only: bool = False  # blocks without an MLP (attention-only models, for circuits)
+    mlp_act: str = "gelu"  # gelu | relu2 (ReLU squared, the modded-nanogpt speedrun's)
+    qk_norm: bool = False  # each head's queries and keys scaled to unit RMS (the speedrun's)
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -68,7 +70,7 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         choices = {"norm": ("layernorm", "rmsnorm"), "norm_position": ("pre", "post"),
-                   "pos_emb": ("learned", "none", "rotary")}
+                   "pos_emb": ("learned", "none", "rotary"), "mlp_act": ("gelu", "relu2")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"model.{name} must be one of {', '.join(allowed)}, "
@@ -127,6 +129,12 @@ class LayerNorm(nn.LayerNorm):
         return _LayerNormSameOnAnyThreads.apply(x, self.weight, self.bias, self.eps)
 
 
+def unit_rms(x, eps: float = 1e-6):
+    """x scaled to unit root-mean-square over its last dimension, with no learned gain (QK-norm
+    as the modded-nanogpt speedrun applies it to each head's queries and keys)."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return RMSNorm(config.n_embd)
@@ -183,6 +191,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
+        self.qk_norm = config.qk_norm
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
@@ -195,6 +204,8 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, T, n_head, head_dim), TransformerLens's layout at hook_q/k/v and
         # hook_z, -> (B, n_head, T, head_dim) for the attention itself
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in (q, k, v))
+        if self.qk_norm:  # before the hooks: hook_q and hook_k are what the attention uses
+            q, k = unit_rms(q), unit_rms(k)
         hook = _no_hook  # without hooks, no Python work beyond the computation itself
         if hooks is not None:
             hook = _hook_at(hooks, f"blocks.{layer}.attn.")
@@ -259,10 +270,17 @@ class MLP(nn.Module):
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.act = relu_squared if config.mlp_act == "relu2" else F.gelu
 
     def forward(self, x, hook=_no_hook):
-        """hook_pre: the hidden layer before the GELU, hook_post: after it (TransformerLens)."""
-        return self.dropout(self.proj(hook("hook_post", F.gelu(hook("hook_pre", self.fc(x))))))
+        """hook_pre: the hidden layer before the activation, hook_post: after it
+        (TransformerLens)."""
+        return self.dropout(self.proj(hook("hook_post", self.act(hook("hook_pre", self.fc(x))))))
+
+
+def relu_squared(x):
+    """ReLU(x)^2 (So et al. 2021, "Primer"; the modded-nanogpt speedrun's MLP activation)."""
+    return F.relu(x).square()
 
 
 class Block(nn.Module):

@@ -94,6 +94,10 @@ class RunSummary(TrainResult):
     # "corpus/split" -> the fraction of its characters outside the vocabulary (trained on as
     # <unk>; left out of other corpora's losses); empty when every character is in it
     oov_rate: dict = field(default_factory=dict)
+    # seconds of this session in each phase of the run: start (folder, tokenizer, token files,
+    # model), steps, evaluate (the estimates), tracking, checkpoints, samples, final_eval (the
+    # whole-split loss), plot, and total (the whole train() call, from its start to this file)
+    phase_seconds: dict = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, {f.name: str(v) if isinstance(v, Path) else v

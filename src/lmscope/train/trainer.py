@@ -108,6 +108,24 @@ def build_tokenizer(config: RunConfig, corpus: corpora.Corpus | list[corpora.Cor
     return CharTokenizer(char_vocab(chunks))
 
 
+class PhaseClock:
+    """Seconds spent in each phase of a run (`with clock("evaluate"): ...` adds to it)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def rounded(self) -> dict[str, float]:
+        return {phase: round(s, 3) for phase, s in self.seconds.items()}
+
+
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False,
                  progress: bool | None = None, log=print):
@@ -122,6 +140,7 @@ class Trainer:
         self._stop_requested = False
         self.state_saved = True  # whether checkpoints/last holds a state (False from a start on)
         self.dist = Distributed()  # set by run() when launched by torchrun
+        self.phases = PhaseClock()  # seconds in each phase: summary.json's phase_seconds
 
     # --- set-up ----------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -394,13 +413,20 @@ class Trainer:
             return torch.optim.AdamW(groups, **kwargs)
 
     def lr_at(self, it: int) -> float:
-        """Linear warm-up to lr, then cosine decay to min_lr over lr_decay_iters, then min_lr."""
+        """Linear warm-up to lr, then (cosine) a cosine decay to min_lr at lr_decay_iters, or
+        (wsd) lr until the last decay_frac of the iterations and a linear decay to min_lr at
+        lr_decay_iters; min_lr after."""
         tc = self.config.train
         decay_iters = tc.lr_decay_iters or tc.max_iters
         if it < tc.warmup_iters:
             return tc.lr * (it + 1) / (tc.warmup_iters + 1)
         if it >= decay_iters:
             return tc.min_lr
+        if tc.schedule == "wsd":
+            start = max(tc.warmup_iters, decay_iters - round(tc.decay_frac * decay_iters))
+            if it < start:
+                return tc.lr
+            return tc.lr + (it - start) / max(1, decay_iters - start) * (tc.min_lr - tc.lr)
         ratio = (it - tc.warmup_iters) / max(1, decay_iters - tc.warmup_iters)
         return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (tc.lr - tc.min_lr)
 
@@ -408,8 +434,14 @@ class Trainer:
         """The learning-rate schedule in words, printed at the start of a run."""
         tc = self.config.train
         decay = tc.lr_decay_iters or tc.max_iters
-        text = (f"learning rate: warm-up to {tc.lr:g} over {tc.warmup_iters} iterations, cosine "
-                f"decay to {tc.min_lr:g} at iteration {decay}")
+        if tc.schedule == "wsd":
+            start = max(tc.warmup_iters, decay - round(tc.decay_frac * decay))
+            text = (f"learning rate: warm-up to {tc.lr:g} over {tc.warmup_iters} iterations, "
+                    f"stable to iteration {start}, linear decay to {tc.min_lr:g} at iteration "
+                    f"{decay}")
+        else:
+            text = (f"learning rate: warm-up to {tc.lr:g} over {tc.warmup_iters} iterations, "
+                    f"cosine decay to {tc.min_lr:g} at iteration {decay}")
         if not tc.lr_decay_iters:
             text += " (= train.max_iters)"
         if decay > tc.max_iters:
@@ -612,15 +644,18 @@ class Trainer:
                 "elapsed_s": round(self.elapsed, 3), "tokens_seen": self.tokens_seen,
                 "run_config": self.config.to_dict()}
         meta.update({k: v for k, v in losses.items() if k not in ("train", "val")})
-        save_checkpoint(self.folder.checkpoints_dir / name, self.raw_model,
-                        model_name=self.config.model_name, model_config=self.config.model,
-                        tokenizer=self.tokenizer, meta=meta,
-                        sample=self._sample() if sample else None,
-                        train_state=self._train_state() if train_state else None)
+        with self.phases("samples"):
+            text = self._sample() if sample else None
+        with self.phases("checkpoints"):
+            save_checkpoint(self.folder.checkpoints_dir / name, self.raw_model,
+                            model_name=self.config.model_name, model_config=self.config.model,
+                            tokenizer=self.tokenizer, meta=meta, sample=text,
+                            train_state=self._train_state() if train_state else None)
         if train_state:
             self.state_saved = True
         if sample and self.config.train.sample_tokens:
-            self._write_samples()
+            with self.phases("samples"):
+                self._write_samples()
 
     def _write_samples(self) -> None:
         parts = [f"# Samples of {self.run_dir.name}\n"]
@@ -698,6 +733,27 @@ class Trainer:
             f"{self.run_dir / 'checkpoints' / 'last'}; continue with: "
             f"lmscope train --out {self.run_dir} --resume")
 
+    def _start(self) -> None:
+        """Everything before the first step: the folder, tokenizer, token files, model and
+        optimizer, the state of a resumed run, config.toml and the metrics file."""
+        if self.config.log.tensorboard:
+            check_installed()  # before the run folder is touched
+        self._prepare_run_dir()
+        self.state_saved = self.resume  # a resumed run has a state to go back to
+        self._take_folder()
+        self.setup()
+        if self.resume:
+            self._restore()
+        if self.dist.is_main:
+            if self.resume:  # config.toml stays as the run started; resumes.jsonl says what changed
+                self._record_resume()
+            else:
+                atomic_write_text(self.folder.config_file, self.config.to_toml())
+        else:  # only rank 0 prints
+            self.log, self.progress = (lambda *a: None), False
+        self.checkpoint_iters = set(self.config.train.checkpoint_iters())
+        self._open_metrics()
+
     def run(self) -> TrainResult:
         self.dist = init_distributed()
         missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
@@ -718,24 +774,10 @@ class Trainer:
             shutdown(self.dist)
 
     def _run(self) -> TrainResult:
-        if self.config.log.tensorboard:
-            check_installed()  # before the run folder is touched
-        self._prepare_run_dir()
-        self.state_saved = self.resume  # a resumed run has a state to go back to
-        self._take_folder()
-        self.setup()
+        started = time.perf_counter()
+        with self.phases("start"):
+            self._start()
         cfg, tc = self.config, self.config.train
-        if self.resume:
-            self._restore()
-        if self.dist.is_main:
-            if self.resume:  # config.toml stays as the run started; resumes.jsonl says what changed
-                self._record_resume()
-            else:
-                atomic_write_text(self.folder.config_file, cfg.to_toml())
-        else:  # only rank 0 prints
-            self.log, self.progress = (lambda *a: None), False
-        self.checkpoint_iters = set(tc.checkpoint_iters())
-        self._open_metrics()
         n_params = self.raw_model.num_params()
         self.log(f"{cfg.model_name}: {n_params / 1e6:.2f}M parameters, vocabulary "
                  f"{self.tokenizer.vocab_size} ({self.tokenizer.kind}), corpus {self.corpus_name} "
@@ -766,13 +808,15 @@ class Trainer:
                 at_end = it >= tc.max_iters
                 for tracker in self.trackers:
                     if self._captures_at(tracker, it):
-                        row = tracker.capture(self.raw_model, it)
+                        with self.phases("tracking"):
+                            row = tracker.capture(self.raw_model, it)
                         if self.tensorboard is not None:
                             getattr(self.tensorboard, tracker.kind)(row)
                         window_t += row["seconds"]  # tokens/s counts optimizer steps only
                 if self._evaluates_at(it):
                     try:
-                        losses = self.estimate_loss()
+                        with self.phases("evaluate"):
+                            losses = self.estimate_loss()
                     except _EvaluationStopped:
                         self._stop()
                     row = {"kind": "eval", "iter": it, "train_loss": losses["train"],
@@ -805,6 +849,8 @@ class Trainer:
                 self.tokens_seen += tokens_per_iter
                 window_tokens += tokens_per_iter
                 self.step_time += time.perf_counter() - t0
+                self.phases.seconds["steps"] = self.phases.seconds.get("steps", 0.0) + \
+                    time.perf_counter() - t0
                 self.elapsed = elapsed_before + time.perf_counter() - session_start
                 bar.update(1)
                 if self.iter % tc.log_interval == 0 or self.iter == tc.max_iters:
@@ -824,7 +870,8 @@ class Trainer:
                     self._stop()
             # -- the end: whole-split validation loss (every process computes the same number),
             # final checkpoint, summary
-            full = self._final_eval() if tc.final_eval else {}
+            with self.phases("final_eval"):
+                full = self._final_eval() if tc.final_eval else {}
             final_losses = {**losses, **full}
             self._write_metrics({"kind": "final", "iter": self.iter, **full,
                                  "elapsed_s": round(self.elapsed, 3)})
@@ -837,6 +884,9 @@ class Trainer:
                 val_bits_per_char=full.get("val_bits_per_char_full", val_loss / math.log(2)),
                 elapsed_s=self.elapsed, tokens_per_s=self.tokens_seen / max(self.step_time, 1e-9))
             if self.dist.is_main:
+                with self.phases("plot"):
+                    self._plot_curves()
+                self.phases.seconds["total"] = time.perf_counter() - started
                 RunSummary(
                     **vars(summary), val_loss_is="whole split" if full else "estimate",
                     params=n_params, corpus=self.corpus_name, model=cfg.model_name,
@@ -844,8 +894,8 @@ class Trainer:
                     attention_tracking_s=self._tracking_seconds("attention"),
                     dynamics_tracking_s=self._tracking_seconds("dynamics"),
                     skipped_steps=self.skipped_steps,
-                    oov_rate=self.oov_rate).save(self.folder.summary_file)
-                self._plot_curves()
+                    oov_rate=self.oov_rate,
+                    phase_seconds=self.phases.rounded()).save(self.folder.summary_file)
             what = "whole-split" if full else "estimated"
             log(f"done: {what} val loss {val_loss:.4f} nats/token "
                 f"({summary.val_bits_per_char:.4f} bits/char) after {self.iter} iterations, "
