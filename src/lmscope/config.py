@@ -88,6 +88,10 @@ class TrainConfig:
     schedule: str = "cosine"
     decay_frac: float = 0.4  # wsd: the share of the iterations (to lr_decay_iters) that decay
     weight_decay: float = 0.1  # AdamW decay, applied to matrices only
+    # adamw, or muon: Muon on a GPT's block matrices (at muon_lr, following the schedule's
+    # shape), AdamW on the rest (train/optimizers.py)
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
@@ -130,6 +134,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.min_lr > self.lr:
             raise ConfigError(f"train.min_lr ({self.min_lr}) must not exceed train.lr ({self.lr})")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"train.optimizer must be adamw or muon, got {self.optimizer!r}")
+        if not self.muon_lr > 0:
+            raise ConfigError(f"train.muon_lr must be positive, got {self.muon_lr}")
         if self.schedule not in ("cosine", "wsd"):
             raise ConfigError(f"train.schedule must be cosine or wsd, got {self.schedule!r}")
         if not 0.0 < self.decay_frac <= 1.0:
@@ -235,6 +243,9 @@ class RunConfig:
         self.data.validate()
         self.train.validate()
         self.track.validate()
+        if self.train.optimizer == "muon" and self.model_name != "gpt":
+            raise ConfigError(f"train.optimizer=muon trains a GPT's block matrices; this is a "
+                              f"{self.model_name!r} model (use train.optimizer=adamw)")
 
     def to_dict(self) -> dict:
         model = {"name": self.model_name, **dataclasses.asdict(self.model)}
@@ -277,6 +288,10 @@ def check_resume(saved: RunConfig, config: RunConfig) -> None:
         raise LmscopeError(f"cannot change the [{changed[0]}] config of a run when resuming; "
                            f"only {', '.join(f'[{s}]' for s in RESUMABLE[:-1])} and "
                            f"[{RESUMABLE[-1]}] values may change")
+    if config.train.optimizer != saved.train.optimizer:  # its saved state is another's
+        raise LmscopeError(f"cannot change train.optimizer ({saved.train.optimizer} -> "
+                           f"{config.train.optimizer}) when resuming: the run's optimizer state "
+                           "is its own; start a new run")
 
 
 # --- building configs from nested dicts ----------------------------------------------------------

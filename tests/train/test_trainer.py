@@ -239,20 +239,31 @@ def test_a_mixture_trains_on_both_corpora_and_reports_each(tiny_corpus, tmp_path
     _quiet(_config(spec, "train.checkpoint_at=[]", "train.max_iters=40"), run, resume=True)
 
 
+RESUMED = ("train.max_iters=16", "train.log_interval=1", "train.eval_interval=8",
+           "train.checkpoint_at=[]")
+
+
+def _stopped_at_6_and_resumed(corpus, extra, tmp_path, monkeypatch, *, before_resume=None):
+    """tmp_path/straight: 16 iterations in one go; tmp_path/resumed: stopped after 6, then
+    resumed to 16 (`before_resume(settings)` runs in between); their trajectories compared."""
+    settings = (*RESUMED, *extra)
+    _quiet(_config(corpus, *settings), tmp_path / "straight")
+    restore = stop_after(monkeypatch, 6)
+    with pytest.raises(TrainingInterrupted):
+        Trainer(_config(corpus, *settings), tmp_path / "resumed", progress=False,
+                log=lambda *a: None).run()
+    restore()
+    if before_resume is not None:
+        before_resume(settings)
+    _quiet(_config(corpus, *settings), tmp_path / "resumed", resume=True)
+    assert _train_rows(tmp_path / "resumed") == _train_rows(tmp_path / "straight")
+
+
 def test_a_stopped_mixture_run_resumes_bit_identically(tiny_corpus, tmp_path, monkeypatch):
     numbers = tmp_path / "numbers.txt"
     numbers.write_text(" ".join(str(i % 50) for i in range(3000)) + "\n", encoding="utf-8")
     spec = f"{tiny_corpus}:0.6+{numbers}:0.4"
-    settings = ("train.max_iters=16", "train.log_interval=1", "train.eval_interval=8",
-                "train.checkpoint_at=[]", "train.checkpoint_every=1000")
-    _quiet(_config(spec, *settings), tmp_path / "straight")
-    restore = stop_after(monkeypatch, 6)
-    with pytest.raises(TrainingInterrupted):
-        Trainer(_config(spec, *settings), tmp_path / "resumed", progress=False,
-                log=lambda *a: None).run()
-    restore()
-    _quiet(_config(spec, *settings), tmp_path / "resumed", resume=True)
-    assert _train_rows(tmp_path / "resumed") == _train_rows(tmp_path / "straight")
+    _stopped_at_6_and_resumed(spec, ("train.checkpoint_every=1000",), tmp_path, monkeypatch)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -384,3 +395,44 @@ def test_summary_says_where_the_seconds_of_a_run_went(tiny_corpus, tmp_path):
     assert parts <= phases["total"] + 0.01 and phases["total"] <= wall
     steps_per_s = 30 * 8 * 32 / phases["steps"]  # iterations x batch x block / steps' seconds
     assert steps_per_s == pytest.approx(result.tokens_per_s, rel=0.01)
+
+
+def test_muon_trains_the_blocks_matrices_and_adamw_the_rest(tiny_corpus):
+    """train.optimizer=muon: torch's Muon on exactly the 2-D weights of the GPT's blocks (at
+    train.muon_lr over train.lr of the schedule), AdamW on the embeddings, head, norms and
+    biases; every parameter in exactly one group."""
+    from lmscope.models import build_model
+    from lmscope.train.optimizers import Optimizers, make_optimizer
+
+    config = _config(tiny_corpus, "train.optimizer=muon", "train.muon_lr=0.05",
+                     "train.lr=0.002", "model.bias=true")
+    config.model.vocab_size = 20
+    model = build_model("gpt", config.model)
+    opt = make_optimizer(model, config.train)
+    assert isinstance(opt, Optimizers)
+    muon, adam = opt.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adam, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adam = {names[id(p)] for g in adam.param_groups for p in g["params"]}
+    assert in_muon == {n for n, p in model.named_parameters()
+                       if n.startswith("blocks.") and p.dim() == 2}
+    assert in_muon.isdisjoint(in_adam) and in_muon | in_adam == set(names.values())
+    assert "tok_emb.weight" in in_adam and "blocks.0.norm1.bias" in in_adam
+    assert [g["lr_scale"] for g in opt.param_groups] == [25.0, 1.0, 1.0]
+
+
+def test_a_stopped_muon_run_resumes_bit_identically(tiny_corpus, tmp_path, monkeypatch):
+    """Muon's momentum buffers and AdamW's moments are saved as one optimizer's state and
+    restored: 6 + 10 iterations give the weights of 16 in one go; train.optimizer may not
+    change on resume."""
+    def as_adamw(settings):
+        with pytest.raises(LmscopeError, match=r"cannot change train.optimizer \(muon -> adamw"):
+            _quiet(_config(tiny_corpus, *settings[:-1]), tmp_path / "resumed", resume=True)
+
+    _stopped_at_6_and_resumed(tiny_corpus, ("train.optimizer=muon",), tmp_path, monkeypatch,
+                              before_resume=as_adamw)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [loss for _, loss, _ in _train_rows(tmp_path / "straight") if loss is not None]
+    assert losses[-1] < losses[0]  # it trains

@@ -82,6 +82,7 @@ from lmscope.run.checkpoint import (
 )
 from lmscope.run.run_dir import RunDir, RunSummary, TrainResult, read_metrics
 from lmscope.train.distributed import Distributed, init_distributed, shutdown
+from lmscope.train.optimizers import make_optimizer
 from lmscope.train.tensorboard import TensorBoardLogger, check_installed
 from lmscope.train.tracking import AttentionTracker, DynamicsTracker, HeadsTracker
 
@@ -399,18 +400,8 @@ class Trainer:
         cfg.model = type(source.model.config)(**source.meta["model_config"])
         return source
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        tc = self.config.train
-        params = [p for p in self.raw_model.parameters() if p.requires_grad]
-        groups = [  # weight decay on matrices (embeddings, linear weights), not on gains and biases
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        kwargs = {"lr": tc.lr, "betas": (tc.beta1, tc.beta2)}
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError):  # no fused kernel for this device or torch version
-            return torch.optim.AdamW(groups, **kwargs)
+    def _make_optimizer(self):
+        return make_optimizer(self.raw_model, self.config.train)
 
     def lr_at(self, it: int) -> float:
         """Linear warm-up to lr, then (cosine) a cosine decay to min_lr at lr_decay_iters, or
@@ -680,8 +671,8 @@ class Trainer:
     def step(self, lr: float) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; returns the last micro-batch's loss."""
         tc = self.config.train
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group in self.optimizer.param_groups:  # Muon's at train.muon_lr / train.lr of it
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         for micro in range(tc.grad_accum):
             x, y = self.sampler.sample()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
