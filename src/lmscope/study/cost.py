@@ -36,6 +36,7 @@ from lmscope.config import RunConfig
 from lmscope.device import pick_device
 from lmscope.models import build_model
 from lmscope.study.schedule import Unit
+from lmscope.train.optimizers import make_optimizer
 
 # a run's fixed cost beside its steps (tokenizer, token files, the whole-split evaluation,
 # checkpoints with samples): 2.4 s a run in the quick architecture study on 2 cores
@@ -53,15 +54,15 @@ class StepSeconds:
 
 
 def calibrate(config: RunConfig, device: str = "cpu", steps: int = 4) -> StepSeconds:
-    """Time `steps` training steps and evaluation batches of the run's model and batch (random
-    tokens, after one step of warm-up) at this process's threads."""
+    """Time `steps` training steps (the run's optimizer) and evaluation batches of the run's
+    model and batch (random tokens, after one step of warm-up) at this process's threads."""
     torch.manual_seed(0)
     model_config = config.model
     vocab = VOCAB.get(config.data.tokenizer, config.data.bpe_vocab_size)
     model = build_model(config.model_name, _with_vocab(model_config, vocab)).to(device)
     tc = config.train
     x = torch.randint(vocab, (tc.batch_size, model_config.block_size), device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = make_optimizer(model, tc)  # the run's own (Muon's steps cost more)
 
     def train_step():
         for _ in range(tc.grad_accum):
@@ -185,12 +186,14 @@ class Plan:
 
 
 def size_of(config: RunConfig) -> str:
-    """A model size's name: architecture, layers x width, context and batch."""
+    """A model size's name: architecture, layers x width, context, batch (and optimizer other
+    than AdamW)."""
     m, tc = config.model, config.train
     layers = getattr(m, "n_layer", 1)
     width = getattr(m, "n_embd", getattr(m, "n_hidden", 0))
     return (f"{config.model_name} {layers}x{width}, context {m.block_size}, batch "
-            f"{tc.batch_size * tc.grad_accum}")
+            f"{tc.batch_size * tc.grad_accum}" + (f", {tc.optimizer}" if tc.optimizer != "adamw"
+                                                  else ""))
 
 
 def device_of(config: RunConfig, device: str) -> str:
