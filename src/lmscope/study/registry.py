@@ -118,6 +118,11 @@ def unit_name(step: str, run: str = "") -> str:
     return f"{step} {run}" if run else step
 
 
+def step_of(unit: str) -> str:
+    """The step a unit belongs to (the first word of its `unit_name`)."""
+    return unit.split(" ", 1)[0]
+
+
 def markdown_body(markdown_file: Path) -> str:
     """A Markdown file without its first heading, its sub-headings one level down."""
     lines = markdown_file.read_text(encoding="utf-8").splitlines()

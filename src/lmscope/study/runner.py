@@ -14,8 +14,8 @@ The units (`StudyRunner.units`): each step's parts (study/registry.py: a probe o
 training run, a transfer pair), each needing what it reads (its run's training, a pair's source
 model), then the step's own unit (tables and figures across its parts), which needs its parts and
 the training and the steps whose results it reads (`Step.reads`). One at a time (--jobs 1) they
-run in the order of the registry, as a fixed sequence would; with --jobs N a probe of one model starts as soon as that
-model is trained, beside the others' training (study/schedule.py).
+run in the order of the registry, as a fixed sequence would; with --jobs N a probe of one model
+starts as soon as that model is trained, beside the others' training (study/schedule.py).
 
 A unit that finished leaves a `.done` file (DIR/<step>/<part>/, DIR/<step>/) and is skipped when
 the study runs again; a stopped training run is resumed. So a study can be stopped at any moment
@@ -45,7 +45,7 @@ from lmscope.study import cost
 from lmscope.study import steps as registered
 from lmscope.study.cost import Plan
 from lmscope.study.plan import Study
-from lmscope.study.registry import Part, StepContext, unit_name
+from lmscope.study.registry import Part, StepContext, step_of, unit_name
 from lmscope.study.schedule import Unit, check_jobs, connect, run_units, threads_per_unit
 from lmscope.study.spec import load_study
 
@@ -89,11 +89,16 @@ class StudyRunner:
             write_report(self.out)
         return self.timings
 
+    @property
+    def in_process(self) -> bool:
+        """Whether units run one at a time in this process (--jobs 1 on this machine)."""
+        return self.jobs == 1 and self.executor == "local"
+
     def units(self) -> list[Unit]:
         """The study's units of work not yet done, in the order one at a time runs them (module
         docstring): each step's parts, then the step's own unit (its `run`, in this process),
         which needs its parts, the training and the steps it `reads`."""
-        in_process = self.jobs == 1 and self.executor == "local"
+        in_process = self.in_process
         units: list[Unit] = []
         self._folders: dict[str, Path] = {}  # unit name -> the folder its .done goes into
         self._finished: dict[str, list[Path]] = {}  # step -> its parts done before
@@ -113,7 +118,7 @@ class StudyRunner:
                                   gpus=part.gpus))
                 self._folders[name] = folder / part.name
             units.append(Unit(step.name, self._run_step, (ctx,), tuple(
-                u.name for u in units if u.name.split(" ")[0] in (step.name, "train", *step.reads)),
+                u.name for u in units if step_of(u.name) in (step.name, "train", *step.reads)),
                 inline=True))
             self._folders[step.name] = folder
         names = {u.name for u in units}  # a need already done is met: it is not a unit
@@ -126,8 +131,8 @@ class StudyRunner:
         units = self.units()
         by_name = {u.name: u for u in units}
         calibrations: dict[str, cost.StepSeconds] = {}
-        process = cost.process_start_seconds() if self.jobs > 1 and self.executor == "local" \
-            else 0.0
+        process = 0.0 if self.in_process or self.executor != "local" \
+            else cost.process_start_seconds()
         before = torch.get_num_threads()
         torch.set_num_threads(threads_per_unit(self.jobs) if self.executor == "local" else before)
         try:
@@ -182,8 +187,7 @@ class StudyRunner:
             if step.name in self.study.steps and self.context.done(self.out / step.out):
                 self.log(f"[{step.name}] already complete")
         units = self.units()
-        step_of = {u.name: u.name.split(" ", 1)[0] for u in units}
-        in_process = self.jobs == 1 and self.executor == "local"
+        in_process = self.in_process
         started: dict[str, float] = {}
         seconds: dict[str, float] = {}
 
@@ -191,7 +195,7 @@ class StudyRunner:
         log = self.log if live is None else live.write
 
         def on_start(unit: Unit, gpus) -> None:
-            step = step_of[unit.name]
+            step = step_of(unit.name)
             if step not in seconds:
                 seconds[step] = 0.0
                 log(f"[{step}]")
@@ -205,7 +209,7 @@ class StudyRunner:
                 live.start(unit.name, self.log_file(unit.name))
 
         def on_done(unit: Unit) -> None:
-            step = step_of[unit.name]
+            step = step_of(unit.name)
             seconds[step] += time.perf_counter() - started[unit.name]
             self.context.mark_done(self._folders[unit.name])
             if unit.inline:  # the step's own unit, its last
