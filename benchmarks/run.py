@@ -11,7 +11,10 @@ Figures (medians over repeats; the machine may be shared, so compare runs made s
 - sample: tokens/s generating 500 tokens at batch size 1 from the baby GPT (6 layers, 384 wide,
   block 256), with the KV cache and by recomputing the whole context for every token (nanoGPT's
   way), their ratio, batched sampling of 16 prompts with the cache, and batch-1 sampling from
-  bfloat16 and int8 copies of the model (`lmscope sample --precision`).
+  bfloat16 and int8 copies of the model (`lmscope sample --precision`). Beside int8: the bytes
+  one decoding step must read (int8 weights, bfloat16 keys and values of the mean context), the
+  machine's read bandwidth (a sum over 1 GB, all threads; and over 16 MB, which the caches
+  hold), the tokens/s that bandwidth would allow, and the fraction of it int8 sampling reaches.
 - peak_rss_mb: the process's peak resident memory after each phase (and peak_cuda_mb on a GPU).
 - memory (not with --quick): peak resident memory of `lmscope train` on a generated 100 MB
   corpus against the same run on the 1 MB shakespeare corpus: the token file is memory-mapped.
@@ -19,7 +22,10 @@ Figures (medians over repeats; the machine may be shared, so compare runs made s
   side by side with lmscope's step on the same model and batch, alternating, 3 rounds each;
   median ms per iteration of each and their ratio. DIR/data/shakespeare_char is prepared from
   the shakespeare corpus when it is not there yet. With --compile, lmscope's torch.compiled
-  step is timed too (after its one-off compilation, about 30 s on 2 CPU cores).
+  step is timed too (after its one-off compilation, about 30 s on 2 CPU cores). Then
+  `short_run`: the whole commands for 300 iterations, nanoGPT's `train.py` and `lmscope train
+  --preset shakespeare-char-cpu`, alternating, with the median wall seconds of each, their ratio
+  and where lmscope's seconds went (its summary.json's phase_seconds).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from lmscope.config import resolve_config
 from lmscope.device import pick_device
@@ -177,6 +184,36 @@ def bench_nanogpt(nanogpt: Path, corpus: str, rounds: int, device: torch.device,
     return out
 
 
+def bench_short_run(nanogpt: Path, corpus: str, rounds: int, iters: int = 300) -> dict:
+    """Whole commands, alternating: nanoGPT's `train.py` of its CPU recipe for `iters`
+    iterations, and `lmscope train --preset shakespeare-char-cpu` (the same model, batch and
+    evaluation batches) for as many; median wall seconds of each, their ratio, and where
+    lmscope's seconds went (summary.json's phase_seconds, of its median round)."""
+    walls: dict[str, list[float]] = {"nanogpt": [], "lmscope": []}
+    phases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "train.py", *NANOGPT_CPU_RECIPE,
+                            f"--max_iters={iters}", f"--out_dir={tmp}/ng{r}"], cwd=nanogpt,
+                           check=True, capture_output=True)
+            walls["nanogpt"].append(round(time.perf_counter() - start, 2))
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "lmscope", "train", "--data", corpus,
+                            "--preset", "shakespeare-char-cpu", "--set",
+                            f"train.max_iters={iters}", "--out", f"{tmp}/ls{r}", "--quiet"],
+                           check=True, capture_output=True)
+            walls["lmscope"].append(round(time.perf_counter() - start, 2))
+            summary = json.loads(Path(f"{tmp}/ls{r}/summary.json").read_text())
+            phases.append(summary["phase_seconds"])
+    median = {name: statistics.median(w) for name, w in walls.items()}
+    middle = sorted(range(rounds), key=lambda i: walls["lmscope"][i])[rounds // 2]
+    return {"iters": iters, "nanogpt_wall_s": round(median["nanogpt"], 2),
+            "lmscope_wall_s": round(median["lmscope"], 2),
+            "lmscope_over_nanogpt": round(median["lmscope"] / median["nanogpt"], 3),
+            "lmscope_phase_seconds": phases[middle], "rounds": walls}
+
+
 _PEAK_RSS_WRAPPER = """
 import sys
 from lmscope.cli import main
@@ -233,6 +270,41 @@ def nanogpt_style_generate(model: GPT, idx: torch.Tensor, n: int) -> torch.Tenso
     return idx
 
 
+def read_bandwidth_gb_s(n_bytes: int, repeats: int) -> float:
+    """Bytes per second (in GB/s) of reading a float32 buffer of `n_bytes` once (a sum over it,
+    all threads), median over repeats: at 1 GB this is main memory's practical read bandwidth,
+    at a few MB it is the caches'."""
+    buffer = torch.ones(n_bytes // 4, dtype=torch.float32)
+    seconds = median_time(lambda: buffer.sum(), repeats, warmup=2)
+    return n_bytes / seconds / 1e9
+
+
+def sampling_bytes_per_token(model: nn.Module, context: int) -> dict:
+    """What one batch-1 decoding step must read at least: every weight matrix of the blocks and
+    the head (the embeddings only one row each), and the keys and values of `context` cached
+    tokens (bfloat16 in the lower-precision copies, float32 otherwise)."""
+    weights = sum(p.numel() * p.element_size() for name, p in
+                  list(model.named_parameters()) + list(model.named_buffers())
+                  if not name.startswith(("tok_emb", "pos_emb")))
+    head = model.head.weight
+    if head is model.tok_emb.weight:  # a tied head reads the whole embedding matrix
+        weights += head.numel() * head.element_size()
+    c = model.config
+    cache = 2 * c.n_layer * context * c.n_embd * model.tok_emb.weight.element_size()
+    return {"weights": weights, "kv_cache": cache}
+
+
+def cache_lengths(block_size: int, new_tokens: int, prompt: int = 1) -> list[int]:
+    """How many cached tokens each of generate_ids's decoding steps reads (it prefills the last
+    three quarters of the window afresh when the window is full)."""
+    keep, length, lengths = max(1, block_size * 3 // 4), prompt, []
+    for _ in range(new_tokens - 1):
+        length = keep if length >= block_size else length
+        lengths.append(length)
+        length += 1
+    return lengths
+
+
 @torch.no_grad()
 def bench_sample(repeats: int, new_tokens: int, device: torch.device) -> dict:
     torch.manual_seed(0)
@@ -251,6 +323,18 @@ def bench_sample(repeats: int, new_tokens: int, device: torch.device) -> dict:
         fast = for_sampling(model, precision)
         seconds = median_time(lambda m=fast: generate_ids(m, prompt, cfg), repeats, device=device)
         lower[f"kv_cache_{precision}_tokens_per_s"] = round(new_tokens / seconds, 1)
+    # The int8 copy against what reading its bytes once per token from main memory allows
+    int8 = for_sampling(model, "int8")
+    context = statistics.mean(cache_lengths(model.config.block_size, new_tokens))
+    need = sampling_bytes_per_token(int8, round(context))
+    bandwidth = read_bandwidth_gb_s(2**30, repeats)
+    bound = bandwidth * 1e9 / (need["weights"] + need["kv_cache"])
+    lower["int8_bytes_per_token"] = need["weights"] + need["kv_cache"]
+    lower["int8_mean_context"] = round(context, 1)
+    lower["memory_read_gb_s"] = round(bandwidth, 1)
+    lower["memory_read_gb_s_16mb"] = round(read_bandwidth_gb_s(2**24, repeats), 1)
+    lower["int8_bound_tokens_per_s"] = round(bound, 1)
+    lower["int8_fraction_of_bound"] = round(lower["kv_cache_int8_tokens_per_s"] / bound, 3)
     return {
         "model_params": model.num_params(),
         "new_tokens": new_tokens,
@@ -285,6 +369,8 @@ def main() -> None:
             result["nanogpt"] = bench_nanogpt(args.nanogpt.resolve(), corpus,
                                               rounds=1 if args.quick else 3, device=device,
                                               compile=args.compile)
+            result["short_run"] = bench_short_run(args.nanogpt.resolve(), corpus,
+                                                  rounds=1 if args.quick else 3)
     print(json.dumps(result, indent=2))
 
 

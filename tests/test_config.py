@@ -15,8 +15,8 @@ from lmscope.errors import ConfigError
 
 
 def test_presets_match_the_documented_recipes():
-    assert {"shakespeare-char", "shakespeare-char-cpu", "shakespeare-char-fast"} <= set(
-        preset_names())
+    assert {"shakespeare-char", "shakespeare-char-cpu", "shakespeare-char-fast",
+            "shakespeare-char-speedrun"} <= set(preset_names())
     for name in preset_names():  # every preset is a valid config
         assert resolve_config(preset=name).data.corpus
     baby = resolve_config(preset="shakespeare-char")

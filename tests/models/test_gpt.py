@@ -336,6 +336,41 @@ def test_a_relu_squared_mlp_is_relu_squared_and_decodes_like_its_forward():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+def test_zero_initialised_projections_make_every_block_the_identity_until_the_first_step():
+    """model.zero_init_proj: the attention and MLP output projections start at exactly zero, so
+    each block's output equals its input (hook_resid_post == hook_resid_pre); at the first step
+    only the projections, the embeddings, the final norm and the head get gradients (what feeds
+    a zero projection gets none), and after one AdamW step the projections are no longer zero.
+    Without it the projections keep GPT-2's depth-scaled normal init."""
+    config = GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                       zero_init_proj=True)
+    torch.manual_seed(0)
+    model = GPT(config)
+    projections = {n for n, _ in model.named_parameters() if n.endswith("proj.weight")}
+    assert projections == {f"blocks.{i}.{part}.proj.weight" for i in (0, 1)
+                           for part in ("attn", "mlp")}
+    assert all((p == 0).all() for n, p in model.named_parameters() if n in projections)
+    idx = torch.randint(0, 17, (2, 16), generator=torch.Generator().manual_seed(5))
+    names = [f"blocks.{i}.hook_resid_{w}" for i in (0, 1) for w in ("pre", "post")]
+    _, cache = lmscope.run_with_cache(model, idx, names)
+    for i in (0, 1):
+        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_post"],
+                                   cache[f"blocks.{i}.hook_resid_pre"], rtol=0, atol=0)
+    F = torch.nn.functional
+    F.cross_entropy(model(idx).flatten(0, 1), idx.roll(-1, 1).flatten()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for n, g in grads.items():
+        feeds_a_projection = n.startswith("blocks.") and n not in projections
+        assert (g is None or (g == 0).all()) == feeds_a_projection, n
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer.step()
+    assert all((p != 0).any() for n, p in model.named_parameters() if n in projections)
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(vocab_size=17, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    std = plain.blocks[0].mlp.proj.weight.std().item()
+    assert 0.5 * 0.02 / math.sqrt(4) < std < 1.5 * 0.02 / math.sqrt(4)
+
+
 @pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
 def test_qk_norm_gives_unit_rms_queries_and_keys_and_decodes_like_its_forward(pos_emb):
     """model.qk_norm: every head's query and key at hook_q / hook_k has root-mean-square 1

@@ -395,6 +395,12 @@ def test_summary_says_where_the_seconds_of_a_run_went(tiny_corpus, tmp_path):
     assert parts <= phases["total"] + 0.01 and phases["total"] <= wall
     steps_per_s = 30 * 8 * 32 / phases["steps"]  # iterations x batch x block / steps' seconds
     assert steps_per_s == pytest.approx(result.tokens_per_s, rel=0.01)
+    # each checkpoint says how much of its elapsed_s went into optimizer steps, so far
+    metas = [json.loads((tmp_path / "run" / "checkpoints" / name / "meta.json").read_text())
+             for name in ("iter_0000010", "final")]
+    assert metas[0]["tokens_seen"] == 10 * 8 * 32
+    assert 0 < metas[0]["step_seconds"] < metas[1]["step_seconds"] <= metas[1]["elapsed_s"]
+    assert metas[1]["step_seconds"] == pytest.approx(phases["steps"], abs=0.002)
 
 
 def test_muon_trains_the_blocks_matrices_and_adamw_the_rest(tiny_corpus):

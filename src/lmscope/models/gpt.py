@@ -51,6 +51,7 @@ class GPTConfig:
     attn_only: bool = False  # blocks without an MLP (attention-only models, for circuits)
     mlp_act: str = "gelu"  # gelu | relu2 (ReLU squared, the modded-nanogpt speedrun's)
     qk_norm: bool = False  # each head's queries and keys scaled to unit RMS (the speedrun's)
+    zero_init_proj: bool = False  # attention and MLP output projections start at zero (speedrun)
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -355,10 +356,15 @@ class GPT(nn.Module):
         if config.tie_weights:
             self.head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
-        # GPT-2: scale the residual projections down by depth so the residual stream's variance stays put.
+        # GPT-2: scale the residual projections down by depth so the residual stream's variance
+        # stays put; or (the speedrun's) start them at zero, so that every block starts as the
+        # identity and the first steps train the embeddings, the head and the projections only.
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module):

@@ -633,6 +633,7 @@ class Trainer:
         meta = {"iter": self.iter, "corpus": self.corpus_name,
                 "train_loss": losses.get("train"), "val_loss": losses.get("val"),
                 "elapsed_s": round(self.elapsed, 3), "tokens_seen": self.tokens_seen,
+                "step_seconds": round(self.step_time, 3),  # of elapsed_s, in optimizer steps
                 "run_config": self.config.to_dict()}
         meta.update({k: v for k, v in losses.items() if k not in ("train", "val")})
         with self.phases("samples"):
