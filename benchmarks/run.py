@@ -143,8 +143,8 @@ NANOGPT_CPU_RECIPE = [  # nanoGPT README: "train a baby GPT on a macbook / cheap
 ]
 
 
-def nanogpt_step_ms(nanogpt: Path, iters: int) -> float:
-    """Median milliseconds per iteration nanoGPT prints for its CPU recipe (first 10 skipped)."""
+def prepare_nanogpt_data(nanogpt: Path) -> None:
+    """nanoGPT's DIR/data/shakespeare_char prepared from the shakespeare corpus, once."""
     data = nanogpt / "data" / "shakespeare_char"
     if not (data / "train.bin").is_file():
         from lmscope.data.corpora import resolve
@@ -152,6 +152,11 @@ def nanogpt_step_ms(nanogpt: Path, iters: int) -> float:
         shutil.copy(resolve("shakespeare").files[0], data / "input.txt")
         subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True,
                        capture_output=True)
+
+
+def nanogpt_step_ms(nanogpt: Path, iters: int) -> float:
+    """Median milliseconds per iteration nanoGPT prints for its CPU recipe (first 10 skipped)."""
+    prepare_nanogpt_data(nanogpt)
     with tempfile.TemporaryDirectory() as out:
         r = subprocess.run([sys.executable, "train.py", *NANOGPT_CPU_RECIPE,
                             f"--max_iters={iters}", "--eval_interval=100000", f"--out_dir={out}"],
@@ -189,6 +194,7 @@ def bench_short_run(nanogpt: Path, corpus: str, rounds: int, iters: int = 300) -
     iterations, and `lmscope train --preset shakespeare-char-cpu` (the same model, batch and
     evaluation batches) for as many; median wall seconds of each, their ratio, and where
     lmscope's seconds went (summary.json's phase_seconds, of its median round)."""
+    prepare_nanogpt_data(nanogpt)
     walls: dict[str, list[float]] = {"nanogpt": [], "lmscope": []}
     phases = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -319,12 +325,12 @@ def bench_sample(repeats: int, new_tokens: int, device: torch.device) -> dict:
     batched = median_time(lambda: generate_ids(model, prompt.repeat(batch, 1), cfg),
                           max(1, repeats // 2), device=device)
     lower = {}
-    for precision in ("bfloat16", "int8"):
-        fast = for_sampling(model, precision)
+    copies = {precision: for_sampling(model, precision) for precision in ("bfloat16", "int8")}
+    for precision, fast in copies.items():
         seconds = median_time(lambda m=fast: generate_ids(m, prompt, cfg), repeats, device=device)
         lower[f"kv_cache_{precision}_tokens_per_s"] = round(new_tokens / seconds, 1)
     # The int8 copy against what reading its bytes once per token from main memory allows
-    int8 = for_sampling(model, "int8")
+    int8 = copies["int8"]
     context = statistics.mean(cache_lengths(model.config.block_size, new_tokens))
     need = sampling_bytes_per_token(int8, round(context))
     bandwidth = read_bandwidth_gb_s(2**30, repeats)

@@ -32,18 +32,18 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from time_to_quality import nanogpt_curve, run_timed  # noqa: E402
+
 import lmscope  # noqa: E402
-from run import NANOGPT_CPU_RECIPE, nanogpt_step_ms  # noqa: E402
+from run import NANOGPT_CPU_RECIPE  # noqa: E402
 
 BASE = "shakespeare-char-fast"
 PRESET = "shakespeare-char-speedrun"
@@ -58,16 +58,6 @@ OPTIONS = {  # one option each, on the base
 }
 
 
-def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, str]:
-    """Run a command; (its wall seconds, its output). Raises with the output's tail on failure."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:5])} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return wall, proc.stdout + proc.stderr
-
-
 def lmscope_cmd(preset: str, out: Path, settings: list[str]) -> list[str]:
     return [sys.executable, "-m", "lmscope", "train", "--data", "shakespeare", "--preset", preset,
             "--out", str(out), "--quiet", *(["--set", *settings] if settings else [])]
@@ -78,7 +68,7 @@ def run_option(name: str, seed: int, every: int, iters: int | None, work: Path) 
     out = work / f"{name}-{seed}"
     settings = [*OPTIONS[name], f"train.seed={seed}", f"train.checkpoint_every={every}",
                 "train.sample_tokens=0", *([f"train.max_iters={iters}"] if iters else [])]
-    wall, _ = timed(lmscope_cmd(BASE, out, settings))
+    _, wall = run_timed(lmscope_cmd(BASE, out, settings))
     curve = []
     for ckpt in sorted((out / "checkpoints").glob("iter_*")) + [out / "checkpoints" / "final"]:
         meta = json.loads((ckpt / "meta.json").read_text())
@@ -93,7 +83,7 @@ def run_option(name: str, seed: int, every: int, iters: int | None, work: Path) 
 def run_preset(seed: int, iters: int | None, work: Path) -> dict:
     out = work / f"preset-{seed}"
     settings = [f"train.seed={seed}", *([f"train.max_iters={iters}"] if iters else [])]
-    wall, _ = timed(lmscope_cmd(PRESET, out, settings))
+    _, wall = run_timed(lmscope_cmd(PRESET, out, settings))
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "checkpoints" / "final" / "meta.json").read_text())["run_config"]
     tokens = summary["iterations"] * config["train"]["batch_size"] * config["model"]["block_size"]
@@ -102,18 +92,12 @@ def run_preset(seed: int, iters: int | None, work: Path) -> dict:
 
 
 def run_nanogpt(nanogpt: Path, iters: int, work: Path) -> dict:
-    out = work / "nanogpt-out"
-    # (the recipe evaluates, and keeps a checkpoint, every 250 iterations: a shorter run once)
-    shorter = [f"--eval_interval={iters}"] if iters < 250 else []
-    wall, text = timed([sys.executable, "train.py", *NANOGPT_CPU_RECIPE, f"--max_iters={iters}",
-                        *shorter, f"--out_dir={out}"], cwd=nanogpt)
-    curve = []
-    for line in text.splitlines():
-        parts = line.split()
-        if line.startswith("step ") and "val loss" in line:
-            curve.append({"iter": int(parts[1].rstrip(":")), "val_loss_estimate": float(parts[-1])})
-    return {"wall_s": wall, "curve": curve,
-            "val_loss_full": nanogpt_whole_split(nanogpt, out / "ckpt.pt")}
+    """nanoGPT's recipe (benchmarks/time_to_quality.py runs it), its kept checkpoint's
+    whole-split val loss beside its own estimates."""
+    run = nanogpt_curve(nanogpt, work, iters)
+    return {"wall_s": run["wall_s"],
+            "curve": [{"iter": it, "val_loss_estimate": loss} for it, _, loss in run["curve"]],
+            "val_loss_full": nanogpt_whole_split(nanogpt, work / "nanogpt-out" / "ckpt.pt")}
 
 
 def nanogpt_whole_split(nanogpt: Path, ckpt_path: Path) -> float:
@@ -258,8 +242,6 @@ def main() -> None:
     iters = 40 if args.quick else None
     every = 10 if args.quick else args.every
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.nanogpt is not None:
-        nanogpt_step_ms(args.nanogpt.resolve(), iters=12)  # prepares its data folder if needed
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(1, seeds + 1):

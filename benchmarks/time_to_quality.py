@@ -52,13 +52,17 @@ def lmscope_curve(preset: str, workdir: Path) -> dict:
     return {"wall_s": wall, "curve": curve, "val_loss_full": final["val_loss_full"]}
 
 
-def nanogpt_curve(nanogpt: Path, workdir: Path) -> dict:
-    from run import nanogpt_step_ms  # prepares nanoGPT's data folder if needed
+def nanogpt_curve(nanogpt: Path, workdir: Path, iters: int = 2000) -> dict:
+    """nanoGPT's CPU recipe for `iters` iterations (its checkpoint in workdir/nanogpt-out): wall
+    seconds of the command and (iteration, seconds, val loss estimate) at each evaluation."""
+    from run import prepare_nanogpt_data
 
-    nanogpt_step_ms(nanogpt, iters=12)
+    prepare_nanogpt_data(nanogpt)
+    # (the recipe evaluates, and keeps a checkpoint, every 250 iterations: a shorter run once)
+    shorter = [f"--eval_interval={iters}"] if iters < 250 else []
     lines, wall = run_timed([sys.executable, "train.py", *NANOGPT_CPU_RECIPE,
-                             "--max_iters=2000", f"--out_dir={workdir / 'nanogpt-out'}"],
-                            cwd=nanogpt)
+                             f"--max_iters={iters}", *shorter,
+                             f"--out_dir={workdir / 'nanogpt-out'}"], cwd=nanogpt)
     curve = []
     for seconds, line in lines:
         m = re.match(r"step (\d+): train loss ([0-9.]+), val loss ([0-9.]+)", line)
