@@ -2,7 +2,7 @@
 
     LMSCOPE_DATA=../shared/data python benchmarks/study_throughput.py --jobs 1 2
 
-For each --jobs value, from an empty folder: `lmscope study STUDY --quick --plan --jobs J` (the
+For each --jobs value, from an empty folder and an empty cache: `lmscope study STUDY --quick --plan --jobs J` (the
 plan's estimate of the training units, from a short measurement of each model size here), then
 the study itself. Prints one JSON object: per --jobs, the plan's estimate of the training units'
 work and wall time, the actual whole command's wall time, the seconds of work per step
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,9 +23,10 @@ import time
 from pathlib import Path
 
 
-def lmscope(*args: str) -> str:
+def lmscope(*args: str, cache: Path | None = None) -> str:
+    env = {**os.environ, **({"LMSCOPE_CACHE": str(cache)} if cache else {})}
     result = subprocess.run([sys.executable, "-m", "lmscope", *args], capture_output=True,
-                            text=True)
+                            text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"lmscope {' '.join(args[:3])} failed: {result.stderr[-2000:]}")
     return result.stdout
@@ -39,6 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for jobs in args.jobs:
             folder = Path(tmp) / f"jobs{jobs}"
+            cache = Path(tmp) / f"cache{jobs}"  # each study from an empty cache (token files)
             plan = lmscope("study", args.study, "--quick", "--out", str(folder), "--plan",
                            "--jobs", str(jobs))
             work, wall = map(float, re.search(r"training and transfer: ([\d,]+) s of work; "
@@ -46,7 +49,8 @@ def main() -> None:
             estimates = {m.group(1): float(m.group(2).replace(",", "")) for m in
                          re.finditer(r"^train (\S+) .*?([\d,]+) s$", plan, re.M)}
             start = time.perf_counter()
-            lmscope("study", args.study, "--quick", "--out", str(folder), "--jobs", str(jobs))
+            lmscope("study", args.study, "--quick", "--out", str(folder), "--jobs", str(jobs),
+                    cache=cache)
             actual = time.perf_counter() - start
             runs = {name: {"estimate_s": round(est, 1), "loop_s": round(json.loads(
                 (folder / "runs" / name / "summary.json").read_text())["elapsed_s"], 1)}

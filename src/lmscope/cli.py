@@ -847,10 +847,11 @@ class _StudyCommand(click.Command):
                    "train.max_iters=100 model.n_layer=2 (a variant's or corpus's own table wins).")
 @click.argument("more_overrides", nargs=-1, metavar="")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--jobs", default=1, show_default=True, type=int, metavar="N",
+@click.option("--jobs", default="auto", show_default=True, metavar="N|auto",
               help="Units of work (a training run, a transfer pair, a probe of one model) to run "
-                   "at once, each in its own process: one GPU each where there are GPUs, the "
-                   "cores split between them on a CPU.")
+                   "at once, each in a process of its own: one GPU each where there are GPUs, "
+                   "the cores split between them on a CPU. auto: one per GPU, else one per core "
+                   "up to 4; 1: one after another in this process.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
               show_default=True, help="Where the units run: processes on this machine, or tasks "
                                       "of a Ray cluster (pip install 'lmscope[ray]').")

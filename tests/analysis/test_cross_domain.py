@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 import lmscope
-from lmscope.analysis.cross_domain import cross_domain_matrix, write_matrix
+from lmscope.analysis.cross_domain import (
+    MatrixRow,
+    compute_row,
+    cross_domain_matrix,
+    from_rows,
+    write_matrix,
+)
 from lmscope.errors import LmscopeError
 from tests.conftest import png
 
@@ -43,6 +49,25 @@ def test_matrix_cells_are_whole_split_evaluations(domain_runs, tmp_path):
     assert json.loads((tmp_path / "out" / "matrix.json").read_text())["own_domain_lowest"] == {
         "play": True, "sums": True}
     assert png(tmp_path / "out" / "matrix.png")
+
+
+def test_rows_computed_apart_make_the_same_matrix(domain_runs, tiny_run, tmp_path):
+    """A study computes each model's row in a unit of its own and assembles them: the same
+    cells, labels and vocabulary verdict as `compute` over all the runs at once."""
+    runs = [domain_runs["play"], domain_runs["sums"], tiny_run]
+    corpora = [str(domain_runs["corpora"]["play"]), str(domain_runs["corpora"]["sums"])]
+    whole = cross_domain_matrix(runs, corpora, device="cpu", log=lambda *a: None)
+    rows = []
+    for i, run in enumerate(runs):
+        compute_row(run, corpora, device="cpu", log=lambda *a: None).save(tmp_path / f"{i}.json")
+        rows.append(MatrixRow.load(tmp_path / f"{i}.json"))
+    apart = from_rows(rows)
+    assert apart.runs == whole.runs and apart.corpora == whole.corpora
+    assert apart.trained_on == whole.trained_on and apart.results == whole.results
+    np.testing.assert_array_equal(apart.nats, whole.nats)
+    np.testing.assert_array_equal(apart.oov_rate, whole.oov_rate)
+    assert apart.joint_vocabulary is whole.joint_vocabulary is False  # tiny_run's own
+    assert from_rows(rows[:2]).joint_vocabulary
 
 
 def test_models_with_their_own_vocabularies_count_unknown_characters(tiny_run, domain_runs):

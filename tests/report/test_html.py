@@ -70,10 +70,19 @@ def test_figures_keep_their_colours(tmp_path):
 
     saved = np.asarray(Image.open(plots.save(figure(), tmp_path / "f.png")).convert("RGB"))
     buffer = io.BytesIO()
-    figure().savefig(buffer, format="png", dpi=plots.DPI, bbox_inches="tight")
+    figure().savefig(buffer, format="png", dpi=plots.DPI)
     reference = np.asarray(Image.open(buffer).convert("RGB"))
     assert saved.shape == reference.shape
     assert np.abs(saved.astype(int) - reference.astype(int)).max() <= 16
+
+
+def test_a_figure_is_drawn_unless_its_path_matches_a_pattern():
+    """plots.drawn: patterns match from the right, as the report's hidden figures do."""
+    assert plots.drawn("s/attention/math/attention_L1.png", ("attention_L*_H*.png",))
+    assert not plots.drawn("s/attention/math/attention_L1_H0.png", ("attention_L*_H*.png",))
+    assert not plots.drawn("s/lens/math/grid_1.png", ("*/grid_*.png",))
+    assert plots.drawn("grid_1.png", ("*/grid_*.png",))  # no folder above it
+    assert plots.drawn("s/lens/math/grid_1.png", ())
 
 
 def test_markdown(tmp_path):

@@ -18,7 +18,9 @@ from lmscope.errors import LmscopeError
 from lmscope.study.schedule import (
     DevicePool,
     Unit,
+    auto_jobs,
     check_units,
+    resolve_jobs,
     run_units,
     threads_per_unit,
 )
@@ -57,6 +59,14 @@ def wait_forever(folder: str, name: str) -> None:
 
 def fail(name: str) -> None:
     raise LmscopeError(f"{name} broke")
+
+
+def record_pid(folder: str, name: str) -> None:
+    (Path(folder) / f"{name}.pid").write_text(str(os.getpid()))
+
+
+def die(code: int) -> None:
+    os._exit(code)  # as a unit killed from outside would end, without a word
 
 
 def test_a_pool_of_eight_gpus_never_hands_one_out_twice():
@@ -124,8 +134,42 @@ def test_a_failed_unit_stops_only_what_needs_it(tmp_path, jobs):
     assert not (tmp_path / "after-bad").exists()
 
 
+def test_without_gpus_workers_run_unit_after_unit(tmp_path):
+    """On a CPU machine `jobs` worker processes take the units in turn (a process started per
+    unit would cost seconds of imports each); none runs in the study's own process."""
+    folder = str(tmp_path)
+    units = [Unit(f"u{i}", record_pid, (folder, f"u{i}"), gpus=0) for i in range(6)]
+    assert sorted(run_units(units, jobs=2, gpus=[])) == sorted(u.name for u in units)
+    pids = {(tmp_path / f"u{i}.pid").read_text() for i in range(6)}
+    assert 1 <= len(pids) <= 2 and str(os.getpid()) not in pids
+
+
+def test_a_unit_whose_worker_dies_fails_and_the_next_gets_a_fresh_one(tmp_path):
+    folder = str(tmp_path)
+    units = [Unit("dies", die, (3,), gpus=0),
+             Unit("after", record_pid, (folder, "after"), needs=("dies",), gpus=0),
+             Unit("then", record_pid, (folder, "then"), needs=("fine",), gpus=0),
+             Unit("fine", record_pid, (folder, "fine"), gpus=0)]
+    with pytest.raises(LmscopeError, match=r"2 of 4 units did not finish \(the others did\): dies: "
+                                           r"its process ended with exit code 3; skipped"):
+        run_units(units, jobs=2, gpus=[])
+    assert (tmp_path / "then").with_suffix(".pid").is_file()
+    assert not (tmp_path / "after.pid").exists()
+
+
+def test_jobs_auto_is_one_per_gpu_else_one_per_core_up_to_four():
+    assert auto_jobs(cores=2, gpus=[]) == 2 and auto_jobs(cores=1, gpus=[]) == 1
+    assert auto_jobs(cores=16, gpus=[]) == 4
+    assert auto_jobs(cores=16, gpus=["0", "1", "2"]) == 3
+    assert resolve_jobs("auto") == auto_jobs() and resolve_jobs("3") == resolve_jobs(3) == 3
+    for bad in ("0", "many", 0, 1.5):
+        with pytest.raises(LmscopeError, match="--jobs must be a whole number of at least 1, "
+                                               "or auto"):
+            resolve_jobs(bad)
+
+
 def test_bad_units_and_jobs():
-    with pytest.raises(LmscopeError, match="--jobs must be a whole number of at least 1, got 0"):
+    with pytest.raises(LmscopeError, match="--jobs must be a whole number of at least 1, or auto, got 0"):
         run_units([], jobs=0)
     with pytest.raises(LmscopeError, match="asks for 9 GPUs and this machine has 8"):
         check_units([Unit("big", fail, gpus=9)], EIGHT)

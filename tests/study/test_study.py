@@ -354,7 +354,7 @@ def test_runs_trained_two_at_a_time_are_the_runs_trained_one_after_another(tmp_p
     assert summary[0] == summary[1]
     assert all((tmp_path / "two" / "transfer" / pair / ".done").is_file()
                for pair in ("play-to-sums", "sums-to-play"))
-    with pytest.raises(LmscopeError, match="--jobs must be a whole number of at least 1, got 0"):
+    with pytest.raises(LmscopeError, match="--jobs must be a whole number of at least 1, or auto, got 0"):
         run_study(study, tmp_path / "zero", jobs=0)
     assert not (tmp_path / "zero").exists()
 
@@ -439,8 +439,8 @@ def test_a_study_is_a_graph_of_units_each_needing_what_it_reads(tmp_path):
     out = tmp_path / "out"
     units = StudyRunner(study, out, jobs=2).units()
     names = [u.name for u in units]
-    assert names == ["stats", "train play", "train sums", "train", "matrix",
-                     "transfer play-to-sums", "transfer sums-to-play", "transfer",
+    assert names == ["stats", "train play", "train sums", "train", "matrix play", "matrix sums",
+                     "matrix", "transfer play-to-sums", "transfer sums-to-play", "transfer",
                      "softmax play", "softmax sums", "softmax",
                      "attribution play", "attribution sums", "attribution"]
     needs = {u.name: u.needs for u in units}
@@ -450,7 +450,8 @@ def test_a_study_is_a_graph_of_units_each_needing_what_it_reads(tmp_path):
     assert needs["transfer sums-to-play"] == ("train sums",)
     trained = ["train play", "train sums", "train"]
     assert needs["train"] == ("train play", "train sums")
-    assert needs["matrix"] == tuple(trained)  # it reads every run
+    assert needs["matrix sums"] == ("train sums",)  # each model's row
+    assert needs["matrix"] == (*trained, "matrix play", "matrix sums")
     assert needs["transfer"] == (*trained, "transfer play-to-sums", "transfer sums-to-play")
     assert needs["attribution"] == (*trained, "attribution play", "attribution sums")
     assert [u.name for u in units if u.inline] == ["stats", "train", "matrix", "transfer",
@@ -565,3 +566,33 @@ def test_a_unit_that_fails_is_named_and_the_others_finish(tmp_path, monkeypatch)
     run_study(study, out, device="cpu", log=seen.append)
     assert "  play: done before" in "\n".join(seen)
     assert (out / "softmax" / ".done").is_file()
+
+
+def test_a_study_drawing_only_what_its_report_shows(tmp_path):
+    """[study] figures = "report": no step draws a figure its report section hides (the views
+    draw those from the tables; not even the fine-tunings' loss.png), every other figure and
+    every table is written, and the report holds each step's section."""
+    study = write_study(tmp_path)
+    steps = ["train", "matrix", "transfer", "attribution", "attention", "lens", "dynamics",
+             "faithfulness", "similarity"]
+    out = tmp_path / "out"
+    run_study(study, out, device="cpu", log=lambda m: None, jobs=1,
+              overrides=[f"study.steps={json.dumps(steps)}", "study.figures=report",
+                         "lens.windows=2", "dynamics.windows=2", "similarity.windows=2",
+                         'faithfulness.checkpoints="final"', "faithfulness.random_orders=2"])
+    drawn = {step.name: [p.relative_to(out / step.out) for p in (out / step.out).rglob("*.png")]
+             for step in registered.STEPS if step.name in steps}
+    for name, figures in drawn.items():
+        hide = registered.by_name()[name].report_hide
+        assert not [f for f in figures if any(f.match(h) for h in hide)], name
+    assert {f.as_posix() for f in drawn["attention"]} == {"play/attention_L1.png",
+                                                          "sums/attention_L1.png"}
+    assert {f.name for f in drawn["lens"]} == {"by_layer.png", "formation.png", "summary.png"}
+    assert {f.name for f in drawn["dynamics"]} >= {"similarity.png", "summary.png"}
+    assert (out / "matrix" / "matrix.csv").is_file() and (out / "lens" / "play" / "grid.csv"
+                                                           ).is_file()
+    assert not list((out / "transfer").rglob("loss.png"))
+    page = (out / "report.html").read_text(encoding="utf-8")
+    for step in registered.STEPS:
+        if step.name in steps and step.report_title:
+            assert step.report_title in page, step.name

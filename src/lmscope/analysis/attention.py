@@ -21,6 +21,7 @@ hovering a token shows where each head attends from it, checkpoint by checkpoint
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,10 +114,11 @@ class AttentionResult:
                 out[h, q, : q + 1] = row
         return out
 
-    def save(self, out_dir) -> dict:
+    def save(self, out_dir, *, skip: Sequence[str] = ()) -> dict:
         """attention_L<l>_H<h>.png, attention_L<l>.png, top_keys.csv and summary.md of the last
-        checkpoint, and attention.json; returns the files, the head scores and the layer."""
-        return _save(self, Path(out_dir))
+        checkpoint, and attention.json; returns the files, the head scores and the layer.
+        Figures matching a pattern of `skip` are not drawn (plots.drawn)."""
+        return _save(self, Path(out_dir), skip)
 
     @classmethod
     def load(cls, out_dir) -> AttentionResult:
@@ -158,7 +160,7 @@ def attention_probe(run, prompt: str, out_dir, *, layer: int = -1, heads: str | 
                    device=device).save(out_dir)
 
 
-def _save(result: AttentionResult, out: Path) -> dict:
+def _save(result: AttentionResult, out: Path, skip: Sequence[str] = ()) -> dict:
     """The figures and tables of the last checkpoint, and attention.json."""
     tokens = [visible(t) for t in result.tokens]
     layers = result.final_maps
@@ -173,11 +175,14 @@ def _save(result: AttentionResult, out: Path) -> dict:
     labels = [quiet(t) for t in result.tokens]  # whitespace as a quiet mark
     files = []
     for h in chosen:
+        if not plots.drawn(out / f"attention_L{layer}_H{h}.png", skip):
+            continue
         files.append(plots.heatmap(attn[h], labels, labels, out / f"attention_L{layer}_H{h}.png",
                                    title=f"Layer {layer}, head {h}", xlabel="key (attended to)",
                                    ylabel="query", cmap="Blues", fmt="{:.2f}",
                                    annotate=T <= 16, colorbar="attention"))
-    files.append(_grid(attn, chosen, labels, layer, out / f"attention_L{layer}.png"))
+    if plots.drawn(out / f"attention_L{layer}.png", skip):
+        files.append(_grid(attn, chosen, labels, layer, out / f"attention_L{layer}.png"))
 
     rows = []
     for h in chosen:

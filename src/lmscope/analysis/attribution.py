@@ -81,6 +81,7 @@ import contextlib
 import math
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -472,10 +473,11 @@ class AttributionResult:
         last = self.iterations[-1]
         return [r for r in self.rows if (r.checkpoint, r.iteration) == last]
 
-    def save(self, out_dir) -> dict:
+    def save(self, out_dir, *, skip: Sequence[str] = ()) -> dict:
         """attribution.csv, by_class.csv, heatmap_<prompt>.png, by_class.png and
-        summary.md; returns the paths written and the summary figures."""
-        return _save(self, Path(out_dir))
+        summary.md; returns the paths written and the summary figures. Figures matching a
+        pattern of `skip` are not drawn (plots.drawn)."""
+        return _save(self, Path(out_dir), skip)
 
     @classmethod
     def load(cls, out_dir) -> AttributionResult:
@@ -627,7 +629,7 @@ def attribution_probe(run, prompts_path, out_dir, *, methods=GRADIENT_METHODS, b
                    window=window).save(out_dir)
 
 
-def _save(result: AttributionResult, out_dir: Path) -> dict:
+def _save(result: AttributionResult, out_dir: Path, skip: Sequence[str] = ()) -> dict:
     methods = result.methods
     files = {"attribution_csv": write_csv(out_dir / "attribution.csv", HEADER,
                                           [r.cells() for r in result.rows])}
@@ -642,6 +644,8 @@ def _save(result: AttributionResult, out_dir: Path) -> dict:
     heatmaps, taken = [], set()
     for prompt in dict.fromkeys(r.prompt for r in result.rows):
         stem = file_stem(prompt, taken)
+        if not plots.drawn(out_dir / f"heatmap_{stem}.png", skip):
+            continue
         chars = [quiet(r.character) for r in result.final_rows()  # whitespace as a quiet mark
                  if r.prompt == prompt and r.method == methods[0]]
         panels = {method: np.stack([np.abs([r.normalized for r in result.rows

@@ -14,8 +14,10 @@ matrix.json back.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from lmscope.evaluate import evaluate
 from lmscope.io import atomic_write_json, atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
-from lmscope.run.checkpoint import load
+from lmscope.run.checkpoint import Checkpoint, as_checkpoint, load
 
 
 @dataclass
@@ -51,8 +53,8 @@ class Matrix:
             out[corpus] = None if not own else int(np.argmin(self.nats[:, c])) in own
         return out
 
-    def save(self, out_dir) -> list[Path]:
-        return write_matrix(self, out_dir)
+    def save(self, out_dir, *, skip: Sequence[str] = ()) -> list[Path]:
+        return write_matrix(self, out_dir, skip=skip)
 
     @classmethod
     def load(cls, out_dir) -> Matrix:
@@ -71,23 +73,54 @@ def compute(runs, corpora, *, split: str = "val", batch_size: int = 32,
         raise LmscopeError("the matrix needs at least one run (--runs) and one corpus (--data)")
     checkpoints = [load(run, device=device) for run in runs]  # every run is checked first
     labels = _unique_labels([Path(run).resolve() for run in runs])
-    nats = np.full((len(runs), len(corpora)), np.nan)
-    oov = np.zeros_like(nats)
-    results = []
-    for r, ckpt in enumerate(checkpoints):
-        row = []
-        for c, corpus in enumerate(corpora):
-            result = evaluate(ckpt, corpus, split, batch_size=batch_size)
-            nats[r, c] = result.bits_per_char * math.log(2)
-            oov[r, c] = result.oov_rate
-            row.append(result.to_dict())
-            log(f"{labels[r]} on {result.corpus}: {nats[r, c]:.4f} nats/char "
-                f"({result.bits_per_char:.4f} bits/char)")
-        results.append(row)
-    col_labels = [row["corpus"] for row in results[0]]
-    fingerprints = {ckpt.tokenizer.fingerprint() for ckpt in checkpoints}
-    return Matrix(runs=labels, corpora=col_labels, trained_on=[c.trained_on for c in checkpoints],
-                  nats=nats, oov_rate=oov, results=results, joint_vocabulary=len(fingerprints) == 1)
+    return from_rows([compute_row(ckpt, corpora, split=split, batch_size=batch_size,
+                                  label=label, log=log)
+                      for ckpt, label in zip(checkpoints, labels, strict=True)])
+
+
+@dataclass
+class MatrixRow:
+    """One model's row of the matrix: its label, the corpus it was trained on, its vocabulary's
+    fingerprint and the EvalResult (as a dict) of each corpus, so that rows computed apart (a
+    study's units, one per model) make the same Matrix as `compute`."""
+
+    run: str
+    trained_on: str
+    vocabulary: str  # the tokenizer's fingerprint
+    cells: list[dict]
+
+    def save(self, path) -> Path:
+        atomic_write_json(Path(path), dataclasses.asdict(self))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path) -> MatrixRow:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def compute_row(model_or_path, corpora, *, split: str = "val", batch_size: int = 32,
+                label: str = "", device: str = "auto", log=print) -> MatrixRow:
+    """One model (a checkpoint, a run folder or a checkpoint folder) on each corpus."""
+    ckpt = as_checkpoint(model_or_path, device=device)
+    where = ckpt.path if isinstance(model_or_path, Checkpoint) else model_or_path
+    label = label or _unique_labels([Path(where).resolve()])[0]
+    cells = []
+    for corpus in corpora:
+        result = evaluate(ckpt, corpus, split, batch_size=batch_size)
+        cells.append(result.to_dict())
+        log(f"{label} on {result.corpus}: {result.bits_per_char * math.log(2):.4f} nats/char "
+            f"({result.bits_per_char:.4f} bits/char)")
+    return MatrixRow(label, ckpt.trained_on, ckpt.tokenizer.fingerprint(), cells)
+
+
+def from_rows(rows: list[MatrixRow]) -> Matrix:
+    """The matrix of `rows` (one per model, each over the same corpora in the same order)."""
+    nats = np.array([[c["bits_per_char"] * math.log(2) for c in r.cells] for r in rows])
+    oov = np.array([[c["oov_rate"] for c in r.cells] for r in rows])
+    return Matrix(runs=[r.run for r in rows], corpora=[c["corpus"] for c in rows[0].cells],
+                  trained_on=[r.trained_on for r in rows], nats=nats, oov_rate=oov,
+                  results=[r.cells for r in rows],
+                  joint_vocabulary=len({r.vocabulary for r in rows}) == 1)
 
 
 cross_domain_matrix = compute  # its name before the probes shared one; kept for callers
@@ -113,8 +146,9 @@ def vocabulary_note(matrix: Matrix) -> str:
             "characters the model can represent.")
 
 
-def write_matrix(matrix: Matrix, out_dir) -> list[Path]:
-    """matrix.csv (nats/char), matrix_bits.csv, oov.csv, matrix.md, matrix.json, matrix.png."""
+def write_matrix(matrix: Matrix, out_dir, *, skip: Sequence[str] = ()) -> list[Path]:
+    """matrix.csv (nats/char), matrix_bits.csv, oov.csv, matrix.md, matrix.json, matrix.png
+    (unless it matches a pattern of `skip`: plots.drawn)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     header = ["model", "trained_on", *matrix.corpora]
@@ -143,6 +177,8 @@ def write_matrix(matrix: Matrix, out_dir) -> list[Path]:
         "oov_rate": matrix.oov_rate.tolist(), "joint_vocabulary": matrix.joint_vocabulary,
         "own_domain_lowest": lowest, "cells": matrix.results})
     paths += [out / "matrix.md", out / "matrix.json"]
+    if not plots.drawn(out / "matrix.png", skip):
+        return paths
     paths.append(plots.heatmap(
         matrix.nats, [f"{r} ({t})" if t and t != r else r
                       for r, t in zip(matrix.runs, matrix.trained_on, strict=True)],

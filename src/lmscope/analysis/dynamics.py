@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,8 +160,9 @@ class DynamicsResult:
             settled = None if below else (r.iteration if settled is None else settled)
         return settled
 
-    def save(self, out_dir) -> dict[str, str]:
-        """Write the tables, figures and summary.md; returns their paths by kind."""
+    def save(self, out_dir, *, skip: Sequence[str] = ()) -> dict[str, str]:
+        """Write the tables, figures (but those matching a pattern of `skip`: plots.drawn) and
+        summary.md; returns their paths by kind."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         files = {
@@ -170,15 +172,20 @@ class DynamicsResult:
         if self.tracked:
             files["tracked_csv"] = write_csv(out / "tracked.csv", TRACKED_HEADER,
                                              [r.cells() for r in self.tracked])
-        if self.rows:
+        def drawn(name: str) -> bool:
+            return plots.drawn(out / name, skip)
+
+        if self.rows and drawn("weights.png"):
             files["weights_png"] = _plot_matrices(self, "weights", out / "weights.png",
                                                   ("frobenius_norm", "effective_rank", "hoyer"))
+        if self.rows and drawn("gradients.png"):
             files["gradients_png"] = _plot_matrices(self, "gradients", out / "gradients.png",
                                                     ("frobenius_norm", "effective_rank"))
+        if self.rows and drawn("activations.png"):
             files["activations_png"] = _plot_activations(self, out / "activations.png")
-        if self.similarity:
+        if self.similarity and drawn("similarity.png"):
             files["similarity_png"] = _plot_similarity(self, out / "similarity.png")
-        if self.tracked:
+        if self.tracked and drawn("during_training.png"):
             files["during_training_png"] = _plot_tracked(self, out / "during_training.png")
         atomic_write_text(out / "summary.md", _summary(self))
         files["summary_md"] = out / "summary.md"

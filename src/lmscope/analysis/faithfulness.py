@@ -56,6 +56,7 @@ more than one checkpoint) and summary.md; `load(dir)` reads the three tables bac
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,10 +217,11 @@ class FaithfulnessResult:
         """The method ranked first at a checkpoint (default: the last); may be "random"."""
         return self.ranking_at(point)[0].method
 
-    def save(self, out_dir) -> dict:
+    def save(self, out_dir, *, skip: Sequence[str] = ()) -> dict:
         """faithfulness.csv, ranking.csv, curves.csv, curves.png, over_training.png (more than
-        one checkpoint) and summary.md; returns their paths and the final ranking."""
-        return _save(self, Path(out_dir))
+        one checkpoint) and summary.md; returns their paths and the final ranking. Figures
+        matching a pattern of `skip` are not drawn (plots.drawn)."""
+        return _save(self, Path(out_dir), skip)
 
     @classmethod
     def load(cls, out_dir) -> FaithfulnessResult:
@@ -453,7 +455,7 @@ def _style(method: str, methods) -> dict:
     return {"color": f"C{list(methods).index(method) % 10}", "linestyle": "-"}
 
 
-def _save(result: FaithfulnessResult, out_dir: Path) -> dict:
+def _save(result: FaithfulnessResult, out_dir: Path, skip: Sequence[str] = ()) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "faithfulness_csv": write_csv(out_dir / "faithfulness.csv", HEADER,
@@ -468,28 +470,29 @@ def _save(result: FaithfulnessResult, out_dir: Path) -> dict:
     methods = (*result.methods, RANDOM)
 
     # curves.png: the final checkpoint's mean curves
-    fig, axes = plots.panels(2, title="Deletion and insertion, checkpoint "
-                             f"{checkpoint_label(*final)} (mean over prompts)", width=5.0,
-                             height=3.6)
-    for ax, kind, xlabel, better in zip(
-            axes, ("deletion", "insertion"),
-            ("fraction of positions removed", "fraction of positions restored"),
-            ("lower area is better", "higher area is better"), strict=True):
-        for method in methods:
-            points = [(c.x, c.p) for c in result.curves if c.kind == kind and c.method == method
-                      and (c.checkpoint, c.iteration) == final]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker=".", label=method,
-                        **_style(method, result.methods))
-        ax.set_title(f"{kind} ({better})")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("p(target)")
-        ax.grid(alpha=0.3)
-    plots.legend_below(fig)
-    files["curves_png"] = plots.save(fig, out_dir / "curves.png")
+    if plots.drawn(out_dir / "curves.png", skip):
+        fig, axes = plots.panels(2, title="Deletion and insertion, checkpoint "
+                                 f"{checkpoint_label(*final)} (mean over prompts)", width=5.0,
+                                 height=3.6)
+        for ax, kind, xlabel, better in zip(
+                axes, ("deletion", "insertion"),
+                ("fraction of positions removed", "fraction of positions restored"),
+                ("lower area is better", "higher area is better"), strict=True):
+            for method in methods:
+                points = [(c.x, c.p) for c in result.curves if c.kind == kind and c.method == method
+                          and (c.checkpoint, c.iteration) == final]
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker=".", label=method,
+                            **_style(method, result.methods))
+            ax.set_title(f"{kind} ({better})")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("p(target)")
+            ax.grid(alpha=0.3)
+        plots.legend_below(fig)
+        files["curves_png"] = plots.save(fig, out_dir / "curves.png")
 
     # over_training.png: the ranking criterion per method over iterations
-    if len(iterations) > 1:
+    if len(iterations) > 1 and plots.drawn(out_dir / "over_training.png", skip):
         fig, (ax,) = plots.panels(1, title="Faithfulness (insertion AUC - deletion AUC) over "
                                            "training", width=6.5, height=3.6)
         for method in methods:

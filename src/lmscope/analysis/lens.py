@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,17 +181,21 @@ class LensResult:
     def points(self) -> list[str]:
         return list(dict.fromkeys(r.point for r in sorted(self.rows, key=lambda r: r.depth)))
 
-    def save(self, out_dir) -> dict[str, str]:
-        """Write the tables, figures and summary.md; returns their paths by kind."""
+    def save(self, out_dir, *, skip: Sequence[str] = ()) -> dict[str, str]:
+        """Write the tables, figures (but those matching a pattern of `skip`: plots.drawn) and
+        summary.md; returns their paths by kind."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         files = {"lens_csv": write_csv(out / "lens.csv", HEADER, [r.cells() for r in self.rows]),
                  "grid_csv": write_csv(out / "grid.csv", GRID_HEADER,
                                        [c.cells() for c in self.grid])}
-        files["by_layer_png"] = _by_layer(self, out / "by_layer.png")
-        files["formation_png"] = _formation(self, out / "formation.png")
+        if plots.drawn(out / "by_layer.png", skip):
+            files["by_layer_png"] = _by_layer(self, out / "by_layer.png")
+        if plots.drawn(out / "formation.png", skip):
+            files["formation_png"] = _formation(self, out / "formation.png")
         for i, source in enumerate(list(dict.fromkeys(c.source for c in self.grid))[:MAX_GRIDS]):
-            files[f"grid_{i + 1}_png"] = _grid_figure(self, source, out / f"grid_{i + 1}.png")
+            if plots.drawn(out / f"grid_{i + 1}.png", skip):
+                files[f"grid_{i + 1}_png"] = _grid_figure(self, source, out / f"grid_{i + 1}.png")
         files["summary_md"] = _summary(self, out / "summary.md")
         return {k: str(v) for k, v in files.items()}
 

@@ -183,8 +183,9 @@ class SimilarityResult:
 
     # --- files ---------------------------------------------------------------------------------
 
-    def save(self, out_dir) -> dict[str, str]:
-        """Write cka.csv, similarity.json, the figures and summary.md; returns their paths."""
+    def save(self, out_dir, *, skip: Sequence[str] = ()) -> dict[str, str]:
+        """Write cka.csv, similarity.json, the figures (but those matching a pattern of `skip`:
+        plots.drawn) and summary.md; returns their paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         rows = []
@@ -203,16 +204,20 @@ class SimilarityResult:
         atomic_write_json(out / "similarity.json", meta)
         files["similarity_json"] = out / "similarity.json"
         last = self.iterations[-1]
+        taken = set()
         for a, b in self.pairs:
             name = f"cka_{_file_part(a)}_{_file_part(b)}"
-            while f"{name}_png" in files:  # two labels that differ only in odd characters
+            while name in taken:  # two labels that differ only in odd characters
                 name += "_"
+            taken.add(name)
+            if not plots.drawn(out / f"{name}.png", skip):
+                continue
             files[f"{name}_png"] = plots.heatmap(
                 self.matrix(last, a, b), self.layers[a], self.layers[b], out / f"{name}.png",
                 title=f"Linear CKA at {iteration_label(last)}: {a} vs {b}", xlabel=f"layer of {b}",
                 ylabel=f"layer of {a}", colorbar="linear CKA")
         matching = [(a, b) for a, b in self.pairs if self.same_labels(a, b)]
-        if len(self.iterations) > 1 and matching:
+        if len(self.iterations) > 1 and matching and plots.drawn(out / "same_layer.png", skip):
             files["same_layer_png"] = _same_layer_figure(self, matching, out / "same_layer.png")
         files["summary_md"] = _summary(self, out / "summary.md")
         return {k: str(v) for k, v in files.items()}

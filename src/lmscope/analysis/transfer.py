@@ -18,6 +18,7 @@ summary.csv, summary.md and samples.md (`load(dir)` reads the tables back).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,8 +130,10 @@ class TransferResult:
     prompt: str = "\n"
     seed: int = 1337
 
-    def save(self, out_dir) -> None:
-        _write(self, Path(out_dir))
+    def save(self, out_dir, *, skip: Sequence[str] = ()) -> None:
+        """curves.csv, curves.png (unless it matches a pattern of `skip`: plots.drawn),
+        summary.csv, summary.md and samples.md."""
+        _write(self, Path(out_dir), skip)
 
     @classmethod
     def load(cls, out_dir) -> TransferResult:
@@ -161,9 +164,10 @@ def load_curves(out_dir) -> list[CurvePoint]:
 def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", iters: int = 200,
              eval_every: int = 20, eval_iters: int = 20, overrides=(), sample_prompt: str = "\n",
              sample_tokens: int = 200, seed: int = 1337, device: str = "auto",
-             max_oov_rate: float = 0.05, log=print) -> list[TransferRun]:
+             max_oov_rate: float = 0.05, log=print, skip: Sequence[str] = ()) -> list[TransferRun]:
     """Fine-tune from each picked checkpoint of `run` on `target`; write curves, samples, summary
-    (TransferResult.save) into out_dir and return the fine-tunings.
+    (TransferResult.save, which draws no figure matching a pattern of `skip`) into out_dir and
+    return the fine-tunings.
 
     `overrides` are more `train.KEY=VALUE` settings for the fine-tuning runs (batch size, lr, ...);
     by default they train with the source run's own [train] settings.
@@ -172,16 +176,17 @@ def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", 
     result = compute(run, target, out_dir, checkpoints=checkpoints, iters=iters,
                      eval_every=eval_every, eval_iters=eval_iters, overrides=overrides,
                      sample_prompt=sample_prompt, sample_tokens=sample_tokens, seed=seed,
-                     device=device, max_oov_rate=max_oov_rate, log=log)
-    result.save(out_dir)
+                     device=device, max_oov_rate=max_oov_rate, log=log, skip=skip)
+    result.save(out_dir, skip=skip)
     return result.runs
 
 
 def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", iters: int = 200,
             eval_every: int = 20, eval_iters: int = 20, overrides=(), sample_prompt: str = "\n",
             sample_tokens: int = 200, seed: int = 1337, device: str = "auto",
-            max_oov_rate: float = 0.05, log=print) -> TransferResult:
-    """The fine-tunings (run folders under out_dir/runs/) with their curves and samples.
+            max_oov_rate: float = 0.05, log=print, skip: Sequence[str] = ()) -> TransferResult:
+    """The fine-tunings (run folders under out_dir/runs/, each with its loss.png unless that
+    matches a pattern of `skip`: plots.drawn) with their curves and samples.
 
     The target's characters outside the source model's vocabulary are counted first; past
     `max_oov_rate` (of either split) nothing is trained and the error says what to do."""
@@ -229,7 +234,8 @@ def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", i
                                    "cannot be resumed; remove it and run again")
             log(f"{name}: fine-tuning from {ckpt_path} on {target} for {iters} steps")
             # a bar on a terminal (the trainer's own), silent in a pipe
-            train(config, run_dir.path, resume=resume, progress=None, log=lambda *a: None)
+            train(config, run_dir.path, resume=resume, progress=None, log=lambda *a: None,
+                  plot=plots.drawn(run_dir.path / "loss.png", skip))
         curve = [{"step": e.iter, "target_loss": e.val_loss,
                   "source_loss": e.val_loss_of(source)} for e in run_dir.metrics().evaluations]
         runs.append(TransferRun(name, ckpt_path, int(read_meta(ckpt_path).get("iter", 0)),
@@ -245,25 +251,13 @@ def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", i
                           seed)
 
 
-def _write(result: TransferResult, out: Path) -> None:
+def _write(result: TransferResult, out: Path, skip: Sequence[str] = ()) -> None:
     source, target_name, results = result.source, result.target, result.runs
     write_csv(out / "curves.csv", ["start", "start_iter", "step", "target_loss", "source_loss"],
               [[r.start, r.start_iter, c["step"], c["target_loss"], c["source_loss"]]
                for r in results for c in r.curve])
-    fig, (ax_t, ax_s) = plots.panels(2, title=f"Fine-tuning {source} models on {target_name}")
-    for r in results:
-        steps = [c["step"] for c in r.curve]
-        label = f"{r.start} (iter {r.start_iter})"
-        ax_t.plot(steps, [c["target_loss"] for c in r.curve], marker=".", label=label)
-        ax_s.plot(steps, [c["source_loss"] for c in r.curve], marker=".", label=label)
-    for ax, what in ((ax_t, f"{target_name} (target) val loss"),
-                     (ax_s, f"{source} (source) val loss: forgetting")):
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel("nats/char (estimate)")
-        ax.set_title(what)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    plots.save(fig, out / "curves.png")
+    if plots.drawn(out / "curves.png", skip):
+        _curves_figure(result, out / "curves.png")
 
     rows = result.summaries
     write_csv(out / "summary.csv", HEADER, [r.cells() for r in rows])
@@ -292,6 +286,24 @@ def _write(result: TransferResult, out: Path) -> None:
                            f"{r.samples[when]}\n```\n")
     atomic_write_text(out / "samples.md", "".join(samples))
 
+
+def _curves_figure(result: TransferResult, path: Path) -> None:
+    """curves.png: the target's and the source's loss over the fine-tuning steps, per start."""
+    source, target_name, results = result.source, result.target, result.runs
+    fig, (ax_t, ax_s) = plots.panels(2, title=f"Fine-tuning {source} models on {target_name}")
+    for r in results:
+        steps = [c["step"] for c in r.curve]
+        label = f"{r.start} (iter {r.start_iter})"
+        ax_t.plot(steps, [c["target_loss"] for c in r.curve], marker=".", label=label)
+        ax_s.plot(steps, [c["source_loss"] for c in r.curve], marker=".", label=label)
+    for ax, what in ((ax_t, f"{target_name} (target) val loss"),
+                     (ax_s, f"{source} (source) val loss: forgetting")):
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("nats/char (estimate)")
+        ax.set_title(what)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    plots.save(fig, path)
 
 def _sample(ckpt: Checkpoint, prompt: str, tokens: int, seed: int) -> str:
     try:

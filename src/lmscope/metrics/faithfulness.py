@@ -42,7 +42,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
 
 ERASER_BINS = (0.01, 0.05, 0.10, 0.20, 0.50)  # fractions of the prompt's positions
 
@@ -124,4 +123,6 @@ def spearman(a, b) -> float:
         raise ValueError(f"spearman needs two series of one length, got {len(a)} and {len(b)}")
     if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return math.nan
+    from scipy import stats  # here, not at the top: importing scipy.stats takes over a second
+
     return float(stats.spearmanr(a, b).statistic)

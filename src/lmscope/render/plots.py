@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -29,25 +29,40 @@ def _pyplot():
     return plt
 
 
+def drawn(path: str | Path, skip: Sequence[str] = ()) -> bool:
+    """Whether the figure at `path` is to be drawn: not when its path matches a pattern of
+    `skip` (pathlib's `match`, from the right: "heatmap_*.png", "*/grid_*.png"), the figures a
+    study's report replaces with its own views when the study draws only what the report shows
+    (`[study] figures = "report"`)."""
+    return not any(PurePath(path).match(pattern) for pattern in skip)
+
+
+def figure(*args, **kwargs):
+    """plt.subplots with constrained layout: every figure is laid out as it is drawn, so that
+    `save` draws it once (bbox_inches="tight" would draw it twice, to find its edges first)."""
+    return _pyplot().subplots(*args, layout="constrained", **kwargs)
+
+
 def save(fig, path: str | Path) -> Path:
     """`fig` as a PNG of at most 256 colours, at DPI: under half the bytes of matplotlib's
     RGBA. Pillow's maximum-coverage palette keeps each pixel close to matplotlib's (median cut,
-    the default, turned a light blue line teal); tests/report/test_html.py checks it."""
+    the default, turned a light blue line teal; the fast octree is up to 18 of 255 off);
+    tests/report/test_html.py checks it. zlib's default level: its highest (optimize=True)
+    takes twice the time of the whole encoding for 13% fewer bytes."""
     from PIL import Image  # matplotlib's own dependency, imported with it
 
     path = Path(path)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=DPI)
     _pyplot().close(fig)
     image = Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MAXCOVERAGE)
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", optimize=True, dpi=(DPI, DPI)))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", dpi=(DPI, DPI)))
     return path
 
 
 def bar_chart(labels: Sequence[str], values: Sequence[float], path, *, title: str,
               ylabel: str) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(min(max(6, 0.35 * len(labels)), MAX_WIDTH), 3.5))
+    fig, ax = figure(figsize=(min(max(6, 0.35 * len(labels)), MAX_WIDTH), 3.5))
     ax.bar(range(len(labels)), values, color="#4878a8")
     ax.set_xticks(range(len(labels)), labels, rotation=90 if len(labels) > 12 else 0)
     ax.set_ylabel(ylabel)
@@ -59,11 +74,10 @@ def heatmap(values, row_labels: Sequence[str], col_labels: Sequence[str], path, 
             xlabel: str = "", ylabel: str = "", fmt: str = "{:.3f}", cmap: str = "viridis",
             colorbar: str = "", annotate: bool = True) -> Path:
     """A matrix as coloured cells, each annotated with its value (NaN cells left blank)."""
-    plt = _pyplot()
     values = np.asarray(values, dtype=float)
     rows, cols = values.shape
     width = max(4, 0.9 + 0.5 * cols) if annotate and cols < 12 else max(4, 0.25 * cols + 2)
-    fig, ax = plt.subplots(figsize=(min(width, MAX_WIDTH), max(2.5, 0.5 * rows + 1.2)))
+    fig, ax = figure(figsize=(min(width, MAX_WIDTH), max(2.5, 0.5 * rows + 1.2)))
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
     ax.set_xticks(range(cols), col_labels, rotation=90 if cols > 8 else 0)
     ax.set_yticks(range(rows), row_labels)
@@ -88,13 +102,12 @@ def heatmap_panels(panels: Mapping[str, np.ndarray], row_labels: Sequence[str],
     """Several matrices of one shape and one quantity (panel title -> values), stacked with one
     shared colour scale and one set of column labels at the bottom: one figure where there
     would be one per matrix, read side by side (and drawn in a third of the time)."""
-    plt = _pyplot()
     mats = [np.asarray(v, dtype=float) for v in panels.values()]
     rows, cols = mats[0].shape
     finite = [m[np.isfinite(m)] for m in mats]
     vmax = max((float(f.max()) for f in finite if f.size), default=1.0)
     vmin = min((float(f.min()) for f in finite if f.size), default=0.0)
-    fig, axes = plt.subplots(len(mats), 1, sharex=True, squeeze=False,
+    fig, axes = figure(len(mats), 1, sharex=True, squeeze=False,
                              figsize=(min(max(4, 0.25 * cols + 2), MAX_WIDTH),
                                       len(mats) * max(1.4, 0.3 * rows + 0.7) + 1.2))
     axes = axes[:, 0]
@@ -117,10 +130,9 @@ def token_grid(values, texts, row_labels: Sequence[str], col_labels: Sequence[st
                cmap: str = "viridis") -> Path:
     """A matrix as coloured cells, each showing a short text (a token) instead of its value: the
     logit lens's picture, layers by positions, each cell the layer's first choice there."""
-    plt = _pyplot()
     values = np.asarray(values, dtype=float)
     rows, cols = values.shape
-    fig, ax = plt.subplots(figsize=(min(max(4.0, 0.38 * cols + 2.2), MAX_WIDTH),
+    fig, ax = figure(figsize=(min(max(4.0, 0.38 * cols + 2.2), MAX_WIDTH),
                                     max(2.5, 0.36 * rows + 1.4)))
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto", vmin=vmin,
                       vmax=vmax)
@@ -143,8 +155,7 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], pat
               xlabel: str, ylabel: str, styles: Mapping[str, str] | None = None,
               logx: bool = False) -> Path:
     """One line per named series of (x, y)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = figure(figsize=(6.5, 4))
     for label, (x, y) in series.items():
         ax.plot(x, y, (styles or {}).get(label, "-"), marker=".", label=label)
     if logx:
@@ -161,9 +172,7 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], pat
 def panels(n: int, *, title: str, width: float = 5.0, height: float = 3.6):
     """A row of `n` axes sharing a title, for side-by-side comparisons, at most MAX_WIDTH inches
     wide in all; save with `save`."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, n, figsize=(min(width * n, MAX_WIDTH), height), squeeze=False,
-                             layout="constrained")
+    fig, axes = figure(1, n, figsize=(min(width * n, MAX_WIDTH), height), squeeze=False)
     fig.suptitle(title)
     return fig, list(axes[0])
 
@@ -172,9 +181,8 @@ def grid(rows: int, cols: int, *, title: str, width: float = 4.5, height: float 
          **kwargs):
     """`rows` x `cols` axes (a list of rows) sharing a title: small multiples, at most MAX_WIDTH
     inches wide; `kwargs` go to plt.subplots (sharex, sharey, ...)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(rows, cols, figsize=(min(width * cols, MAX_WIDTH), height * rows),
-                             squeeze=False, layout="constrained", **kwargs)
+    fig, axes = figure(rows, cols, figsize=(min(width * cols, MAX_WIDTH), height * rows),
+                       squeeze=False, **kwargs)
     fig.suptitle(title)
     return fig, [list(row) for row in axes]
 
@@ -239,11 +247,10 @@ def finish_axes(axes, *, xlabel: str = "iteration", ylabel: str = "") -> None:
 def training_curves(rows: Sequence[Mapping], path, *, title: str) -> Path:
     """A run's curves from its metrics rows: train loss at every logged step, and the validation
     (and train) loss estimates at every evaluation, labelled by epoch where the run has epochs."""
-    plt = _pyplot()
     train = [(r["iter"], r["loss"]) for r in rows
              if r.get("kind") == "train" and r.get("loss") is not None]  # None: a skipped step
     evals = [r for r in rows if r.get("kind") == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figure(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train, strict=True), color="C0", alpha=0.5, linewidth=0.8,
                 label="train loss (each logged step)")

@@ -8,8 +8,9 @@ and the wall time at the chosen --jobs:
                   the threads each unit will get (`threads_per_unit`): seconds per step, per
                   evaluation batch
     a training    max_iters steps, (max_iters / eval_interval + 1) estimates of eval_iters
-                  batches on two splits, a run's fixed cost (`START_S`) and, for a unit in a
-                  process of its own, that process's start (measured once)
+                  batches on two splits, a run's fixed cost (`START_S`) and, for a unit that
+                  starts a process (each with GPUs; the first of each of the N workers
+                  without), that process's start (measured once)
     a transfer    for each starting checkpoint, iters steps and (iters / eval_every + 1)
     pair          estimates of eval_iters batches on the target and the source
     other units   not estimated (probes read checkpoints in ways each probe decides); the plan

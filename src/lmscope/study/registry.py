@@ -46,6 +46,13 @@ class StepContext:
     detail: Callable[[str], None] = lambda message: None
 
     @property
+    def skip_figures(self) -> tuple[str, ...]:
+        """The running step's figures not to draw (patterns, plots.drawn): those report.html
+        replaces with its own views (`Step.report_hide`) when the study draws only what the
+        report shows (`[study] figures = "report"`), else none."""
+        return self.step.report_hide if self.study.figures == "report" else ()
+
+    @property
     def settings(self) -> Any:
         """The running step's settings: its [<name>] table of the study file, else defaults."""
         if self.step.name in self.study.settings:

@@ -46,7 +46,15 @@ from lmscope.study import steps as registered
 from lmscope.study.cost import Plan
 from lmscope.study.plan import Study
 from lmscope.study.registry import Part, StepContext, step_of, unit_name
-from lmscope.study.schedule import Unit, check_jobs, connect, run_units, threads_per_unit
+from lmscope.study.schedule import (
+    Unit,
+    check_jobs,
+    connect,
+    resolve_jobs,
+    run_units,
+    threads_per_unit,
+    visible_gpus,
+)
 from lmscope.study.spec import load_study
 
 
@@ -133,6 +141,12 @@ class StudyRunner:
         calibrations: dict[str, cost.StepSeconds] = {}
         process = 0.0 if self.in_process or self.executor != "local" \
             else cost.process_start_seconds()
+        # with GPUs each unit starts a process; without, each of the --jobs workers starts once
+        # (study/schedule.py), before the first units it takes: the first trainings
+        starts = [process] * (len(units) if visible_gpus() else self.jobs)
+
+        def start() -> float:
+            return starts.pop() if starts else 0.0
         before = torch.get_num_threads()
         torch.set_num_threads(threads_per_unit(self.jobs) if self.executor == "local" else before)
         try:
@@ -147,7 +161,7 @@ class StudyRunner:
                 name = unit_name("train", spec.name)
                 if name in by_name:
                     config = self.study.run_config(spec)
-                    seconds[name] = cost.training_seconds(config, measured(config), process)
+                    seconds[name] = cost.training_seconds(config, measured(config), start())
             transfer = registered.by_name()["transfer"]
             if "transfer" in by_name:
                 ts = dataclasses.replace(self.context, step=transfer).settings
@@ -157,7 +171,7 @@ class StudyRunner:
                         source = next(r for r in self.study.runs() if r.corpus == part.item[0])
                         seconds[name] = cost.transfer_seconds(
                             len(ts.checkpoints.split(",")), ts.iters, ts.eval_every,
-                            ts.eval_iters, measured(self.study.run_config(source)), process)
+                            ts.eval_iters, measured(self.study.run_config(source)), start())
         finally:
             torch.set_num_threads(before)
         return cost.Plan(units, seconds, self.jobs, calibrations, process)
@@ -330,13 +344,14 @@ def _last_line(path: Path) -> str:
 
 def run_study(path: str | Path, out_dir: str | Path, *, quick: bool = False,
               seeds: list[int] | None = None, overrides: list[str] = (), device: str = "auto",
-              log=print, jobs: int = 1, executor: str = "local",
+              log=print, jobs: int | str = 1, executor: str = "local",
               address: str | None = None) -> dict[str, float]:
     """Run (or continue) the study in `path`, writing into `out_dir`; returns seconds per step.
     `overrides` ("train.max_iters=100", ...) are merged over the file's tables (load_study).
-    `jobs`: training runs (then transfer pairs) at once, each in its own process, or as tasks of
-    a Ray cluster with executor "ray" at `address` (study/schedule.py)."""
-    check_jobs(jobs)  # before the study file is read, and Ray's cluster reached
+    `jobs`: units of work at once, each in a process of its own, or as tasks of a Ray cluster
+    with executor "ray" at `address` (study/schedule.py); "auto": one per GPU, else one per core
+    up to 4 (`auto_jobs`); 1 (the default here): one after another in this process."""
+    jobs = resolve_jobs(jobs)  # before the study file is read, and Ray's cluster reached
     connect(executor, address)
     study = load_study(path, quick=quick, seeds=seeds, overrides=overrides)
     return StudyRunner(study, out_dir, device=device, log=log, jobs=jobs, executor=executor,
@@ -345,9 +360,9 @@ def run_study(path: str | Path, out_dir: str | Path, *, quick: bool = False,
 
 def plan_study(path: str | Path, out_dir: str | Path, *, quick: bool = False,
                seeds: list[int] | None = None, overrides: list[str] = (), device: str = "auto",
-               jobs: int = 1, executor: str = "local") -> Plan:
+               jobs: int | str = 1, executor: str = "local") -> Plan:
     """The plan of `run_study` with the same arguments (study/cost.py): the units not yet done
     in `out_dir` with their estimated seconds; nothing is written."""
-    check_jobs(jobs)
+    jobs = resolve_jobs(jobs)
     study = load_study(path, quick=quick, seeds=seeds, overrides=overrides)
     return StudyRunner(study, out_dir, device=device, jobs=jobs, executor=executor).plan()

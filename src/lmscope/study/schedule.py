@@ -2,17 +2,21 @@
 
 A unit is one piece of a study that can run on its own once what it needs has finished: a
 training run, a transfer pair, a probe of one model. `run_units(units, jobs=N)` starts every
-unit whose needs are done, up to N at once, each in a fresh process (multiprocessing's spawn, so
-that a unit's CUDA and thread settings are its own):
+unit whose needs are done, up to N at once, each in a process of its own (multiprocessing's
+spawn):
 
     devices    with GPUs, each unit gets `gpus` of them (1 by default) that no other running unit
-               holds, through CUDA_VISIBLE_DEVICES (`DevicePool`); a unit asking for more GPUs
-               than the machine has is refused before anything starts
-    threads    on the CPU, the N workers split the cores: each sets torch.set_num_threads to
-               cores // N (at least 1), instead of N processes each taking every core
+               holds, through CUDA_VISIBLE_DEVICES (`DevicePool`), in a fresh process (CUDA reads
+               that variable once); a unit asking for more GPUs than the machine has is refused
+               before anything starts
+    threads    without GPUs, N worker processes take the units in turn, each with
+               torch.set_num_threads(cores // N) (at least 1), instead of N processes each
+               taking every core; a worker starts once (its imports take seconds, more than
+               many units' work) and a unit that kills its worker fails alone
 
-The scheduler waits for a state (a worker's exit), never for a time. A worker ends as soon as the
-study's process is gone (even killed with SIGKILL), so the same command can continue the study. A unit that fails (an
+The scheduler waits for a state (a unit's outcome, a process's exit), never for a time. A worker
+ends as soon as the study's process is gone (even killed with SIGKILL), so the same command can
+continue the study. A unit that fails (an
 exception, or a process killed) does not stop the others: the ones that need it are skipped, the
 rest finish, and `run_units` then raises one LmscopeError naming every unit that failed or was
 skipped. `jobs=1` runs the units one after another in this process, as before (and a Ctrl-C
@@ -26,6 +30,7 @@ nothing and writes its results into its own folder. What the parent does once a 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -85,10 +90,33 @@ def threads_per_unit(jobs: int, cores: int | None = None) -> int:
     return max(1, cores // jobs)
 
 
+MAX_AUTO_JOBS = 4  # workers of --jobs auto on a CPU
+
+
 def check_jobs(jobs) -> None:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise LmscopeError(f"--jobs must be a whole number of at least 1, got {jobs!r}: the "
-                           "number of units of work to run at once")
+        raise LmscopeError(f"--jobs must be a whole number of at least 1, or auto, got "
+                           f"{jobs!r}: the number of units of work to run at once")
+
+
+def auto_jobs(cores: int | None = None, gpus: Sequence[str] | None = None) -> int:
+    """--jobs auto: one unit per GPU where there are GPUs; without, one per core up to
+    MAX_AUTO_JOBS. The small models of a study use a core better each in a process of its own
+    than two threads of one process do (on 2 cores the quick domain study's work is 150 s of
+    CPU at 1 thread, 220 s at 2); past 4 workers, each holding its own torch, the memory grows
+    faster than the study's few runs can use."""
+    gpus = visible_gpus() if gpus is None else gpus
+    return len(gpus) if gpus else max(1, min(cores or os.cpu_count() or 1, MAX_AUTO_JOBS))
+
+
+def resolve_jobs(jobs: int | str) -> int:
+    """A --jobs value as a number: N as it is (checked), "auto" as `auto_jobs()`."""
+    if jobs == "auto":
+        return auto_jobs()
+    if isinstance(jobs, str) and jobs.isdigit():
+        jobs = int(jobs)
+    check_jobs(jobs)
+    return jobs
 
 
 def check_units(units: Sequence[Unit], gpus: Sequence[str]) -> None:
@@ -139,8 +167,9 @@ def _end_with_parent() -> None:
 
 
 def _unit_main(run: Callable, args: tuple, gpus: list[str] | None, threads: int, conn) -> None:
-    """A unit's process: its GPUs and threads first (before anything touches CUDA), then its
-    work; the outcome goes back through `conn` as None or an error's text."""
+    """A unit's process on a machine with GPUs: its GPUs and threads first (before anything
+    touches CUDA), then its work; the outcome goes back through `conn` as None or an error's
+    text."""
     _end_with_parent()
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -149,6 +178,23 @@ def _unit_main(run: Callable, args: tuple, gpus: list[str] | None, threads: int,
         conn.send(_outcome_of(run, args))
     finally:
         conn.close()
+
+
+def _worker_main(threads: int, conn) -> None:
+    """A worker process on a machine without GPUs: its threads, then one unit after another as
+    the parent sends them (`(run, args)`, None to end), each outcome sent back as it ends. It
+    starts once for many units: a fresh process costs seconds of imports (torch, matplotlib),
+    more than many units' own work."""
+    _end_with_parent()
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:  # the parent closed its end
+            return
+        if task is None:
+            return
+        conn.send(_outcome_of(*task))
 
 
 def _ray_unit(run: Callable, args: tuple, threads: int) -> str | None:
@@ -160,15 +206,31 @@ def _ray_unit(run: Callable, args: tuple, threads: int) -> str | None:
 EXECUTORS = ("local", "ray")
 
 
+@dataclass
+class _Worker:
+    process: multiprocessing.Process
+    conn: object  # the parent's end of its two-way pipe
+    unit: Unit | None = None  # what it runs now
+
+
 class _Processes:
-    """Units in spawned processes on this machine."""
+    """Units in spawned processes on this machine: on a machine with GPUs, a fresh process per
+    unit (CUDA_VISIBLE_DEVICES must be set before CUDA starts); without, up to `jobs` worker
+    processes that each run one unit after another (`_worker_main`). A unit whose process dies
+    fails with its exit code, and the next unit gets a fresh worker."""
 
     def __init__(self, threads: int):
         self.threads = threads
         self.context = multiprocessing.get_context("spawn")
-        self.running: dict = {}  # sentinel -> (unit, process, connection)
+        self.running: dict = {}  # sentinel -> (unit, process, connection): GPU units
+        self.workers: list[_Worker] = []
 
     def start(self, u: Unit, gpus: list[str] | None) -> None:
+        if gpus is None:
+            worker = next((w for w in self.workers if w.unit is None), None) or self._spawn()
+            worker.unit = u
+            worker.conn.send((u.run, u.args))
+            return
         receive, send = self.context.Pipe(duplex=False)
         process = self.context.Process(target=_unit_main, name=u.name,
                                        args=(u.run, u.args, gpus, self.threads, send))
@@ -176,18 +238,55 @@ class _Processes:
         send.close()
         self.running[process.sentinel] = (u, process, receive)
 
+    def _spawn(self) -> _Worker:
+        ours, theirs = self.context.Pipe(duplex=True)
+        process = self.context.Process(target=_worker_main, name="lmscope-worker",
+                                       args=(self.threads, theirs))
+        process.start()
+        theirs.close()
+        worker = _Worker(process, ours)
+        self.workers.append(worker)
+        return worker
+
     def finished(self, timeout: float | None = None) -> list[tuple[Unit, str | None]]:
         """Waits until at least one unit ended (or `timeout` s passed); (unit, outcome) of each
         that did."""
+        busy = [w for w in self.workers if w.unit is not None]
+        ready = set(wait([*self.running, *(w.conn for w in busy),
+                          *(w.process.sentinel for w in busy)], timeout))
         out = []
-        for sentinel in wait(list(self.running), timeout):
+        for sentinel in [s for s in self.running if s in ready]:
             u, process, receive = self.running.pop(sentinel)
             outcome = receive.recv() if receive.poll() else (
                 f"its process ended with exit code {process.exitcode}")
             process.join()
             receive.close()
             out.append((u, outcome))
+        for w in busy:
+            if w.conn not in ready and w.process.sentinel not in ready:
+                continue
+            try:
+                outcome = w.conn.recv()
+            except (EOFError, OSError):  # it died with the unit: a fresh one takes the next
+                w.process.join()
+                outcome = f"its process ended with exit code {w.process.exitcode}"
+                self.workers.remove(w)
+                w.conn.close()
+            out.append((w.unit, outcome))
+            w.unit = None
         return out
+
+    def close(self) -> None:
+        """End the idle workers (a busy one at an error ends with this process)."""
+        for w in self.workers:
+            if w.unit is None:
+                with contextlib.suppress(OSError):  # it ended meanwhile
+                    w.conn.send(None)
+        for w in self.workers:
+            if w.unit is None:
+                w.process.join()
+            w.conn.close()
+        self.workers = []
 
 
 def check_executor(executor) -> None:
@@ -264,6 +363,9 @@ class _RayTasks:
                 out.append((u, f"its Ray task failed: {str(e).splitlines()[0]}"))
         return out
 
+    def close(self) -> None:
+        pass  # Ray's workers are Ray's
+
 
 def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | None = None,
               cores: int | None = None, executor: str = "local", address: str | None = None,
@@ -333,19 +435,23 @@ def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | Non
             backend.start(u, taken)
         return False
 
-    while pending or running:
-        while any(blocked(u) for u in pending):  # what needs a failed unit cannot run
-            for u in [u for u in pending if blocked(u)]:
-                failed[u.name] = "skipped: it needs " + ", ".join(n for n in u.needs
-                                                                  if n in failed)
-                pending.remove(u)
-        while start_ready():
-            pass
-        if running:
-            for u, outcome in backend.finished(None if on_wait is None else 1.0):
-                ended(u, outcome)
-            if on_wait is not None and running:
-                on_wait()
+    try:
+        while pending or running:
+            while any(blocked(u) for u in pending):  # what needs a failed unit cannot run
+                for u in [u for u in pending if blocked(u)]:
+                    failed[u.name] = "skipped: it needs " + ", ".join(n for n in u.needs
+                                                                      if n in failed)
+                    pending.remove(u)
+            while start_ready():
+                pass
+            if running:
+                for u, outcome in backend.finished(None if on_wait is None else 1.0):
+                    ended(u, outcome)
+                if on_wait is not None and running:
+                    on_wait()
+    finally:
+        if backend is not None:
+            backend.close()
     if failed:
         broken = {n: why for n, why in failed.items() if not why.startswith("skipped")}
         skipped = [n for n in failed if n not in broken]

@@ -7,6 +7,7 @@ Two kinds. A *domain* study trains one model per corpus and compares them across
     preset = "shakespeare-char-cpu"      # model and training recipe for every corpus
     joint_vocabulary = true              # one character vocabulary over all corpora
     processes_per_run = 1                # > 1: each run data-parallel (torchrun), a GPU each
+    figures = "all"                      # "report": only the figures report.html shows
     prompts = "domain_prompts.toml"      # for the softmax and attribution probes (path relative to this file)
     steps = ["stats", "train", "matrix", "transfer", "softmax", "attribution"]   # the default
     [model]                              # the preset's [model] values overridden for every run
@@ -63,7 +64,7 @@ from lmscope.data.prompts import check_domains, load_prompts
 from lmscope.errors import ConfigError, LmscopeError
 from lmscope.settings import build, load_toml, merge, parse_override, suggest
 from lmscope.study import steps as registered
-from lmscope.study.plan import RUN_TABLES, Study, Variant
+from lmscope.study.plan import FIGURES, RUN_TABLES, Study, Variant
 
 
 def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None = None,
@@ -137,6 +138,11 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
         raise ConfigError(f"study file {path}: [study] processes_per_run must be a whole number "
                           f"of at least 1 (each run's data-parallel processes), got "
                           f"{study.processes_per_run!r}")
+    if study.figures not in FIGURES:
+        raise ConfigError(f"study file {path}: [study] figures must be one of "
+                          f"{', '.join(map(repr, FIGURES))}, got {study.figures!r} (\"report\": "
+                          "only the figures report.html shows; its views draw the others from "
+                          "the tables)")
     if len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"study file {path}: a seed is listed twice in seeds")
     names = [v.name for v in study.variants]

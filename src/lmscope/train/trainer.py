@@ -129,7 +129,7 @@ class PhaseClock:
 
 class Trainer:
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False,
-                 progress: bool | None = None, log=print):
+                 progress: bool | None = None, log=print, plot: bool = True):
         self.given = config  # as received, never changed
         self.config = config.with_absolute_paths()  # the trainer's own copy (module docstring)
         self.run_dir = Path(run_dir)
@@ -137,6 +137,7 @@ class Trainer:
         self.lock = None  # held by rank 0 while it writes the run folder
         self.resume = resume
         self.progress = progress
+        self.plot = plot  # RUN/loss.png at the end
         self.log = log
         self._stop_requested = False
         self.state_saved = True  # whether checkpoints/last holds a state (False from a start on)
@@ -876,8 +877,9 @@ class Trainer:
                 val_bits_per_char=full.get("val_bits_per_char_full", val_loss / math.log(2)),
                 elapsed_s=self.elapsed, tokens_per_s=self.tokens_seen / max(self.step_time, 1e-9))
             if self.dist.is_main:
-                with self.phases("plot"):
-                    self._plot_curves()
+                if self.plot:
+                    with self.phases("plot"):
+                        self._plot_curves()
                 self.phases.seconds["total"] = time.perf_counter() - started
                 RunSummary(
                     **vars(summary), val_loss_is="whole split" if full else "estimate",
@@ -910,6 +912,7 @@ def _flat(nested: dict) -> dict:
 
 
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
-          progress: bool | None = None, log=print) -> TrainResult:
-    """Train a model as `config` says, writing the run folder `run_dir`."""
-    return Trainer(config, run_dir, resume=resume, progress=progress, log=log).run()
+          progress: bool | None = None, log=print, plot: bool = True) -> TrainResult:
+    """Train a model as `config` says, writing the run folder `run_dir` (with its loss.png
+    unless `plot` is False: a fine-tuning whose curves a study draws elsewhere)."""
+    return Trainer(config, run_dir, resume=resume, progress=progress, log=log, plot=plot).run()

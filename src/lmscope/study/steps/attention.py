@@ -26,7 +26,8 @@ def part(ctx: StepContext, spec: RunSpec) -> None:
         ctx.log(f"  {spec.name}: {ckpt.model_name} has no attention, skipped")
         return
     probe.compute(ctx.run_dir(spec.name), a.prompt, layer=a.layer, heads=a.heads or None,
-                  which="all", device=ctx.device).save(ctx.out / "attention" / spec.name)
+                  which="all", device=ctx.device).save(
+        ctx.out / "attention" / spec.name, skip=ctx.skip_figures)
 
 
 STEP = Step(

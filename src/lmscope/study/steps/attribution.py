@@ -48,7 +48,7 @@ def part(ctx: StepContext, spec: RunSpec) -> None:
     out = ctx.out / "attribution" / spec.name
     probe.compute(ctx.run_dir(spec.name), ctx.study.prompts, corpora=tuple(ctx.study.corpora),
                   methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,
-                  window=a.window, device=device).save(out)
+                  window=a.window, device=device).save(out, skip=ctx.skip_figures)
     if a.generate:
         continuation.compute(ctx.run_dir(spec.name), ctx.study.prompts, generate=a.generate,
                              methods=tuple(a.methods), baseline=a.baseline, steps=a.steps,

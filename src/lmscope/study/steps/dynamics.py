@@ -30,7 +30,8 @@ class DynamicsSettings:
 
 def part(ctx: StepContext, spec: RunSpec) -> None:
     probe.compute(ctx.run_dir(spec.name), spec.corpus, windows=ctx.settings.windows,
-                  device=ctx.device).save(ctx.out / "dynamics" / spec.name)
+                  device=ctx.device).save(
+        ctx.out / "dynamics" / spec.name, skip=ctx.skip_figures)
 
 
 def run(ctx: StepContext) -> None:

@@ -59,7 +59,7 @@ def part(ctx: StepContext, spec: RunSpec) -> None:
                   methods=tuple(s.methods), baseline=s.baseline, steps=s.steps,
                   which=s.checkpoints, random_orders=s.random_orders, order=s.order,
                   device="cpu" if ctx.device == "auto" else ctx.device,
-                  ).save(ctx.out / "faithfulness" / spec.name)
+                  ).save(ctx.out / "faithfulness" / spec.name, skip=ctx.skip_figures)
 
 
 def run(ctx: StepContext) -> None:

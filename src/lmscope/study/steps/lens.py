@@ -32,7 +32,7 @@ class LensSettings:
 def part(ctx: StepContext, spec: RunSpec) -> None:
     probe.compute(ctx.run_dir(spec.name), data=list(ctx.study.corpora),
                   windows=ctx.settings.windows, device=ctx.device,
-                  ).save(ctx.out / "lens" / spec.name)
+                  ).save(ctx.out / "lens" / spec.name, skip=ctx.skip_figures)
 
 
 def run(ctx: StepContext) -> None:

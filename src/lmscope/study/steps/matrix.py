@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from lmscope.analysis import cross_domain
 from lmscope.report.html import matrix_view
+from lmscope.study.plan import RunSpec
 from lmscope.study.registry import Step, StepContext, readme_section
 
 
+def part(ctx: StepContext, spec: RunSpec) -> None:
+    """One model's row (its own unit, beside the other models' rows with --jobs N)."""
+    row = cross_domain.compute_row(ctx.run_dir(spec.name), ctx.study.corpora, label=spec.name,
+                                   device=ctx.device, log=lambda m: ctx.log(f"  {m}"))
+    row.save(ctx.out / "matrix" / spec.name / "row.json")
+
+
 def run(ctx: StepContext) -> None:
-    corpora = ctx.study.corpora
-    matrix = cross_domain.compute([ctx.corpus_dir(c) for c in corpora], corpora,
-                                  device=ctx.device, log=lambda m: ctx.log(f"  {m}"))
-    matrix.save(ctx.out / "matrix")
+    rows = [cross_domain.MatrixRow.load(ctx.out / "matrix" / ctx.corpus_dir(c).name / "row.json")
+            for c in ctx.study.corpora]
+    cross_domain.from_rows(rows).save(ctx.out / "matrix", skip=ctx.skip_figures)
 
 
 def readme(ctx: StepContext) -> str:
@@ -22,6 +29,7 @@ def readme(ctx: StepContext) -> str:
 STEP = Step(
     "matrix", "every model on the validation split of every corpus: matrix/matrix.csv "
     "(nats/char), matrix_bits.csv, oov.csv, matrix.png", run, result=cross_domain.Matrix,
+    part=part,
     per_corpus=True, command="lmscope matrix", readme=readme,
     report_title="Zero-shot cross-domain matrix", report_view=matrix_view,
     report_skip=("matrix.md",), report_hide=("matrix.png",))

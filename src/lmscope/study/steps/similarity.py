@@ -34,7 +34,7 @@ def run(ctx: StepContext) -> None:
     runs = [ctx.run_dir(spec.name) for spec in ctx.study.runs()]  # two or more (compares_runs)
     for corpus in ctx.study.corpora:
         probe.compute(runs, corpus, windows=ctx.settings.windows, device=ctx.device,
-                      ).save(ctx.out / "similarity" / folder_name(corpus))
+                      ).save(ctx.out / "similarity" / folder_name(corpus), skip=ctx.skip_figures)
     _across_corpora(ctx)
 
 

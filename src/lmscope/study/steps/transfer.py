@@ -50,7 +50,7 @@ def part(ctx: StepContext, pair: tuple[str, str]) -> None:
     ctx.log(f"  {folder.name}")
     probe.transfer(ctx.corpus_dir(source), target, folder, checkpoints=ts.checkpoints,
                    iters=ts.iters, eval_every=ts.eval_every, eval_iters=ts.eval_iters,
-                   device=ctx.device, log=lambda m: ctx.log(f"    {m}"))
+                   device=ctx.device, log=lambda m: ctx.log(f"    {m}"), skip=ctx.skip_figures)
 
 
 def run(ctx: StepContext) -> None:
