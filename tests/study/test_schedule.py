@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -253,3 +254,36 @@ def test_units_end_with_the_study_when_it_is_killed(tmp_path):
     while any(_alive(pid) for pid in workers):
         assert time.monotonic() < deadline, "a unit outlived the study that started it"
         time.sleep(0.05)
+
+
+def test_a_ctrl_c_stops_the_workers_without_a_traceback(tmp_path):
+    """A Ctrl-C reaches the study and its workers (one process group): the study stops, and
+    neither the busy worker nor the idle one writes a traceback under its lines or lives on."""
+    from tests.terminal import Terminal
+
+    script = (
+        "import sys\n"
+        "from lmscope.study.schedule import Unit, run_units\n"
+        "from tests.study.test_schedule import record_pid, wait_forever\n"
+        f"folder = {str(tmp_path)!r}\n"
+        "units = [Unit('forever', wait_forever, (folder, 'forever'), gpus=0),\n"
+        "         Unit('quick', record_pid, (folder, 'quick'), gpus=0)]\n"
+        "try:\n"
+        "    run_units(units, jobs=2, gpus=[])\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopped by the user', file=sys.stderr)\n")
+    term = Terminal([sys.executable, "-c", script], cwd=Path(__file__).parents[2],
+                    start_new_session=True)
+    deadline = time.monotonic() + HANG_TIMEOUT
+    while not ((tmp_path / "forever.pid").is_file() and (tmp_path / "quick.pid").is_file()):
+        assert time.monotonic() < deadline and term.proc.poll() is None, term.screen
+        time.sleep(0.05)
+    os.killpg(term.proc.pid, signal.SIGINT)  # what a Ctrl-C at the terminal does
+    code, _, screen = term.finish()
+    assert code == 0 and "stopped by the user" in screen
+    assert "Traceback" not in screen, screen
+    for name in ("forever", "quick"):
+        pid = int((tmp_path / f"{name}.pid").read_text())
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"the {name} worker lives on"
+            time.sleep(0.05)

@@ -305,6 +305,7 @@ def _curves_figure(result: TransferResult, path: Path) -> None:
         ax.legend(fontsize=8)
     plots.save(fig, path)
 
+
 def _sample(ckpt: Checkpoint, prompt: str, tokens: int, seed: int) -> str:
     try:
         ckpt.tokenizer.encode(prompt, unknown="error")

@@ -31,9 +31,9 @@ def _pyplot():
 
 def drawn(path: str | Path, skip: Sequence[str] = ()) -> bool:
     """Whether the figure at `path` is to be drawn: not when its path matches a pattern of
-    `skip` (pathlib's `match`, from the right: "heatmap_*.png", "*/grid_*.png"), the figures a
-    study's report replaces with its own views when the study draws only what the report shows
-    (`[study] figures = "report"`)."""
+    `skip` (pathlib's `match`, from the right: "heatmap_*.png", "*/grid_*.png"): the figures a
+    study's report does not show, when the study draws only what its report shows (`[study]
+    figures = "report"`)."""
     return not any(PurePath(path).match(pattern) for pattern in skip)
 
 

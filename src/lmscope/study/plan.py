@@ -55,7 +55,7 @@ class Study:
     seeds: list[int] = field(default_factory=list)  # train every run once per seed
     processes_per_run: int = 1  # > 1: each run data-parallel (DDP through torchrun), a GPU each
     # "all": every figure of every step; "report": only those report.html shows (a step's
-    # `report_hide` figures, which its view draws from the tables, are not drawn)
+    # `report_hide` figures are not drawn)
     figures: str = "all"  # one of FIGURES
     corpus: dict = field(default_factory=dict)  # [corpus.NAME]: model/train/data for one corpus
     variants: list[Variant] = field(default_factory=list)

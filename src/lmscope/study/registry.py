@@ -48,8 +48,9 @@ class StepContext:
     @property
     def skip_figures(self) -> tuple[str, ...]:
         """The running step's figures not to draw (patterns, plots.drawn): those report.html
-        replaces with its own views (`Step.report_hide`) when the study draws only what the
-        report shows (`[study] figures = "report"`), else none."""
+        does not show (`Step.report_hide`: its views draw them from the tables, or other
+        figures sum them up) when the study draws only what the report shows (`[study]
+        figures = "report"`), else none."""
         return self.step.report_hide if self.study.figures == "report" else ()
 
     @property
@@ -107,7 +108,8 @@ class Step:
     report_view: Callable[[Path], str] | None = None  # HTML from its results, atop the section
     report_skip: tuple[str, ...] = field(default=())  # Markdown files the view already shows
     # figures not shown in report.html (patterns of their paths in the step's folder, such as
-    # "matrix.png"): those its view replaces, or too many; they stay in the folder
+    # "matrix.png"): those its view replaces, or too many; they stay in the folder, and are not
+    # drawn at all in a study with [study] figures = "report"
     report_hide: tuple[str, ...] = field(default=())
     # one unit's work: for each of the study's runs (a RunSpec), or for each of `parts(ctx)`
     part: Callable[[StepContext, Any], None] | None = None

@@ -187,14 +187,13 @@ def _worker_main(threads: int, conn) -> None:
     more than many units' own work."""
     _end_with_parent()
     torch.set_num_threads(threads)
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:  # the parent closed its end
-            return
-        if task is None:
-            return
-        conn.send(_outcome_of(*task))
+    try:
+        while (task := conn.recv()) is not None:
+            conn.send(_outcome_of(*task))
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        # the parent closed its end, or a Ctrl-C reached the whole process group (the study
+        # stops there): no traceback of an idle worker under the study's own lines
+        return
 
 
 def _ray_unit(run: Callable, args: tuple, threads: int) -> str | None:

@@ -141,8 +141,7 @@ def load_study(path: str | Path, *, quick: bool = False, seeds: list[int] | None
     if study.figures not in FIGURES:
         raise ConfigError(f"study file {path}: [study] figures must be one of "
                           f"{', '.join(map(repr, FIGURES))}, got {study.figures!r} (\"report\": "
-                          "only the figures report.html shows; its views draw the others from "
-                          "the tables)")
+                          "only the figures report.html shows)")
     if len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"study file {path}: a seed is listed twice in seeds")
     names = [v.name for v in study.variants]
