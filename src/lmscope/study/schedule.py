@@ -190,9 +190,10 @@ def _worker_main(threads: int, conn) -> None:
     try:
         while (task := conn.recv()) is not None:
             conn.send(_outcome_of(*task))
-    except (EOFError, BrokenPipeError, KeyboardInterrupt):
-        # the parent closed its end, or a Ctrl-C reached the whole process group (the study
-        # stops there): no traceback of an idle worker under the study's own lines
+    except (EOFError, OSError, KeyboardInterrupt):
+        # the parent closed its end (an end of file, a broken pipe or a reset connection,
+        # depending on the moment), or a Ctrl-C reached the whole process group (the study
+        # stops there): no traceback of a worker under the study's own lines
         return
 
 
