@@ -16,8 +16,8 @@ def part(ctx: StepContext, spec: RunSpec) -> None:
 
 
 def run(ctx: StepContext) -> None:
-    rows = [cross_domain.MatrixRow.load(ctx.out / "matrix" / ctx.corpus_dir(c).name / "row.json")
-            for c in ctx.study.corpora]
+    rows = [cross_domain.MatrixRow.load(ctx.out / "matrix" / spec.name / "row.json")
+            for spec in ctx.study.runs()]  # where `part` wrote them, in the corpora's order
     cross_domain.from_rows(rows).save(ctx.out / "matrix", skip=ctx.skip_figures)
 
 
