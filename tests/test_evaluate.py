@@ -116,3 +116,41 @@ def test_corpus_windows_refuse_text_outside_the_vocabulary(tiny_run, tmp_path):
     greek.write_text("αβγδε ζηθ " * 400, encoding="utf-8")
     with pytest.raises(LmscopeError, match=r"outside the vocabulary .*a probe allows 5%"):
         corpus_windows(str(tiny_run), str(greek))
+
+
+def test_a_runs_own_validation_split_is_read_back_from_its_final_checkpoint(tiny_run,
+                                                                            monkeypatch):
+    """The trainer's final whole-split evaluation is kept in the final checkpoint; evaluating
+    that checkpoint on the same token file reads it back (no second pass), equal to a pass."""
+    import importlib
+
+    from lmscope.run.checkpoint import load
+
+    ev = importlib.import_module("lmscope.evaluate")  # the module (lmscope.evaluate: the function)
+
+    corpus = str(tiny_run.parent / "tiny.txt")
+    final = load(tiny_run, device="cpu")
+    found, token_file = ev._split_tokens(final, corpus, "val", None, "evaluate")
+    (held,) = final.meta["val_evals"]
+    assert held["token_file"] == token_file.path.name
+    fresh = evaluate_token_file(final.model, token_file, block_size=final.model.context_length,
+                                unk_id=final.tokenizer.unk_id, corpus=found.name, split="val")
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("evaluated a second time")
+    monkeypatch.setattr(ev, "evaluate_token_file", no_pass)
+    result = ev.evaluate(final, corpus)
+    assert result.loss == pytest.approx(fresh.loss, rel=1e-12)
+    assert (result.bits_per_char, result.n_tokens, result.n_chars, result.n_unknown) == (
+        pytest.approx(fresh.bits_per_char, rel=1e-12), fresh.n_tokens, fresh.n_chars,
+        fresh.n_unknown)
+    assert result.corpus == found.name and result.checkpoint == str(final.path)
+    # a checkpoint from mid-training holds none, and another split is another token file
+    mid = load(tiny_run / "checkpoints" / "iter_0000020", device="cpu")
+    assert "val_evals" not in mid.meta
+    with pytest.raises(AssertionError, match="second time"):
+        ev.evaluate(mid, corpus)
+    with pytest.raises(AssertionError, match="second time"):
+        ev.evaluate(final, corpus, "train")
+    with pytest.raises(AssertionError, match="second time"):  # other splits: other text
+        ev.evaluate(final, corpus, val_fraction=0.2)

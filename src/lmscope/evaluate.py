@@ -7,7 +7,7 @@ tokenizer and names the result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -34,14 +34,34 @@ def _split_tokens(ckpt, corpus: str, split: str, val_fraction: float | None, wha
 
 def evaluate(model_or_path, corpus: str, split: str = "val", *, batch_size: int = 32,
              val_fraction: float | None = None) -> EvalResult:
-    """Whole-split loss of a checkpoint (or a path to one) on a corpus (a name or a path)."""
+    """Whole-split loss of a checkpoint (or a path to one) on a corpus (a name or a path).
+
+    A run's final checkpoint holds its trainer's whole-split evaluation of its own validation
+    split (meta "val_evals", each with the name of the token file it read): asked for that
+    same token file (the same text, split and tokenizer), the result is read back, not computed
+    a second time (`reused_eval`)."""
     ckpt = as_checkpoint(model_or_path)
     found, token_file = _split_tokens(ckpt, corpus, split, val_fraction, "evaluate")
-    result = evaluate_token_file(ckpt.model, token_file, block_size=ckpt.model.context_length,
-                                 unk_id=ckpt.tokenizer.unk_id, corpus=found.name, split=split,
-                                 batch_size=batch_size)
+    result = reused_eval(ckpt.meta, token_file.path.name, found.name, split)
+    if result is None:
+        result = evaluate_token_file(ckpt.model, token_file,
+                                     block_size=ckpt.model.context_length,
+                                     unk_id=ckpt.tokenizer.unk_id, corpus=found.name,
+                                     split=split, batch_size=batch_size)
     result.checkpoint = str(ckpt.path)
     return result
+
+
+def reused_eval(meta: dict, token_file: str, corpus: str, split: str) -> EvalResult | None:
+    """The EvalResult a checkpoint's meta holds for `token_file` (a token file's name: the
+    fingerprints of the corpus's text and splits and of the tokenizer), named `corpus`; None
+    when it holds none."""
+    names = {f.name for f in fields(EvalResult)}
+    for held in meta.get("val_evals", ()):
+        if held.get("token_file") == token_file and held.get("split") == split:
+            return EvalResult(**{k: v for k, v in held.items() if k in names} | {
+                "corpus": corpus, "checkpoint": ""})
+    return None
 
 
 @dataclass

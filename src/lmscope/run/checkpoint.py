@@ -3,7 +3,10 @@
     <checkpoint>/
         model.safetensors        the weights (safetensors: plain tensors, no code)
         meta.json                format version, model name and config, tokenizer, iteration,
-                                 losses, and the sha256 of every other file of the folder
+                                 losses, and the sha256 of every other file of the folder;
+                                 final/ and last/ add "val_evals": the trainer's whole-split
+                                 EvalResults and the token files they read (lmscope.evaluate
+                                 reads them back rather than evaluating those weights again)
         sample.txt               text the model wrote at this point (when sampling is on)
         train_state.safetensors  optimizer tensors and RNG states (only where training can resume)
         train_state.json         optimizer hyperparameters, data sampler state

@@ -143,6 +143,7 @@ class Trainer:
         self.state_saved = True  # whether checkpoints/last holds a state (False from a start on)
         self.dist = Distributed()  # set by run() when launched by torchrun
         self.phases = PhaseClock()  # seconds in each phase: summary.json's phase_seconds
+        self.final_evals: list[dict] = []  # the final whole-split EvalResults, with token files
 
     # --- set-up ----------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -606,10 +607,12 @@ class Trainer:
         """Whole-split validation loss (every process computes the same number); a mixture's is
         the weighted mean of its parts', each reported as val_loss_full:<corpus>."""
         full = {"val_loss_full": 0.0, "val_bits_per_char_full": 0.0}
+        self.final_evals = []
         for corpus, weight, tf in zip(self.parts, self.weights, self.val_tokens, strict=True):
             result = evaluate_token_file(self.raw_model, tf, block_size=self.block_size,
                                          unk_id=self.tokenizer.unk_id, corpus=corpus.name,
                                          split="val")
+            self.final_evals.append(result.to_dict() | {"token_file": tf.path.name})
             full["val_loss_full"] += weight * result.loss
             full["val_bits_per_char_full"] += weight * result.bits_per_char
             if len(self.parts) > 1:
@@ -637,6 +640,9 @@ class Trainer:
                 "step_seconds": round(self.step_time, 3),  # of elapsed_s, in optimizer steps
                 "run_config": self.config.to_dict()}
         meta.update({k: v for k, v in losses.items() if k not in ("train", "val")})
+        if name in ("final", "last") and self.final_evals:
+            # the whole-split results of these very weights: lmscope.evaluate reuses them
+            meta["val_evals"] = self.final_evals
         with self.phases("samples"):
             text = self._sample() if sample else None
         with self.phases("checkpoints"):
