@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lmscope
-from lmscope.analysis.transfer import pick_checkpoints, transfer
+from lmscope.analysis.transfer import _sample, pick_checkpoints, stored_sample, transfer
 from lmscope.errors import LmscopeError
 from tests.conftest import png
 
@@ -69,6 +69,30 @@ def test_fine_tuning_starts_from_the_checkpoint_and_tracks_both_losses(domain_ru
              iters=12, eval_every=4, eval_iters=2, sample_tokens=20, device="cpu",
              log=lambda *a: None)
     assert (results[0].run_dir / "summary.json").stat().st_mtime_ns == mtime
+
+
+def test_a_checkpoints_own_sample_is_the_before_sample(domain_runs, tmp_path):
+    """The trainer's sample at a checkpoint is what the transfer would draw there with the same
+    prompt, length and seed, so it is read back; with other settings it is drawn afresh."""
+    run = domain_runs["play"]
+    train = lmscope.load(run, device="cpu").meta["run_config"]["train"]
+    prompt, tokens, seed = train["sample_prompt"], train["sample_tokens"], train["seed"]
+    for name in ("iter_0000010", "final"):
+        checkpoint = run / "checkpoints" / name
+        held = stored_sample(checkpoint, prompt, tokens, seed)
+        assert held == (checkpoint / "sample.txt").read_text(encoding="utf-8")
+        assert held == _sample(lmscope.load(checkpoint, device="cpu"), prompt, tokens, seed)
+        for other in ((prompt, tokens + 1, seed), (prompt, tokens, seed + 1),
+                      ("The ", tokens, seed)):
+            assert stored_sample(checkpoint, *other) is None
+    # sample_tokens=None: the source run's own length, and "before" is its checkpoint's sample
+    out = tmp_path / "t"
+    transfer(run, str(domain_runs["corpora"]["sums"]), out, checkpoints="late", iters=2,
+             eval_every=1, eval_iters=1, sample_tokens=None, seed=seed, device="cpu",
+             log=lambda *a: None)
+    samples = (out / "samples.md").read_text(encoding="utf-8")
+    before = (run / "checkpoints" / "final" / "sample.txt").read_text(encoding="utf-8")
+    assert f"before\n\n```text\n{before}\n```" in samples
 
 
 def test_transfer_bad_input(domain_runs, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from lmscope.errors import LmscopeError
 from lmscope.metrics.faithfulness import (
     ERASER_BINS,
+    average_ranks,
     comprehensiveness,
     curve_auc,
     deletion_masks,
@@ -211,3 +212,24 @@ def test_spearman_against_the_rank_formula():
     assert math.isnan(spearman([1], [2]))
     with pytest.raises(ValueError, match="one length"):
         spearman([1, 2], [1, 2, 3])
+
+
+@pytest.mark.filterwarnings("ignore:An input array is constant")  # scipy's NaN case: ours too
+def test_spearman_and_ranks_with_ties_as_scipys():
+    """Ties take the mean of their ranks: scipy.stats.spearmanr and rankdata are the reference,
+    on series with many ties (attribution scores of masked or repeated tokens have them)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    assert average_ranks(np.array([2.0, 1.0, 2.0, 3.0, 1.0, 2.0])).tolist() == [
+        4.0, 1.5, 4.0, 6.0, 1.5, 4.0]
+    for n in (2, 3, 10, 57):
+        for levels in (2, 4, 1000):
+            a, b = rng.integers(0, levels, n).astype(float), rng.normal(size=n)
+            b[: n // 3] = b[0]  # a run of equal values in b too
+            np.testing.assert_array_equal(average_ranks(a), stats.rankdata(a))
+            expected = stats.spearmanr(a, b).statistic
+            if np.isnan(expected):
+                assert math.isnan(spearman(a, b))
+            else:
+                assert spearman(a, b) == pytest.approx(expected, abs=1e-12)

@@ -163,7 +163,7 @@ def load_curves(out_dir) -> list[CurvePoint]:
 
 def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", iters: int = 200,
              eval_every: int = 20, eval_iters: int = 20, overrides=(), sample_prompt: str = "\n",
-             sample_tokens: int = 200, seed: int = 1337, device: str = "auto",
+             sample_tokens: int | None = 200, seed: int = 1337, device: str = "auto",
              max_oov_rate: float = 0.05, log=print, skip: Sequence[str] = ()) -> list[TransferRun]:
     """Fine-tune from each picked checkpoint of `run` on `target`; write curves, samples, summary
     (TransferResult.save, which draws no figure matching a pattern of `skip`) into out_dir and
@@ -183,10 +183,15 @@ def transfer(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", 
 
 def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", iters: int = 200,
             eval_every: int = 20, eval_iters: int = 20, overrides=(), sample_prompt: str = "\n",
-            sample_tokens: int = 200, seed: int = 1337, device: str = "auto",
+            sample_tokens: int | None = 200, seed: int = 1337, device: str = "auto",
             max_oov_rate: float = 0.05, log=print, skip: Sequence[str] = ()) -> TransferResult:
     """The fine-tunings (run folders under out_dir/runs/, each with its loss.png unless that
     matches a pattern of `skip`: plots.drawn) with their curves and samples.
+
+    Samples: `sample_tokens` long (None: as long as the source run's own, its train.sample_tokens,
+    or 200 where it wrote none) from `sample_prompt` with `seed`. The "before" sample of a
+    checkpoint that holds the trainer's sample with that same prompt, length and seed is that
+    text, read back (`stored_sample`), not drawn a second time.
 
     The target's characters outside the source model's vocabulary are counted first; past
     `max_oov_rate` (of either split) nothing is trained and the error says what to do."""
@@ -200,6 +205,9 @@ def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", i
     first = load(next(iter(picked.values())), device="cpu")
     source = first.trained_on
     source_data = first.meta.get("run_config", {}).get("data", {})
+    source_train = first.meta.get("run_config", {}).get("train", {})
+    if sample_tokens is None:
+        sample_tokens = source_train.get("sample_tokens") or 200
     source_corpus = source_data.get("corpus", source)
     if not source:
         raise LmscopeError(f"{run}: its checkpoints do not say which corpus they were trained on")
@@ -243,10 +251,12 @@ def compute(run, target: str, out_dir, *, checkpoints: str = "early,mid,late", i
     finals = [RunDir(r.run_dir).final_checkpoint() for r in runs]
     target_name = read_meta(finals[0]).get("corpus", "") or target
     for r, final in zip(runs, finals, strict=True):
-        before = load(r.checkpoint, device="cpu")
-        after = load(final, device="cpu")
-        r.samples = {"before": _sample(before, sample_prompt, sample_tokens, seed),
-                     "after": _sample(after, sample_prompt, sample_tokens, seed)}
+        before = stored_sample(r.checkpoint, sample_prompt, sample_tokens, seed)
+        if before is None:
+            before = _sample(load(r.checkpoint, device="cpu"), sample_prompt, sample_tokens, seed)
+        r.samples = {"before": before,
+                     "after": _sample(load(final, device="cpu"), sample_prompt, sample_tokens,
+                                      seed)}
     return TransferResult(source, target_name, [r.summary for r in runs], runs, sample_prompt,
                           seed)
 
@@ -304,6 +314,21 @@ def _curves_figure(result: TransferResult, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     plots.save(fig, path)
+
+
+def stored_sample(checkpoint, prompt: str, tokens: int, seed: int) -> str | None:
+    """The sample.txt the trainer wrote into `checkpoint` when its run's train.sample_prompt,
+    train.sample_tokens and train.seed are `prompt`, `tokens` and `seed` (the trainer and
+    `_sample` draw the same way: generate.SamplingConfig's defaults); None otherwise."""
+    path = Path(checkpoint) / "sample.txt"
+    if not path.is_file():
+        return None
+    train = read_meta(checkpoint).get("run_config", {}).get("train", {})
+    if (train.get("sample_prompt"), train.get("sample_tokens"), train.get("seed")) != (
+            prompt, tokens, seed):
+        return None
+    text = path.read_text(encoding="utf-8")
+    return text if text.startswith(prompt) else None  # the trainer's fallback prompt: not it
 
 
 def _sample(ckpt: Checkpoint, prompt: str, tokens: int, seed: int) -> str:

@@ -123,6 +123,19 @@ def spearman(a, b) -> float:
         raise ValueError(f"spearman needs two series of one length, got {len(a)} and {len(b)}")
     if len(a) < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return math.nan
-    from scipy import stats  # here, not at the top: importing scipy.stats takes over a second
+    # Pearson's r of the average ranks: scipy.stats.spearmanr's number (tested against it)
+    # without importing scipy.stats, which takes 1.4 s in each of a study's worker processes
+    return float(np.corrcoef(average_ranks(a), average_ranks(b))[0, 1])
 
-    return float(stats.spearmanr(a, b).statistic)
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of x, ties given the mean of the ranks they span (scipy.stats.rankdata's
+    "average")."""
+    order = np.argsort(x, kind="stable")
+    ordered = x[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # each run of equals
+    ends = np.r_[starts[1:], len(x)]
+    mean_rank = (starts + ends + 1) / 2.0  # of positions starts+1 .. ends
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks

@@ -409,20 +409,24 @@ def run_units(units: Sequence[Unit], *, jobs: int = 1, gpus: Sequence[str] | Non
             failed[u.name] = outcome
 
     def start_ready() -> bool:
-        """Start what may start now, in the units' order; whether any did."""
-        for u in list(pending):
-            if len(running) >= jobs:
-                return False
-            if not set(u.needs) <= set(done):
-                continue
-            taken = pool.take(u.gpus) if gpus and not u.inline else None
-            if gpus and not u.inline and taken is None:
+        """Start what may start now, in the units' order, but the workers' units before an
+        inline one: while this process runs that, no worker gets a next unit. Returns whether
+        an inline unit ran (what it finished may let an earlier unit start)."""
+        ready = [u for u in pending if set(u.needs) <= set(done)]
+        if backend is not None:
+            ready.sort(key=lambda u: u.inline)  # stable: the units' order within each kind
+        for u in ready:
+            here = backend is None or u.inline  # in this process, as a plain call
+            if not here and len(running) >= jobs:
+                continue  # an inline unit takes no place of the `jobs`
+            taken = pool.take(u.gpus) if gpus and not here else None
+            if gpus and not here and taken is None:
                 continue  # its GPUs are busy: a smaller unit may still start
             pending.remove(u)
             running[u.name] = taken
             if on_start is not None:
                 on_start(u, taken)
-            if backend is None or u.inline:  # in this process, as a plain call
+            if here:
                 try:
                     u.run(*u.args)
                 except TrainingInterrupted:

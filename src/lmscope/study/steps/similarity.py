@@ -15,7 +15,7 @@ from lmscope.io import atomic_write_text
 from lmscope.render import plots
 from lmscope.render.tables import markdown_table, write_csv
 from lmscope.report.html import similarity_view
-from lmscope.study.registry import Step, StepContext, readme_section
+from lmscope.study.registry import Part, Step, StepContext, readme_section, unit_name
 
 HEADER = ["corpus", "run_a", "run_b", "iteration", "mean_same_layer_cka",
           "mean_same_layer_debiased_cka"]
@@ -30,11 +30,20 @@ class SimilaritySettings:
             raise LmscopeError(f"[similarity] windows must be at least 1, got {self.windows}")
 
 
+def parts(ctx: StepContext) -> list[Part]:
+    """A unit per corpus, started once every run is trained."""
+    trained = tuple(unit_name("train", spec.name) for spec in ctx.study.runs())
+    return [Part(folder_name(corpus), corpus, trained) for corpus in ctx.study.corpora]
+
+
+def part(ctx: StepContext, corpus: str) -> None:
+    """Every pair of runs on one corpus (two or more runs: compares_runs)."""
+    runs = [ctx.run_dir(spec.name) for spec in ctx.study.runs()]
+    probe.compute(runs, corpus, windows=ctx.settings.windows, device=ctx.device,
+                  ).save(ctx.out / "similarity" / folder_name(corpus), skip=ctx.skip_figures)
+
+
 def run(ctx: StepContext) -> None:
-    runs = [ctx.run_dir(spec.name) for spec in ctx.study.runs()]  # two or more (compares_runs)
-    for corpus in ctx.study.corpora:
-        probe.compute(runs, corpus, windows=ctx.settings.windows, device=ctx.device,
-                      ).save(ctx.out / "similarity" / folder_name(corpus), skip=ctx.skip_figures)
     _across_corpora(ctx)
 
 
@@ -138,6 +147,7 @@ STEP = Step(
     "every shared checkpoint: similarity/<corpus>/cka.csv, cka_<a>_<b>.png, same_layer.png; "
     "similarity/summary.md (how alike the models are, and when they part)",
     run, settings=SimilaritySettings, result=SimilarityResult, compares_runs=True,
+    part=part, parts=parts,
     command="lmscope probe similarity", readme=readme,
     report_title="Representation similarity between the models", report_view=similarity_view,
     report_hide=("*/cka_*.png",))

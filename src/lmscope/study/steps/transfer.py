@@ -50,6 +50,7 @@ def part(ctx: StepContext, pair: tuple[str, str]) -> None:
     ctx.log(f"  {folder.name}")
     probe.transfer(ctx.corpus_dir(source), target, folder, checkpoints=ts.checkpoints,
                    iters=ts.iters, eval_every=ts.eval_every, eval_iters=ts.eval_iters,
+                   sample_tokens=None,  # as long as the runs' own samples: "before" is theirs
                    device=ctx.device, log=lambda m: ctx.log(f"    {m}"), skip=ctx.skip_figures)
 
 
