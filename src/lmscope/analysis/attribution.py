@@ -262,8 +262,6 @@ def check_steps(steps) -> None:
 
 def last_logp(model, emb: torch.Tensor, position: int = -1) -> torch.Tensor:
     """Log-probabilities (batch, vocab) of the next token after `position` (the last)."""
-    if position in (-1, emb.size(1) - 1):
-        return F.log_softmax(model.last_logits(emb), dim=-1)
     return F.log_softmax(model.forward_embeddings(emb)[:, position], dim=-1)
 
 

@@ -260,7 +260,7 @@ def masked_probabilities(model, x: torch.Tensor, b: torch.Tensor, masks, target_
     probs = []
     for start in range(0, len(unique), batch_size):
         emb = torch.where(keep[start:start + batch_size], x, b)  # (batch, T, C)
-        logits = model.last_logits(emb).double()
+        logits = model.forward_embeddings(emb)[:, -1].double()
         probs.append(F.softmax(logits, dim=-1)[:, target_id].cpu())
     return torch.cat(probs).numpy()[inverse.reshape(-1)]
 
@@ -365,7 +365,7 @@ def compute(run, prompts_path, *, methods=DEFAULT_METHODS, baseline="zero", step
             ids = check_prompt_fits(prompt, tok, model.context_length)
             with torch.no_grad():
                 x = model.embed(torch.tensor([ids], device=dev))  # (1, T, C)
-                logits = model.last_logits(x)[0]
+                logits = model.forward_embeddings(x)[0, -1]
                 vocab = logits.numel()
                 b = baseline_embeddings(model, x, baseline, token, vocab)
             target_id = expected_id(prompt, tok) if target == "expected" else int(logits.argmax())
