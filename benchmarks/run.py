@@ -23,9 +23,10 @@ Figures (medians over repeats; the machine may be shared, so compare runs made s
   median ms per iteration of each and their ratio. DIR/data/shakespeare_char is prepared from
   the shakespeare corpus when it is not there yet. With --compile, lmscope's torch.compiled
   step is timed too (after its one-off compilation, about 30 s on 2 CPU cores). Then
-  `short_run`: the whole commands for 300 iterations, nanoGPT's `train.py` and `lmscope train
-  --preset shakespeare-char-cpu`, alternating, with the median wall seconds of each, their ratio
-  and where lmscope's seconds went (its summary.json's phase_seconds).
+  `short_run`: the whole commands for 300 iterations, nanoGPT's `train.py`, `lmscope train
+  --preset shakespeare-char-cpu`, and the same doing only nanoGPT's work (NANOGPT_WORK: no
+  whole-split loss, samples, early checkpoints or tracking), alternating, with the median wall
+  seconds of each, their ratios and where lmscope's seconds went (summary.json's phase_seconds).
 """
 
 from __future__ import annotations
@@ -189,14 +190,24 @@ def bench_nanogpt(nanogpt: Path, corpus: str, rounds: int, device: torch.device,
     return out
 
 
+# What nanoGPT's train.py does not do and `lmscope train` does by default: the whole-split
+# validation loss at the end, checkpoints with samples at iterations 100 and 200 (and a sample at
+# the end), attention and dynamics tracking. Without them, a run does nanoGPT's work (its
+# estimates, checkpoints of the best and last weights, the loss plot).
+NANOGPT_WORK = ["train.final_eval=false", "train.sample_tokens=0", "train.checkpoint_at=[]",
+                "track.attention_every=0"]
+
+
 def bench_short_run(nanogpt: Path, corpus: str, rounds: int, iters: int = 300) -> dict:
     """Whole commands, alternating: nanoGPT's `train.py` of its CPU recipe for `iters`
-    iterations, and `lmscope train --preset shakespeare-char-cpu` (the same model, batch and
-    evaluation batches) for as many; median wall seconds of each, their ratio, and where
-    lmscope's seconds went (summary.json's phase_seconds, of its median round)."""
+    iterations, `lmscope train --preset shakespeare-char-cpu` (the same model, batch and
+    evaluation batches) for as many, and the same with NANOGPT_WORK; median wall seconds of each,
+    their ratios to nanoGPT's, and where lmscope's seconds went (summary.json's phase_seconds,
+    of the median round of each)."""
     prepare_nanogpt_data(nanogpt)
-    walls: dict[str, list[float]] = {"nanogpt": [], "lmscope": []}
-    phases = []
+    commands = {"lmscope": [], "lmscope_nanogpt_work": ["--set", *NANOGPT_WORK]}
+    walls: dict[str, list[float]] = {"nanogpt": [], **{name: [] for name in commands}}
+    phases: dict[str, list[dict]] = {name: [] for name in commands}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             start = time.perf_counter()
@@ -204,20 +215,24 @@ def bench_short_run(nanogpt: Path, corpus: str, rounds: int, iters: int = 300) -
                             f"--max_iters={iters}", f"--out_dir={tmp}/ng{r}"], cwd=nanogpt,
                            check=True, capture_output=True)
             walls["nanogpt"].append(round(time.perf_counter() - start, 2))
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "lmscope", "train", "--data", corpus,
-                            "--preset", "shakespeare-char-cpu", "--set",
-                            f"train.max_iters={iters}", "--out", f"{tmp}/ls{r}", "--quiet"],
-                           check=True, capture_output=True)
-            walls["lmscope"].append(round(time.perf_counter() - start, 2))
-            summary = json.loads(Path(f"{tmp}/ls{r}/summary.json").read_text())
-            phases.append(summary["phase_seconds"])
+            for name, extra in commands.items():
+                out = f"{tmp}/{name}{r}"
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "lmscope", "train", "--data", corpus,
+                                "--preset", "shakespeare-char-cpu", "--set",
+                                f"train.max_iters={iters}", *extra, "--out", out, "--quiet"],
+                               check=True, capture_output=True)
+                walls[name].append(round(time.perf_counter() - start, 2))
+                phases[name].append(json.loads(Path(out, "summary.json").read_text())
+                                    ["phase_seconds"])
     median = {name: statistics.median(w) for name, w in walls.items()}
-    middle = sorted(range(rounds), key=lambda i: walls["lmscope"][i])[rounds // 2]
-    return {"iters": iters, "nanogpt_wall_s": round(median["nanogpt"], 2),
-            "lmscope_wall_s": round(median["lmscope"], 2),
-            "lmscope_over_nanogpt": round(median["lmscope"] / median["nanogpt"], 3),
-            "lmscope_phase_seconds": phases[middle], "rounds": walls}
+    out = {"iters": iters, "nanogpt_wall_s": round(median["nanogpt"], 2)}
+    for name in commands:
+        middle = sorted(range(rounds), key=lambda i, n=name: walls[n][i])[rounds // 2]
+        out[f"{name}_wall_s"] = round(median[name], 2)
+        out[f"{name}_over_nanogpt"] = round(median[name] / median["nanogpt"], 3)
+        out[f"{name}_phase_seconds"] = phases[name][middle]
+    return {**out, "rounds": walls}
 
 
 _PEAK_RSS_WRAPPER = """

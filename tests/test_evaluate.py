@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lmscope.data.tokenizers import CharTokenizer
 from lmscope.data.tokens import TokenFile
@@ -54,6 +55,35 @@ def test_predictions_count_each_target_once_with_the_right_context():
                     for prev, nxt in zip(tokens, tokens[1:], strict=False))
     assert count == 8
     assert nats == pytest.approx(expected)
+
+
+def test_a_gpts_whole_split_loss_is_the_same_on_any_number_of_threads():
+    """Batches run on one thread each (several at once): the sum does not depend on the thread
+    count, and it equals one cross-entropy over every window at once."""
+    from lmscope.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, n_layer=2, n_head=2, n_embd=32, block_size=16))
+    tokens = np.random.default_rng(0).integers(0, 20, 1000).astype(np.uint16)
+    before = torch.get_num_threads()
+    try:
+        sums = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            sums.append(token_nll(model, tokens, block_size=16, batch_size=4))
+    finally:
+        torch.set_num_threads(before)
+    assert sums[0] == sums[1] == sums[2]
+    usable = (len(tokens) - 1) // 16 * 16  # whole windows, then one short window
+    x = torch.as_tensor(tokens[:usable].astype(np.int64)).view(-1, 16)
+    y = torch.as_tensor(tokens[1:usable + 1].astype(np.int64)).view(-1, 16)
+    x_end = torch.as_tensor(tokens[usable:-1].astype(np.int64))[None]
+    y_end = torch.as_tensor(tokens[usable + 1:].astype(np.int64))[None]
+    with torch.no_grad():
+        expected = (F.cross_entropy(model.eval()(x).flatten(0, 1), y.flatten(), reduction="sum")
+                    + F.cross_entropy(model(x_end)[0], y_end[0], reduction="sum"))
+    assert sums[0][1] == len(tokens) - 1
+    assert sums[0][0] == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_unknown_targets_are_left_out_and_counted():

@@ -79,6 +79,23 @@ def testmasked_probabilities_equal_a_loop_over_masks(random_gpt):
     assert found[1] == found[3]
 
 
+def test_masked_probabilities_are_the_same_on_any_number_of_threads(random_gpt):
+    """Each batch of masks is computed on one thread: the study's tables do not depend on how
+    many threads a unit had (its process alone, or one of --jobs N)."""
+    ids, x, b, target = setup(random_gpt, "First", baseline="mean")
+    masks = np.random.default_rng(0).random((40, len(ids))) < 0.5
+    before = torch.get_num_threads()
+    try:
+        found = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            found.append(masked_probabilities(random_gpt.model, x, b, masks, target,
+                                              batch_size=4))
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(found[0], found[1]) and np.array_equal(found[0], found[2])
+
+
 def test_the_oracle_deletes_no_worse_than_any_method_or_any_order(random_gpt):
     """Required: on a 5-token prompt the exhaustive oracle's deletion AUC is <= that of every
     method's order and of every other order (all 120), with one probability function."""
@@ -91,18 +108,21 @@ def test_the_oracle_deletes_no_worse_than_any_method_or_any_order(random_gpt):
 
     best, oracle = best_deletion_order(prob, len(ids))
     assert sorted(best.tolist()) == list(range(5))
-    assert curve_auc(prob(deletion_masks(best))) == pytest.approx(oracle, abs=1e-12)
+    # float32 logits: a mask in a batch of another size may differ in the last bits (the last
+    # position's matmuls take other kernels for other row counts), about 1e-9 here
+    tie = 1e-8
+    assert curve_auc(prob(deletion_masks(best))) == pytest.approx(oracle, abs=tie)
     by_method = {}
     for method in METHODS:
         scores = attribute(model, ids, target, method, steps=8).scores
         by_method[method] = curve_auc(prob(deletion_masks(order_by_scores(scores))))
-    assert all(auc >= oracle - 1e-12 for auc in by_method.values()), (oracle, by_method)
+    assert all(auc >= oracle - tie for auc in by_method.values()), (oracle, by_method)
     # every order of the 5 positions (random orders included), all masks in one call
     orders = list(itertools.permutations(range(5)))
     curves = prob(np.concatenate([deletion_masks(o) for o in orders])).reshape(len(orders), 6)
     every = [curve_auc(curve) for curve in curves]
-    assert min(every) == pytest.approx(oracle, abs=1e-12)
-    assert all(auc >= oracle - 1e-12 for auc in every)
+    assert min(every) == pytest.approx(oracle, abs=tie)
+    assert all(auc >= oracle - tie for auc in every)
 
 
 # --- the randomization check ---------------------------------------------------------------------
@@ -202,8 +222,9 @@ def test_probe_over_every_checkpoint(probe, tiny_run):
             assert len(curve["deletion"]) == len(curve["insertion"]) == CURVE_POINTS
             p_full = np.mean([r.target_prob for r in result.rows
                               if (r.checkpoint, r.iteration) == point and r.method == method])
-            assert curve["deletion"][0] == pytest.approx(p_full, rel=1e-9)
-            assert curve["insertion"][-1] == pytest.approx(p_full, rel=1e-9)
+            # p_full is computed alone, the curves' masks in batches: float32's last bits
+            assert curve["deletion"][0] == pytest.approx(p_full, rel=1e-6)
+            assert curve["insertion"][-1] == pytest.approx(p_full, rel=1e-6)
             assert curve["deletion"][-1] == pytest.approx(curve["insertion"][0], rel=1e-9)
 
 

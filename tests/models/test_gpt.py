@@ -112,6 +112,26 @@ def test_forward_from_embeddings_equals_forward(pos_emb):
                                rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("settings", [
+    {}, {"pos_emb": "rotary", "qk_norm": True}, {"norm_position": "post", "pos_emb": "none"},
+    {"attn_only": True}, {"mlp_act": "relu2", "bias": False, "norm": "rmsnorm"}])
+def test_last_logits_are_the_forward_passs_at_the_last_position(settings):
+    """last_logits computes the last block at the last position only; every other position's
+    work is the same, so its logits are forward_embeddings' last row, for any length and
+    gradient (attribution differentiates it)."""
+    model = tiny(**settings)
+    for length in (1, 2, 9, model.context_length):
+        idx = torch.randint(0, 17, (3, length), generator=torch.Generator().manual_seed(length))
+        emb = model.embed(idx).detach().requires_grad_()
+        full = model.forward_embeddings(emb)[:, -1]
+        last = model.last_logits(emb)
+        assert last.shape == (3, 17)
+        torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-5)
+        grad_full, = torch.autograd.grad(full[:, 4].sum(), emb)
+        grad_last, = torch.autograd.grad(last[:, 4].sum(), emb)
+        torch.testing.assert_close(grad_last, grad_full, rtol=1e-4, atol=1e-6)
+
+
 # --- rotary position embeddings ---------------------------------------------------------------
 
 def test_rotary_needs_an_even_head_size_and_says_which_settings_to_change():

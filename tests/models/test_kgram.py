@@ -32,6 +32,10 @@ def test_forward_shapes_and_embedding_split(input):
     emb = model.embed(idx)
     assert emb.shape == (3, 10, 8 if input == "embedding" else V)
     torch.testing.assert_close(model.forward_embeddings(emb), model(idx), rtol=0, atol=0)
+    torch.testing.assert_close(model.last_logits(emb), model(idx)[:, -1], rtol=1e-6,
+                               atol=1e-6)  # the last position alone
+    torch.testing.assert_close(model.last_logits(emb[:, :1]), model(idx[:, :1])[:, -1],
+                               rtol=1e-6, atol=1e-6)
     assert model.context_length == 8
 
 

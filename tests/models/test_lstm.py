@@ -29,6 +29,10 @@ def test_forward_shapes_and_embedding_split():
     assert model.embed(idx).shape == (3, 10, 12)
     torch.testing.assert_close(model.forward_embeddings(model.embed(idx)), model(idx),
                                rtol=0, atol=0)
+    torch.testing.assert_close(model.last_logits(model.embed(idx)), model(idx)[:, -1], rtol=1e-6,
+                               atol=1e-6)  # the last position alone
+    torch.testing.assert_close(model.last_logits(model.embed(idx)[:, :1]), model(idx[:, :1])[:, -1],
+                               rtol=1e-6, atol=1e-6)
     assert model.context_length == 8
 
 

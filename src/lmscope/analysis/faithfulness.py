@@ -78,6 +78,7 @@ from lmscope.analysis.attribution import (
 )
 from lmscope.data.chars import visible
 from lmscope.data.prompts import check_prompt_fits, expected_id
+from lmscope.device import one_thread_each
 from lmscope.errors import LmscopeError
 from lmscope.io import atomic_write_text
 from lmscope.metrics.faithfulness import (
@@ -105,7 +106,7 @@ RANDOM = "random"  # the method name of the random orders' row
 RANDOM_SEED = 0
 REINIT_SEED = 0
 CURVE_POINTS = 11
-BATCH_SIZE = 256  # masked inputs per forward pass
+BATCH_SIZE = 32  # masked inputs per forward pass (batches go to threads: device.one_thread_each)
 MEASURES = ("deletion_auc", "insertion_auc", "comprehensiveness", "sufficiency")
 BETTER = {"deletion AUC": "lower", "insertion AUC": "higher", "comprehensiveness": "higher",
           "sufficiency": "lower", "faithfulness score": "higher",
@@ -247,21 +248,26 @@ class FaithfulnessResult:
 
 # --- the measures of one prompt ------------------------------------------------------------------
 
-@torch.no_grad()
 def masked_probabilities(model, x: torch.Tensor, b: torch.Tensor, masks, target_id: int, *,
                    batch_size: int = BATCH_SIZE) -> np.ndarray:
     """p(target | x with the positions where a mask is False replaced by b), float64, one per
-    mask row (masks: (n, T) bool). Each distinct mask goes through the model once."""
+    mask row (masks: (n, T) bool). Each distinct mask goes through the model once, computed at
+    the last position only where the model can (`last_logits`); on a CPU each batch of masks is
+    computed on one thread, several at once (device.one_thread_each), so the probabilities are
+    the same whatever the thread count."""
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 2 or masks.shape[1] != x.shape[1]:
         raise ValueError(f"masks of shape {masks.shape} for a prompt of {x.shape[1]} positions")
     unique, inverse = np.unique(masks, axis=0, return_inverse=True)
     keep = torch.as_tensor(unique, device=x.device)[:, :, None]  # (m, T, 1)
-    probs = []
-    for start in range(0, len(unique), batch_size):
+
+    @torch.no_grad()
+    def batch_probs(start: int) -> torch.Tensor:
         emb = torch.where(keep[start:start + batch_size], x, b)  # (batch, T, C)
-        logits = model.forward_embeddings(emb)[:, -1].double()
-        probs.append(F.softmax(logits, dim=-1)[:, target_id].cpu())
+        logits = model.last_logits(emb).double()
+        return F.softmax(logits, dim=-1)[:, target_id].cpu()
+
+    probs = one_thread_each(batch_probs, range(0, len(unique), batch_size), x.device)
     return torch.cat(probs).numpy()[inverse.reshape(-1)]
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lmscope.data.tokens import eval_windows
+from lmscope.device import one_thread_each
 from lmscope.errors import LmscopeError
 
 
@@ -49,26 +50,28 @@ def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
     return total, (targets >= 0).sum()
 
 
-@torch.no_grad()
 def token_nll(model, tokens: np.ndarray, *, block_size: int, batch_size: int = 32,
               unk_id: int | None = None, device=None) -> tuple[float, int]:
-    """Sum of next-token negative log-likelihoods (nats) over a token array, and how many were counted."""
+    """Sum of next-token negative log-likelihoods (nats) over a token array, and how many were
+    counted. On a CPU each batch is computed on one thread, several at once
+    (device.one_thread_each): the sum is the same whatever the thread count."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
+
+    @torch.no_grad()
+    def batch_nll(batch):
+        x, y = (t.to(device) for t in batch)
+        if unk_id is not None:
+            y = y.masked_fill(y == unk_id, -1)
+        return summed_nll(model(x), y)
+
     try:
-        for x, y in eval_windows(tokens, block_size, batch_size):
-            x, y = x.to(device), y.to(device)
-            if unk_id is not None:
-                y = y.masked_fill(y == unk_id, -1)
-            nll, n = summed_nll(model(x), y)
-            total += nll
-            count += int(n)
+        sums = one_thread_each(batch_nll, eval_windows(tokens, block_size, batch_size), device)
     finally:
         model.train(was_training)
-    return float(total), count
+    total = sum((nll for nll, _ in sums), torch.zeros((), dtype=torch.float64, device=device))
+    return float(total), sum(int(n) for _, n in sums)
 
 
 def evaluate_token_file(model, token_file, *, block_size: int, unk_id: int | None,

@@ -115,10 +115,11 @@ debiased form removes its own (smaller) finite-sample bias.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
+
+from lmscope.device import one_thread
 
 CONSTANT_TOL = 1e-12  # a centered column this small relative to the raw column counts as constant
 
@@ -323,22 +324,12 @@ def svcca(x, y, keep: float = 0.99) -> float:
     return float(rho.mean()) if rho.numel() else math.nan
 
 
-@contextlib.contextmanager
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def pwcca(x, y) -> float:
     """Projection-weighted CCA of Morcos et al. 2018, weighted on X's side (not symmetric):
     sum_i alpha_i rho_i with alpha_i proportional to sum_j |<h_i, x_j>| (h_i X's i-th canonical
     variate, x_j X's j-th centered column). In [0, 1]; NaN if a side has no variance."""
     xt, yt = _check(x, y)
-    with _one_thread():  # tied correlations: the SVD's choice of variates moves alpha (above)
+    with one_thread():  # tied correlations: the SVD's choice of variates moves alpha (above)
         rho, h, xc = _cca(xt, yt, _rank_eps(x, y))
     if rho.numel() == 0:
         return math.nan

@@ -2,7 +2,9 @@
 
 Every model maps token ids (batch, time) to logits (batch, time, vocab) and offers the
 generation interface the sampler uses: `new_cache(batch_size)`, `decode(idx, cache)` and
-`context_length`.
+`context_length`; and the two halves attribution differentiates between: `embed(idx)` and
+`forward_embeddings(emb)`, with `last_logits(emb)` (= `forward_embeddings(emb)[:, -1]`, what
+faithfulness's masked inputs read, computed at the last position only where the model can).
 """
 
 from __future__ import annotations

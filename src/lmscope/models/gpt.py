@@ -199,7 +199,9 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0, return_attention=False,
-                rope=None, hooks=None):
+                rope=None, hooks=None, last: bool = False):
+        """The attention's output (and its probabilities with return_attention); with `last`,
+        at the last position only (B, 1, C): its query against every key (no cache, hooks)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, T, n_head, head_dim), TransformerLens's layout at hook_q/k/v and
@@ -217,6 +219,8 @@ class CausalSelfAttention(nn.Module):
             if hooks is not None:
                 q = hook("hook_rot_q", q.transpose(1, 2)).transpose(1, 2)
                 k = hook("hook_rot_k", k.transpose(1, 2)).transpose(1, 2)
+        if last:  # one query, which sees every key: no mask
+            q, T = q[:, :, -1:], 1
         past = 0
         if cache is not None:
             past = cache.length
@@ -231,7 +235,7 @@ class CausalSelfAttention(nn.Module):
             y = F.dropout(attn, dropout_p, self.training) @ v
         elif past == 0 or T == 1:
             # The whole context is new (causal mask), or one new token sees everything before it.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and T > 1,
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=past == 0 and T > 1 and not last,
                                                dropout_p=dropout_p)
         else:
             # Several new tokens after a cached prefix: an explicit mask, offset by the prefix.
@@ -295,18 +299,21 @@ class Block(nn.Module):
         self.norm2 = make_norm(config) if self.has_mlp else None
         self.mlp = MLP(config) if self.has_mlp else None
 
-    def forward(self, x, cache=None, layer=0, return_attention=False, rope=None, hooks=None):
+    def forward(self, x, cache=None, layer=0, return_attention=False, rope=None, hooks=None,
+                last: bool = False):
+        """The residual stream after this block; with `last`, at the last position only (the
+        keys and values still come from every position)."""
         if hooks is not None:
             return self._forward_hooked(x, cache, layer, return_attention, rope, hooks)
         # the same computation as _forward_hooked, with no hook calls at all (benchmarks/hooks.py)
         if self.pre_norm:
-            a, attn = self.attn(self.norm1(x), cache, layer, return_attention, rope)
-            x = x + a
+            a, attn = self.attn(self.norm1(x), cache, layer, return_attention, rope, last=last)
+            x = (x[:, -1:] if last else x) + a
             if self.has_mlp:
                 x = x + self.mlp(self.norm2(x))
         else:  # post-norm: the residual stream is normalized after each sum
-            a, attn = self.attn(x, cache, layer, return_attention, rope)
-            x = self.norm1(x + a)
+            a, attn = self.attn(x, cache, layer, return_attention, rope, last=last)
+            x = self.norm1((x[:, -1:] if last else x) + a)
             if self.has_mlp:
                 x = self.norm2(x + self.mlp(x))
         return x, attn
@@ -422,7 +429,8 @@ class GPT(nn.Module):
         what the logit lens applies at every layer."""
         return self.head(self.norm_f(x))
 
-    def _run(self, idx, cache=None, return_attention=False, tok_emb=None, hooks=None):
+    def _run(self, idx, cache=None, return_attention=False, tok_emb=None, hooks=None,
+             last: bool = False):
         hook = _hook_at(hooks, "")
         x = hook("hook_embed", self.tok_emb(idx) if tok_emb is None else tok_emb)
         T = x.shape[1]
@@ -438,7 +446,8 @@ class GPT(nn.Module):
         x = self.drop(x)
         attentions = []
         for layer, block in enumerate(self.blocks):
-            x, attn = block(x, cache, layer, return_attention, rope, hooks)
+            x, attn = block(x, cache, layer, return_attention, rope, hooks,
+                            last=last and layer == len(self.blocks) - 1)
             attentions.append(attn)
         if cache is not None:
             cache.length += T
@@ -460,6 +469,15 @@ class GPT(nn.Module):
     def forward_embeddings(self, emb):
         """Logits from input embeddings: `forward_embeddings(embed(idx)) == forward(idx)`."""
         return self._run(None, tok_emb=emb)[0]
+
+    def last_logits(self, emb):
+        """The logits (batch, vocab) at the last position from input embeddings, equal to
+        `forward_embeddings(emb)[:, -1]`: the last block's query, MLP and the head run at that
+        position only (the masked inputs of lmscope.analysis.faithfulness and attribution's
+        targets need nothing else)."""
+        if not self.blocks:
+            return self.forward_embeddings(emb)[:, -1]
+        return self._run(None, tok_emb=emb, last=True)[0][:, -1]
 
     # --- generation -------------------------------------------------------------------------
     def new_cache(self, batch_size: int) -> KVCache:

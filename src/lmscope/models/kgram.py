@@ -185,6 +185,14 @@ class KGram(nn.Module):
         pad = self._pad_vectors(emb.size(0)).to(emb.dtype)
         return self._mlp_on(torch.cat([pad, emb], dim=1))
 
+    def last_logits(self, emb):
+        """The logits (batch, vocab) at the last position, `forward_embeddings(emb)[:, -1]`:
+        the MLP on the last window only."""
+        if self.tok_emb is None:
+            emb = F.pad(emb, (0, 1))
+        pad = self._pad_vectors(emb.size(0)).to(emb.dtype)
+        return self._mlp_on(torch.cat([pad, emb], dim=1)[:, -self.config.k:])[:, -1]
+
     # --- generation -------------------------------------------------------------------------
     def new_cache(self, batch_size: int) -> KGramCache:
         return KGramCache(self.config, batch_size, self.head.bias.device)

@@ -158,6 +158,11 @@ class LSTM(nn.Module):
         """Logits from input embeddings: `forward_embeddings(embed(idx)) == forward(idx)`."""
         return self._run(emb)[0]
 
+    def last_logits(self, emb):
+        """The logits (batch, vocab) at the last position, `forward_embeddings(emb)[:, -1]` (a
+        recurrence reads every position: only the head is spared)."""
+        return self.forward_embeddings(emb)[:, -1]
+
     # --- generation -------------------------------------------------------------------------
     def new_cache(self, batch_size: int) -> LSTMState:
         p = self.tok_emb.weight

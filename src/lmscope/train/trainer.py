@@ -66,7 +66,7 @@ from lmscope.data.tokens import (
     encode_to_file,
     spaced_windows,
 )
-from lmscope.device import pick_device
+from lmscope.device import one_thread_each, pick_device
 from lmscope.errors import CheckpointError, LmscopeError, TrainingInterrupted
 from lmscope.generate import SamplingConfig, generate
 from lmscope.io import append_jsonl, atomic_write_json, atomic_write_text, rewrite_jsonl, user_path
@@ -583,24 +583,32 @@ class Trainer:
         evaluation); with ignore_unknown, `<unk>` targets are not scored."""
         tc = self.config.train
         sampler = self._sampler(sources, seed)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = torch.zeros((), dtype=torch.float64, device=self.device)
         unk = self.tokenizer.unk_id if ignore_unknown else None
-        for i in range(tc.eval_iters):
-            if self._stop_requested and not self.dist.enabled:  # Ctrl-C: stop between batches
-                raise _EvaluationStopped
-            self.eval_bar.update(1)
-            batch = sampler.sample()  # drawn by every process, so all stay in step
-            if i % self.dist.world_size != self.dist.rank:
-                continue  # data-parallel: each process takes every world_size-th batch
+
+        def batches():
+            for i in range(tc.eval_iters):
+                if self._stop_requested and not self.dist.enabled:  # Ctrl-C: stop between batches
+                    raise _EvaluationStopped
+                self.eval_bar.update(1)
+                batch = sampler.sample()  # drawn by every process, so all stay in step
+                if i % self.dist.world_size == self.dist.rank:
+                    yield batch  # data-parallel: each process takes every world_size-th batch
+
+        @torch.no_grad()
+        def batch_nll(batch):
             x, y = (t.to(self.device) for t in batch)
             if unk is not None:
                 y = y.masked_fill(y == unk, -1)
             with self.autocast:
-                logits = self.eval_model(x)
-            nll, n = summed_nll(logits, y)
-            total += nll
-            count += n
+                return summed_nll(self.eval_model(x), y)
+
+        if tc.compile:  # a compiled model is called from this thread only
+            sums = [batch_nll(batch) for batch in batches()]
+        else:  # on a CPU, batches on one thread each, several at once
+            sums = one_thread_each(batch_nll, batches(), self.device)
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        total = sum((nll for nll, _ in sums), zero)
+        count = sum((n.double() for _, n in sums), zero)
         return float(self.dist.sum(total)) / max(float(self.dist.sum(count)), 1.0)
 
     def _final_eval(self) -> dict[str, float]:
