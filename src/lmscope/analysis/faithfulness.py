@@ -271,19 +271,25 @@ def masked_probabilities(model, x: torch.Tensor, b: torch.Tensor, masks, target_
     return torch.cat(probs).numpy()[inverse.reshape(-1)]
 
 
-def _measures(prob_of_masks, orders: list[np.ndarray]) -> tuple[dict[str, float], np.ndarray,
-                                                                  np.ndarray]:
-    """The mean of each measure over `orders` (one order: its measures), and the mean deletion
-    and insertion curves (T+1 points each). All the orders' masks go in one call."""
-    t = len(orders[0])
-    masks = [np.concatenate([deletion_masks(o), insertion_masks(o)]) for o in orders]
-    p = prob_of_masks(np.concatenate(masks)).reshape(len(orders), 2, t + 1)
-    deletion, insertion = p[:, 0], p[:, 1]
+def _measures(prob_of_masks, orders: dict[str, list[np.ndarray]]) -> dict[
+        str, tuple[dict[str, float], np.ndarray, np.ndarray]]:
+    """For each method, the mean of each measure over its `orders` (one order: its measures), and
+    the mean deletion and insertion curves (T+1 points each). Every method's masks go in one call
+    (so one call's batches keep a CPU's threads busy: device.one_thread_each)."""
+    every = [order for method_orders in orders.values() for order in method_orders]
+    t = len(every[0])
+    masks = [np.concatenate([deletion_masks(o), insertion_masks(o)]) for o in every]
+    p = prob_of_masks(np.concatenate(masks)).reshape(len(every), 2, t + 1)
     ks = top_k_sizes(t)
-    per_order = [(curve_auc(d), curve_auc(i), comprehensiveness(d[0], d[ks]),
-                  sufficiency(d[0], i[ks])) for d, i in zip(deletion, insertion, strict=True)]
-    means = dict(zip(MEASURES, np.mean(per_order, axis=0).tolist(), strict=True))
-    return means, deletion.mean(0), insertion.mean(0)
+    out, start = {}, 0
+    for method, method_orders in orders.items():
+        deletion, insertion = (p[start:start + len(method_orders), kind] for kind in (0, 1))
+        start += len(method_orders)
+        per_order = [(curve_auc(d), curve_auc(i), comprehensiveness(d[0], d[ks]),
+                      sufficiency(d[0], i[ks])) for d, i in zip(deletion, insertion, strict=True)]
+        means = dict(zip(MEASURES, np.mean(per_order, axis=0).tolist(), strict=True))
+        out[method] = means, deletion.mean(0), insertion.mean(0)
+    return out
 
 
 def _resample(curve: np.ndarray) -> np.ndarray:
@@ -383,21 +389,22 @@ def compute(run, prompts_path, *, methods=DEFAULT_METHODS, baseline="zero", step
             base = (prompt.name, prompt.domain_of(ckpt.trained_on), ckpt.name, ckpt.iteration)
             shown = visible(tok.token_text(target_id))
             rng = np.random.default_rng(RANDOM_SEED)
+            orders, rhos = {}, {}
             for method in (*methods, RANDOM):
-                rho = math.nan
+                rhos[method] = math.nan
                 if method == RANDOM:
-                    orders = [rng.permutation(len(ids)) for _ in range(random_orders)]
-                else:
-                    scores = attribute(model, ids, target_id, method, baseline=baseline,
-                                       steps=steps, baseline_token=token).scores
-                    orders = [order_by_scores(np.abs(scores) if order == "abs" else scores)]
-                    if random_model is not None:
-                        rho = randomization_spearman(model, random_model, ids, target_id, method,
-                                                     baseline=baseline, steps=steps,
-                                                     baseline_token=token, scores=scores)
-                means, deletion, insertion = _measures(prob, orders)
+                    orders[method] = [rng.permutation(len(ids)) for _ in range(random_orders)]
+                    continue
+                scores = attribute(model, ids, target_id, method, baseline=baseline,
+                                   steps=steps, baseline_token=token).scores
+                orders[method] = [order_by_scores(np.abs(scores) if order == "abs" else scores)]
+                if random_model is not None:
+                    rhos[method] = randomization_spearman(
+                        model, random_model, ids, target_id, method, baseline=baseline,
+                        steps=steps, baseline_token=token, scores=scores)
+            for method, (means, deletion, insertion) in _measures(prob, orders).items():
                 point_rows.append(PromptRow(*base, method, len(ids), shown, p_full,
-                                            *(means[m] for m in MEASURES), rho))
+                                            *(means[m] for m in MEASURES), rhos[method]))
                 for kind, curve in (("deletion", deletion), ("insertion", insertion)):
                     curve_sums[(method, kind)] = curve_sums.get((method, kind), 0) + _resample(
                         curve)
