@@ -473,8 +473,9 @@ class GPT(nn.Module):
     def last_logits(self, emb):
         """The logits (batch, vocab) at the last position from input embeddings, equal to
         `forward_embeddings(emb)[:, -1]`: the last block's query, MLP and the head run at that
-        position only (the masked inputs of lmscope.analysis.faithfulness and attribution's
-        targets need nothing else)."""
+        position only (the masked inputs of lmscope.analysis.faithfulness need nothing else;
+        its float32 bits differ from the full pass's in the last places, so it is computed on one
+        thread there: device.one_thread_each)."""
         if not self.blocks:
             return self.forward_embeddings(emb)[:, -1]
         return self._run(None, tok_emb=emb, last=True)[0][:, -1]
