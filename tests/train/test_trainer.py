@@ -442,3 +442,22 @@ def test_a_stopped_muon_run_resumes_bit_identically(tiny_corpus, tmp_path, monke
     assert all(torch.equal(a[k], b[k]) for k in a)
     losses = [loss for _, loss, _ in _train_rows(tmp_path / "straight") if loss is not None]
     assert losses[-1] < losses[0]  # it trains
+
+
+def test_an_estimate_is_the_same_on_any_number_of_threads(tiny_corpus, tmp_path):
+    """Its batches are computed on one thread each (several at once): the losses a run logs do
+    not depend on how many threads it had."""
+    trainer = Trainer(_config(tiny_corpus, "train.eval_iters=7"), tmp_path / "r", progress=False,
+                      log=lambda *a: None)
+    trainer.setup()
+    before = torch.get_num_threads()
+    try:
+        found = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            found.append(trainer.estimate_loss())
+    finally:
+        torch.set_num_threads(before)
+    assert found[0] == found[1] == found[2]
+    assert set(found[0]) == {"train", "val"} and all(math.isfinite(v) for v in found[0].values())
+    assert torch.get_num_threads() == before
