@@ -11,7 +11,9 @@ with different tokenizers (char, byte, BPE) are comparable.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -50,28 +52,43 @@ def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
     return total, (targets >= 0).sum()
 
 
-def token_nll(model, tokens: np.ndarray, *, block_size: int, batch_size: int = 32,
-              unk_id: int | None = None, device=None) -> tuple[float, int]:
-    """Sum of next-token negative log-likelihoods (nats) over a token array, and how many were
-    counted. On a CPU each batch is computed on one thread, several at once
-    (device.one_thread_each): the sum is the same whatever the thread count."""
-    was_training = model.training
-    model.eval()
-    device = device or next(model.parameters()).device
+def batches_nll(model, batches: Iterable, *, device, unk_id: int | None = None,
+                autocast=None, threaded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed cross-entropy (float64) of `model` over batches of (inputs, targets), and how
+    many targets were counted (float64), `unk_id` targets left out. With `threaded`, on a CPU
+    each batch is computed on one thread, several at once (device.one_thread_each), so the sums
+    are the same whatever the thread count; without, one after another in this thread (what a
+    torch.compile'd model needs). `autocast` (a context manager) is entered around each forward
+    pass."""
+    autocast = contextlib.nullcontext() if autocast is None else autocast
 
     @torch.no_grad()
     def batch_nll(batch):
         x, y = (t.to(device) for t in batch)
         if unk_id is not None:
             y = y.masked_fill(y == unk_id, -1)
-        return summed_nll(model(x), y)
+        with autocast:
+            return summed_nll(model(x), y)
 
+    sums = (one_thread_each(batch_nll, batches, device) if threaded
+            else [batch_nll(batch) for batch in batches])
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    return sum((nll for nll, _ in sums), zero), sum((n.double() for _, n in sums), zero)
+
+
+def token_nll(model, tokens: np.ndarray, *, block_size: int, batch_size: int = 32,
+              unk_id: int | None = None, device=None) -> tuple[float, int]:
+    """Sum of next-token negative log-likelihoods (nats) over a token array, and how many were
+    counted; the same whatever the thread count (batches_nll)."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
     try:
-        sums = one_thread_each(batch_nll, eval_windows(tokens, block_size, batch_size), device)
+        total, count = batches_nll(model, eval_windows(tokens, block_size, batch_size),
+                                   device=device, unk_id=unk_id)
     finally:
         model.train(was_training)
-    total = sum((nll for nll, _ in sums), torch.zeros((), dtype=torch.float64, device=device))
-    return float(total), sum(int(n) for _, n in sums)
+    return float(total), int(count)
 
 
 def evaluate_token_file(model, token_file, *, block_size: int, unk_id: int | None,

@@ -66,11 +66,11 @@ from lmscope.data.tokens import (
     encode_to_file,
     spaced_windows,
 )
-from lmscope.device import one_thread_each, pick_device
+from lmscope.device import pick_device
 from lmscope.errors import CheckpointError, LmscopeError, TrainingInterrupted
 from lmscope.generate import SamplingConfig, generate
 from lmscope.io import append_jsonl, atomic_write_json, atomic_write_text, rewrite_jsonl, user_path
-from lmscope.metrics.losses import evaluate_token_file, summed_nll
+from lmscope.metrics.losses import batches_nll, evaluate_token_file
 from lmscope.models import build_model
 from lmscope.render.plots import training_curves
 from lmscope.run.checkpoint import (
@@ -594,21 +594,10 @@ class Trainer:
                 if i % self.dist.world_size == self.dist.rank:
                     yield batch  # data-parallel: each process takes every world_size-th batch
 
-        @torch.no_grad()
-        def batch_nll(batch):
-            x, y = (t.to(self.device) for t in batch)
-            if unk is not None:
-                y = y.masked_fill(y == unk, -1)
-            with self.autocast:
-                return summed_nll(self.eval_model(x), y)
-
-        if tc.compile:  # a compiled model is called from this thread only
-            sums = [batch_nll(batch) for batch in batches()]
-        else:  # on a CPU, batches on one thread each, several at once
-            sums = one_thread_each(batch_nll, batches(), self.device)
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        total = sum((nll for nll, _ in sums), zero)
-        count = sum((n.double() for _, n in sums), zero)
+        # on a CPU, batches on one thread each, several at once; a compiled model is called
+        # from this thread only
+        total, count = batches_nll(self.eval_model, batches(), device=self.device, unk_id=unk,
+                                   autocast=self.autocast, threaded=not tc.compile)
         return float(self.dist.sum(total)) / max(float(self.dist.sum(count)), 1.0)
 
     def _final_eval(self) -> dict[str, float]:
